@@ -1,0 +1,1 @@
+"""edgequant: how far can this model be quantized?"""
