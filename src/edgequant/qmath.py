@@ -128,8 +128,8 @@ def compute_qparams(
         scale = (hi - lo) / (qmax - qmin)
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.round(qmin - lo / safe), qmin, qmax)
-    scale = np.where(scale > 0, scale, 1.0)
-    scale = scale.astype(np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0))  # a range below ~1e-45 underflows float32
     # float32 rounding of the scale must not push the range past the container
     zp = zp.astype(np.int32)
     if axis is None:
@@ -153,9 +153,13 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
 
 def round_half_away(x):
     """Round to nearest, ties away from zero (gemmlowp, C ``round``). NumPy or torch."""
+    # floor(|x| + 0.5) is wrong where the addition itself rounds (0.5 - ulp, odd x above 2^52);
+    # a tie is detected exactly from the fractional part instead
     if isinstance(x, torch.Tensor):
-        return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+        t = torch.trunc(x)
+        return torch.where(torch.abs(x - t) == 0.5, t + torch.sign(x), torch.round(x))
+    t = np.trunc(x)
+    return np.where(np.abs(x - t) == 0.5, t + np.sign(x), np.rint(x))
 
 
 def fake_quantize(
@@ -188,13 +192,16 @@ def quantize_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarra
     if np.any(~np.isfinite(real)) or np.any(real < 0):
         raise RecipeError(f"requantization multiplier must be finite and >= 0, got {real}")
     frac, shift = np.frexp(real)
-    m0 = np.round(frac * (1 << 31)).astype(np.int64)
+    m0 = np.floor(frac * (1 << 31) + 0.5).astype(np.int64)  # TfLiteRound: half away (exact here)
     over = m0 == (1 << 31)
     m0 = np.where(over, m0 // 2, m0)
     shift = np.where(over, shift + 1, shift).astype(np.int64)
     tiny = shift < -31
     m0 = np.where(tiny | (real == 0), 0, m0)
     shift = np.where(tiny | (real == 0), 0, shift)
+    huge = shift > 30  # TFLite saturates; also keeps x << shift inside int64
+    m0 = np.where(huge, (1 << 31) - 1, m0)
+    shift = np.where(huge, 30, shift)
     return m0.astype(np.int32), shift.astype(np.int32)
 
 
@@ -260,3 +267,46 @@ def requantize(
     else:
         check_rounding(rounding)
     return np.clip(y + np.asarray(zero_point, np.int64), qmin, qmax).astype(np.int32)
+
+
+def quantize_in(x: np.ndarray, qp: QParams, dtype=np.float32) -> np.ndarray:
+    """Real -> integer (int32 container) the way ONNX ``QuantizeLinear`` and ONNX Runtime do it.
+
+    ``clamp(rint(x / scale) + zero_point, qmin, qmax)`` with the division done in ``dtype`` (the
+    input's float type, float32 for float32 tensors) and rounding half to even. ``quantize``
+    divides in float64 instead; the two differ by one LSB where the float32 quotient rounds onto
+    (or off) a .5 tie, so anything that must match a runtime bit-exactly uses this one. NaN maps
+    to the zero point; +-inf saturate.
+    """
+    s, z = qp.broadcast(np.ndim(x))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.asarray(x).astype(dtype) / np.asarray(s).astype(dtype)
+    r = np.rint(v).astype(np.float64)
+    r = np.where(np.isnan(r), 0.0, r)  # NaN has no integer; it maps to the zero point
+    r = np.clip(r, -(2.0**40), 2.0**40)  # +-inf and huge values saturate; keeps the cast defined
+    return np.clip(r.astype(np.int64) + np.asarray(z, np.int64), qp.qmin, qp.qmax).astype(np.int32)
+
+
+def block_broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int) -> np.ndarray:
+    """Blocked quantization: expand a per-block scale/zero point to the tensor's full ``shape``.
+
+    ``param`` has ``shape`` except along ``axis``, where it holds ``ceil(shape[axis]/block_size)``
+    entries; each is repeated ``block_size`` times (the last block may be short), as in ONNX
+    ``QuantizeLinear``/``DequantizeLinear`` with ``block_size > 0``.
+    """
+    param = np.asarray(param)
+    shape = tuple(int(d) for d in shape)
+    if block_size <= 0:
+        raise RecipeError(f"block_size must be a positive integer, got {block_size}")
+    ndim = len(shape)
+    if not -ndim <= axis < ndim:
+        raise RecipeError(f"quantization axis {axis} is out of range for a {ndim}-D tensor")
+    axis %= ndim
+    nblocks = -(-shape[axis] // block_size)
+    expect = shape[:axis] + (nblocks,) + shape[axis + 1 :]
+    if param.shape != expect:
+        raise RecipeError(
+            f"blocked qparams must have shape {expect} for a tensor of shape {shape} with "
+            f"block_size {block_size} along axis {axis}, got {param.shape}"
+        )
+    return np.repeat(param, block_size, axis=axis).take(np.arange(shape[axis]), axis=axis)
