@@ -1,0 +1,356 @@
+"""Capture an ``nn.Module`` into a QGraph with ``torch.export`` (survives more real models than
+``fx.symbolic_trace``: control flow on shapes, functional calls, ``x.size(0)``).
+
+Translation is a table from ATen op to a small function; an op outside it raises
+``UnsupportedOpError`` naming the node, the op and what to do. No silent float fallback.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import CaptureError, UnsupportedOpError
+from .ir import Graph, Node
+
+aten = torch.ops.aten
+
+_IDENTITY = {
+    aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.detach.default,
+    aten.alias.default, aten.feature_dropout.default, aten.alpha_dropout.default,
+    aten.lift_fresh_copy.default, aten._assert_tensor_metadata.default,
+}
+
+
+def _pair(v, n: int = 2) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        v = list(v)
+        return tuple(v * n) if len(v) == 1 else tuple(v)
+    return (v,) * n
+
+
+def _pad4(p) -> tuple[int, int, int, int]:
+    """torch (ph, pw) padding -> (top, bottom, left, right)."""
+    ph, pw = _pair(p)
+    return (ph, ph, pw, pw)
+
+
+class _Ctx:
+    def __init__(self, ep: torch.export.ExportedProgram, batch: int) -> None:
+        sig = ep.graph_signature
+        self.state = {**ep.state_dict, **getattr(ep, "constants", {})}
+        self.param_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+        self.param_of.update(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+        self.nodes: list[Node] = []
+        self.alias: dict[str, str] = {}  # fx node name -> IR node name (identity ops)
+        self.batch = batch
+
+    def is_param(self, a) -> bool:
+        return isinstance(a, torch.fx.Node) and a.name in self.param_of
+
+    def param(self, a) -> np.ndarray:
+        t = self.state[self.param_of[a.name]]
+        return t.detach().cpu().float().numpy().copy()
+
+    def param_module(self, a) -> str:
+        return self.param_of[a.name].rsplit(".", 1)[0] if "." in self.param_of[a.name] else ""
+
+    def ref(self, a, fx: torch.fx.Node) -> str:
+        if not isinstance(a, torch.fx.Node) or self.is_param(a):
+            raise UnsupportedOpError(
+                f"node '{fx.name}' ({fx.target}) takes a constant or parameter where edgequant "
+                "expects an activation; rewrite the model so the op's inputs are activations"
+            )
+        return self.alias.get(a.name, a.name)
+
+
+def _module_path(fx: torch.fx.Node) -> str:
+    stack = fx.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path.replace("L['self'].", "").replace("L__self___", "")
+
+
+def _shape(fx: torch.fx.Node) -> tuple[int, ...]:
+    v = fx.meta.get("val")
+    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else ()
+
+
+def _conv(ctx: _Ctx, fx, args) -> Node:
+    x, w = args[0], args[1]
+    b = args[2] if len(args) > 2 else None
+    if fx.target == aten.convolution.default:
+        stride, pad, dil, transposed, _, groups = args[3], args[4], args[5], args[6], args[7], args[8]
+        if transposed:
+            raise UnsupportedOpError(f"node '{fx.name}': transposed convolution is not supported yet")
+    else:
+        stride = args[3] if len(args) > 3 else 1
+        pad = args[4] if len(args) > 4 else 0
+        dil = args[5] if len(args) > 5 else 1
+        groups = args[6] if len(args) > 6 else 1
+    if isinstance(pad, str):
+        raise UnsupportedOpError(f"node '{fx.name}': string padding {pad!r}; use integer padding")
+    weight = ctx.param(w) if ctx.is_param(w) else None
+    if weight is None:
+        raise UnsupportedOpError(f"node '{fx.name}': convolution with a computed weight is not supported")
+    dims = weight.ndim - 2
+    if dims == 1:  # Conv1d runs as a 2-D conv over (N, C, 1, L)
+        weight = weight[:, :, None, :]
+        stride, pad, dil = (1, _pair(stride, 1)[0]), (0, _pair(pad, 1)[0]), (1, _pair(dil, 1)[0])
+    elif dims != 2:
+        raise UnsupportedOpError(f"node '{fx.name}': Conv{dims}d is not supported; Conv1d/Conv2d are")
+    params = {"weight": weight}
+    params["bias"] = ctx.param(b) if (b is not None and ctx.is_param(b)) else np.zeros(weight.shape[0], np.float32)
+    return Node(fx.name, "conv", [ctx.ref(x, fx)],
+                {"stride": _pair(stride), "padding": _pad4(pad), "dilation": _pair(dil), "groups": int(groups), "dims": dims},
+                params, module=ctx.param_module(w))
+
+
+def _linear(ctx: _Ctx, fx, args) -> Node:
+    x, w = args[0], args[1]
+    b = args[2] if len(args) > 2 else None
+    if not ctx.is_param(w):
+        raise UnsupportedOpError(f"node '{fx.name}': linear with a computed weight (matmul of two activations) is not supported yet")
+    weight = ctx.param(w)
+    bias = ctx.param(b) if (b is not None and ctx.is_param(b)) else np.zeros(weight.shape[0], np.float32)
+    xs = _shape(x) if isinstance(x, torch.fx.Node) else ()
+    if len(xs) != 2:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' (module '{ctx.param_module(w)}'): Linear on a {len(xs)}-D input {xs}; "
+            "only (N, features) inputs are supported yet -- flatten first"
+        )
+    return Node(fx.name, "linear", [ctx.ref(x, fx)], {}, {"weight": weight, "bias": bias}, module=ctx.param_module(w))
+
+
+def _batchnorm(ctx: _Ctx, fx, args) -> Node:
+    x, w, b, mean, var = args[:5]
+    if fx.target == aten.batch_norm.default:
+        training, eps = args[5], args[7]
+        if training:
+            raise CaptureError(f"node '{fx.name}': BatchNorm in training mode; call model.eval() before quantizing")
+    else:
+        eps = args[6]
+    c = _shape(fx)[1]
+    params = {
+        "weight": ctx.param(w) if w is not None else np.ones(c, np.float32),
+        "bias": ctx.param(b) if b is not None else np.zeros(c, np.float32),
+        "mean": ctx.param(mean), "var": ctx.param(var),
+    }
+    return Node(fx.name, "batchnorm", [ctx.ref(x, fx)], {"eps": float(eps)}, params, module=ctx.param_module(mean))
+
+
+def _clamp(lo: float, hi: float) -> Callable:
+    def f(ctx, fx, args):
+        return Node(fx.name, "clamp", [ctx.ref(args[0], fx)], {"lo": lo, "hi": hi})
+    return f
+
+
+def _hardtanh(ctx, fx, args):
+    lo = float(args[1]) if len(args) > 1 else -1.0
+    hi = float(args[2]) if len(args) > 2 else 1.0
+    return Node(fx.name, "clamp", [ctx.ref(args[0], fx)], {"lo": lo, "hi": hi})
+
+
+def _clamp_op(ctx, fx, args):
+    lo = args[1] if len(args) > 1 else fx.kwargs.get("min")
+    hi = args[2] if len(args) > 2 else fx.kwargs.get("max")
+    if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
+        raise UnsupportedOpError(f"node '{fx.name}': clamp with tensor bounds is not supported")
+    return Node(fx.name, "clamp", [ctx.ref(args[0], fx)],
+                {"lo": float(lo) if lo is not None else float("-inf"), "hi": float(hi) if hi is not None else float("inf")})
+
+
+def _add(ctx, fx, args):
+    a, b = args[0], args[1]
+    alpha = fx.kwargs.get("alpha", 1)
+    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
+        raise UnsupportedOpError(
+            f"node '{fx.name}': add of a constant (or with alpha) is not supported yet; only tensor + tensor"
+        )
+    if _shape(a) != _shape(b):
+        raise UnsupportedOpError(f"node '{fx.name}': add with broadcasting {_shape(a)} + {_shape(b)} is not supported yet")
+    return Node(fx.name, "add", [ctx.ref(a, fx), ctx.ref(b, fx)])
+
+
+def _cat(ctx, fx, args):
+    tensors = args[0]
+    axis = args[1] if len(args) > 1 else fx.kwargs.get("dim", 0)
+    ndim = len(_shape(fx))
+    axis = axis % ndim
+    if axis == 0:
+        raise UnsupportedOpError(f"node '{fx.name}': concatenation along the batch axis is not supported")
+    return Node(fx.name, "cat", [ctx.ref(t, fx) for t in tensors], {"axis": int(axis)})
+
+
+def _maxpool(ctx, fx, args):
+    k = _pair(args[1])
+    stride = _pair(args[2]) if len(args) > 2 and args[2] else k
+    pad = _pad4(args[3] if len(args) > 3 else 0)
+    dil = _pair(args[4] if len(args) > 4 else 1)
+    ceil = bool(args[5]) if len(args) > 5 else False
+    return Node(fx.name, "maxpool", [ctx.ref(args[0], fx)],
+                {"kernel": k, "stride": stride, "padding": pad, "dilation": dil, "ceil_mode": ceil})
+
+
+def _avgpool(ctx, fx, args):
+    k = _pair(args[1])
+    stride = _pair(args[2]) if len(args) > 2 and args[2] else k
+    pad = _pad4(args[3] if len(args) > 3 else 0)
+    ceil = bool(args[4]) if len(args) > 4 else False
+    cip = bool(args[5]) if len(args) > 5 else True
+    if len(args) > 6 and args[6] is not None:
+        raise UnsupportedOpError(f"node '{fx.name}': avg_pool2d with divisor_override is not supported")
+    return Node(fx.name, "avgpool", [ctx.ref(args[0], fx)],
+                {"kernel": k, "stride": stride, "padding": pad, "ceil_mode": ceil, "count_include_pad": cip})
+
+
+def _adaptive_avg(ctx, fx, args):
+    out = _pair(args[1])
+    ins = _shape(args[0])
+    if tuple(out) == (1, 1):
+        return Node(fx.name, "mean", [ctx.ref(args[0], fx)], {"keepdim": True})
+    if ins[2] % out[0] == 0 and ins[3] % out[1] == 0:  # evenly divisible: a plain average pool
+        k = (ins[2] // out[0], ins[3] // out[1])
+        return Node(fx.name, "avgpool", [ctx.ref(args[0], fx)],
+                    {"kernel": k, "stride": k, "padding": (0, 0, 0, 0), "ceil_mode": False, "count_include_pad": True})
+    raise UnsupportedOpError(f"node '{fx.name}': adaptive_avg_pool2d to {out} from {ins[2:]} (not evenly divisible)")
+
+
+def _mean(ctx, fx, args):
+    dims = args[1] if len(args) > 1 else fx.kwargs.get("dim")
+    keep = bool(args[2]) if len(args) > 2 else bool(fx.kwargs.get("keepdim", False))
+    ins = _shape(args[0])
+    nd = len(ins)
+    dims = sorted(d % nd for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+    if nd == 4 and dims == [2, 3]:
+        return Node(fx.name, "mean", [ctx.ref(args[0], fx)], {"keepdim": keep})
+    if nd == 3 and dims == [2]:  # Conv1d features (N, C, L) -> mean over L
+        return Node(fx.name, "mean", [ctx.ref(args[0], fx)], {"keepdim": keep})
+    raise UnsupportedOpError(f"node '{fx.name}': mean over dims {dims} of a {nd}-D tensor; only spatial (global) mean is supported")
+
+
+def _reshape(ctx, fx, args):
+    out = _shape(fx)
+    ins = _shape(args[0])
+    if not out or not ins or out[0] != ins[0]:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' ({fx.target}): reshape {ins} -> {out} changes the batch dimension; "
+            "edgequant needs dim 0 to stay the batch"
+        )
+    return Node(fx.name, "reshape", [ctx.ref(args[0], fx)], {"shape": tuple(out[1:])})
+
+
+def _pad(ctx, fx, args):
+    p = list(args[1])
+    mode = args[2] if len(args) > 2 else fx.kwargs.get("mode", "constant")
+    value = args[3] if len(args) > 3 else fx.kwargs.get("value", 0.0)
+    if fx.target == aten.constant_pad_nd.default:
+        mode, value = "constant", (args[2] if len(args) > 2 else 0.0)
+    if mode != "constant":
+        raise UnsupportedOpError(f"node '{fx.name}': {mode} padding is not supported; only constant padding")
+    nd = len(_shape(args[0]))
+    pads = [[0, 0] for _ in range(nd)]
+    for i in range(len(p) // 2):  # torch lists pads last dim first
+        pads[nd - 1 - i] = [int(p[2 * i]), int(p[2 * i + 1])]
+    if pads[0] != [0, 0]:
+        raise UnsupportedOpError(f"node '{fx.name}': padding the batch dimension is not supported")
+    if any(v < 0 for pr in pads for v in pr):
+        raise UnsupportedOpError(f"node '{fx.name}': negative padding (cropping) is not supported")
+    return Node(fx.name, "pad", [ctx.ref(args[0], fx)], {"pads": [tuple(pr) for pr in pads], "value": float(value or 0.0)})
+
+
+HANDLERS: dict = {
+    aten.conv1d.default: _conv, aten.conv2d.default: _conv, aten.convolution.default: _conv,
+    aten.linear.default: _linear,
+    aten.batch_norm.default: _batchnorm, aten._native_batch_norm_legit_no_training.default: _batchnorm,
+    aten.relu.default: _clamp(0.0, float("inf")), aten.relu_.default: _clamp(0.0, float("inf")),
+    aten.relu6.default: _clamp(0.0, 6.0), aten.hardtanh.default: _hardtanh, aten.hardtanh_.default: _hardtanh,
+    aten.clamp.default: _clamp_op, aten.clip.default: _clamp_op,
+    aten.add.Tensor: _add, aten.add_.Tensor: _add,
+    aten.cat.default: _cat, aten.concat.default: _cat,
+    aten.max_pool2d.default: _maxpool, aten.max_pool2d_with_indices.default: _maxpool,
+    aten.avg_pool2d.default: _avgpool,
+    aten.adaptive_avg_pool2d.default: _adaptive_avg,
+    aten.mean.dim: _mean,
+    aten.flatten.using_ints: _reshape, aten.view.default: _reshape, aten.reshape.default: _reshape,
+    aten._unsafe_view.default: _reshape, aten.squeeze.dim: _reshape, aten.squeeze.dims: _reshape,
+    aten.unsqueeze.default: _reshape,
+    aten.pad.default: _pad, aten.constant_pad_nd.default: _pad,
+}
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.export(model, (example,), strict=False)
+        except Exception as e:  # torch raises many types here; all mean "could not trace"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CaptureError(
+                f"torch.export could not trace {type(model).__name__}: {msg}. The model must run "
+                "forward(x) on one tensor input and return one tensor; data-dependent Python control "
+                "flow must be removed or rewritten with torch.cond."
+            ) from e
+
+
+def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
+    """Trace ``model`` on ``example`` (one tensor, batch in dim 0) into a validated QGraph."""
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example, torch.Tensor) or example.ndim < 2:
+        raise CaptureError(f"example input must be a tensor (N, ...) with a batch dim, got {getattr(example, 'shape', type(example))}")
+    example = example.detach().float().cpu()
+    if example.shape[0] < 2:  # export specializes size-1 dims; use batch 2 so reshapes keep the batch
+        example = torch.cat([example, example], 0)
+    was_training = model.training
+    model.eval()
+    try:
+        ep = _export(model, example)
+    finally:
+        model.train(was_training)
+    ctx = _Ctx(ep, example.shape[0])
+    inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name not in ctx.param_of]
+    if len(inputs) != 1:
+        raise CaptureError(f"the model takes {len(inputs)} tensor inputs; edgequant supports exactly one")
+    out_name = None
+    for fx in ep.graph.nodes:
+        if fx.op == "placeholder":
+            if fx.name not in ctx.param_of:
+                ctx.nodes.append(Node(fx.name, "input", [], {}, {}, _shape(fx)))
+            continue
+        if fx.op == "output":
+            outs = fx.args[0]
+            if len(outs) != 1:
+                raise CaptureError(f"the model returns {len(outs)} outputs; edgequant supports exactly one tensor")
+            out_name = ctx.ref(outs[0], fx)
+            continue
+        if fx.op != "call_function":
+            raise UnsupportedOpError(f"node '{fx.name}': fx op {fx.op} is not supported")
+        target = fx.target
+        if target in _IDENTITY or target is operator.getitem:
+            if target is operator.getitem and fx.args[1] != 0:
+                raise UnsupportedOpError(f"node '{fx.name}': uses output {fx.args[1]} of {fx.args[0].target}; only the first output is supported")
+            src = fx.args[0]
+            ctx.alias[fx.name] = ctx.ref(src, fx) if isinstance(src, torch.fx.Node) else src
+            continue
+        if target not in HANDLERS:
+            module = _module_path(fx)
+            where = f" in module '{module}'" if module else ""
+            raise UnsupportedOpError(
+                f"node '{fx.name}'{where} uses {target}, which edgequant cannot run as integer "
+                "arithmetic yet. Supported: Conv1d/2d, Linear, BatchNorm, ReLU, ReLU6/Hardtanh, clamp, "
+                "add, cat, max/avg pooling, global mean, flatten/reshape, constant pad, dropout. "
+                "Replace the op, or keep that part of the model outside the quantized module."
+            )
+        node = HANDLERS[target](ctx, fx, list(fx.args))
+        node.shape = _shape(fx)
+        if not node.module:
+            node.module = _module_path(fx)
+        ctx.nodes.append(node)
+    if out_name is None:
+        raise CaptureError("the traced graph has no output")
+    return Graph(ctx.nodes, inputs[0].name, out_name).validate()

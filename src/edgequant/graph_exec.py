@@ -1,0 +1,102 @@
+"""Float execution of a QGraph in torch: the fp32 reference, calibration and per-layer studies.
+
+``hook(node, tensor) -> tensor`` sees every node output (observers read it; fake-quant replaces
+it), so one executor serves calibration, sensitivity and QAT-style simulation.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .ir import Graph, Node
+
+Hook = Callable[[Node, torch.Tensor], torch.Tensor]
+
+
+def _act(y: torch.Tensor, node: Node) -> torch.Tensor:
+    if "act" in node.attrs:
+        lo, hi = node.attrs["act"]
+        y = torch.clamp(y, min=lo if lo != float("-inf") else None, max=hi if hi != float("inf") else None)
+    return y
+
+
+def conv_float(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, attrs: dict) -> torch.Tensor:
+    t, bo, l, r = attrs["padding"]
+    squeeze = attrs.get("dims", 2) == 1 and x.ndim == 3
+    if squeeze:
+        x = x.unsqueeze(2)
+    if (t, l) != (bo, r):
+        x = F.pad(x, (l, r, t, bo))
+        pad = (0, 0)
+    else:
+        pad = (t, l)
+    y = F.conv2d(x, w, b, tuple(attrs["stride"]), pad, tuple(attrs["dilation"]), attrs["groups"])
+    return y.squeeze(2) if squeeze else y
+
+
+def pool_float(op: str, x: torch.Tensor, attrs: dict) -> torch.Tensor:
+    t, bo, l, r = attrs["padding"]
+    if op == "maxpool":
+        if (t, l) != (bo, r):
+            x = F.pad(x, (l, r, t, bo), value=float("-inf"))
+            t = l = 0
+        return F.max_pool2d(x, attrs["kernel"], attrs["stride"], (t, l), attrs["dilation"], attrs["ceil_mode"])
+    return F.avg_pool2d(x, attrs["kernel"], attrs["stride"], (t, l), attrs["ceil_mode"], attrs["count_include_pad"])
+
+
+def mean_float(x: torch.Tensor, keepdim: bool) -> torch.Tensor:
+    dims = tuple(range(2, x.ndim))
+    return x.mean(dim=dims, keepdim=keepdim)
+
+
+def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    op, a = node.op, node.attrs
+    if op == "conv":
+        return _act(conv_float(args[0], params["weight"], params.get("bias"), a), node)
+    if op == "linear":
+        return _act(F.linear(args[0], params["weight"], params.get("bias")), node)
+    if op == "batchnorm":
+        return F.batch_norm(args[0], params["mean"], params["var"], params["weight"], params["bias"], False, 0.0, a["eps"])
+    if op == "clamp":
+        lo, hi = a["lo"], a["hi"]
+        return torch.clamp(args[0], min=None if lo == float("-inf") else lo, max=None if hi == float("inf") else hi)
+    if op == "add":
+        return _act(args[0] + args[1], node)
+    if op == "cat":
+        return torch.cat(args, a["axis"])
+    if op in ("maxpool", "avgpool"):
+        return pool_float(op, args[0], a)
+    if op == "mean":
+        return mean_float(args[0], a["keepdim"])
+    if op == "reshape":
+        return args[0].reshape((args[0].shape[0],) + tuple(a["shape"]))
+    if op == "pad":
+        flat = [v for pr in reversed(a["pads"]) for v in pr]
+        return F.pad(args[0], flat, value=a["value"])
+    raise KeyError(op)
+
+
+class GraphModule(torch.nn.Module):
+    """A QGraph as a float torch module (parameters are buffers: the graph is for inference)."""
+
+    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.graph = graph
+        self.dtype = dtype
+        self._params = {
+            n.name: {k: torch.as_tensor(v, dtype=dtype) for k, v in n.params.items()} for n in graph.nodes
+        }
+
+    def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+        env: dict[str, torch.Tensor] = {}
+        for n in self.graph.nodes:
+            if n.op == "input":
+                y = x.to(self.dtype)
+            else:
+                y = run_node(n, [env[i] for i in n.inputs], self._params[n.name])
+            if hook is not None:
+                y = hook(n, y)
+            env[n.name] = y
+        return env[self.graph.output]

@@ -1,0 +1,95 @@
+"""QGraph: edgequant's own small graph IR.
+
+Captured once from torch; every pass is ``Graph -> Graph`` and nothing downstream touches torch.fx.
+A node's name is also the name of the tensor it produces. Shapes carry the example batch in dim 0.
+
+Ops (attrs in brackets):
+  input                                   the model input
+  conv      [stride, padding(t,b,l,r), dilation, groups, dims(1|2)]  params weight (O,C/g,kh,kw), bias
+  linear                                  params weight (O, I), bias
+  batchnorm [eps]                         params weight, bias, mean, var (folded away by passes)
+  clamp     [lo, hi]                      ReLU (0, inf), ReLU6/Hardtanh (lo, hi)
+  add                                     two tensors, same shape (broadcast-free)
+  cat       [axis]
+  maxpool   [kernel, stride, padding(t,b,l,r), dilation, ceil_mode]
+  avgpool   [kernel, stride, padding(t,b,l,r), ceil_mode, count_include_pad]
+  mean      []                            global average over H, W, keepdim per ``keepdim``
+  reshape   [shape]                       shape without the batch dim (batch is kept)
+  pad       [pads ((before, after) per dim, batch dim (0,0)), value]
+After ``fuse_activations`` a conv/linear/add may carry ``act=(lo, hi)``: its output is clamped.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CaptureError
+
+OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "cat", "maxpool", "avgpool", "mean", "reshape", "pad"}
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str] = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    shape: tuple[int, ...] = ()
+    module: str = ""  # dotted path of the nn.Module it came from, for messages and overrides
+
+    def describe(self) -> str:
+        where = f" (module '{self.module}')" if self.module else ""
+        return f"node '{self.name}' [{self.op}]{where}"
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    input: str
+    output: str
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.node(self.input).shape
+
+    def copy(self) -> "Graph":
+        return copy.deepcopy(self)
+
+    def validate(self) -> "Graph":
+        """Check structure after every pass: known ops, unique names, topological order."""
+        seen: set[str] = set()
+        for n in self.nodes:
+            if n.op not in OPS:
+                raise CaptureError(f"{n.describe()}: unknown IR op {n.op!r}")
+            if n.name in seen:
+                raise CaptureError(f"duplicate node name {n.name!r}")
+            for i in n.inputs:
+                if i not in seen:
+                    raise CaptureError(f"{n.describe()} uses {i!r} before it is defined")
+            seen.add(n.name)
+        if self.input not in seen or self.output not in seen:
+            raise CaptureError("graph input/output not among its nodes")
+        return self
+
+    def summary(self) -> str:
+        lines = []
+        for n in self.nodes:
+            extra = {k: v for k, v in n.attrs.items()}
+            ps = {k: tuple(v.shape) for k, v in n.params.items()}
+            lines.append(f"{n.name:<28} {n.op:<9} {','.join(n.inputs):<28} {str(n.shape):<20} {extra} {ps}")
+        return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Conv and Linear: integer (static), dynamic (int GEMM, float edges) and float variants.
+
+Integer conv (TFLite/Jacob et al.): ``acc = sum((x - zx) * w) + bias`` exactly in int32 range,
+then ``y = clamp(zy + requant(acc, M_c))`` per output channel, act clamp fused into the bounds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import qmath
+from ..graph_exec import conv_float
+from . import RUN, SIM, gemm, register
+from .context import KernelContext, act_bounds
+
+
+def _w_f32(instr) -> np.ndarray:
+    """float32 copy of the integer weights, made once per instruction (exact: |w| < 2^24)."""
+    cache = instr.__dict__.setdefault("_cache", {})
+    if "w_f32" not in cache:
+        cache["w_f32"] = instr.arrays["weight"].astype(np.float32)
+    return cache["w_f32"]
+
+
+def _as4d(x: np.ndarray, attrs: dict):
+    return (x[:, :, None, :], True) if attrs.get("dims", 2) == 1 and x.ndim == 3 else (x, False)
+
+
+def int_accumulate(instr, x_centered: np.ndarray) -> np.ndarray:
+    """Exact int accumulators of conv/linear on zero-point-centred integer input (int64)."""
+    a = instr.attrs
+    w = instr.arrays["weight"]
+    if instr.op.startswith("linear"):
+        return gemm.exact_matmul(x_centered, w.T, _w_f32(instr).T)
+    x4, squeeze = _as4d(x_centered, a)
+    acc = gemm.conv2d(x4, w, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"],
+                      pad_value=0, exact=True, w_f32=_w_f32(instr))
+    return acc[:, :, 0, :] if squeeze else acc
+
+
+def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (acc.ndim - 2)
+
+
+def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    zx = int(ctx.qp(instr.inputs[0]).zero_point)
+    acc = int_accumulate(instr, inputs[0].astype(np.int16) - np.int16(zx))
+    cs = _channel_shape(acc)
+    acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
+    lo, hi = act_bounds(instr, ctx)
+    y = qmath.requantize(
+        acc, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
+        real_multiplier=instr.arrays["multiplier"].reshape(cs), zero_point=int(ctx.qp(instr.output).zero_point),
+        qmin=lo, qmax=hi, rounding=ctx.rounding,
+    )
+    return y.astype(np.int8)
+
+
+def _dequant_params(instr, s_in: float, dtype=torch.float64):
+    w = torch.as_tensor(instr.arrays["weight"], dtype=dtype)
+    ws = torch.as_tensor(instr.arrays["w_scale"], dtype=dtype)
+    wd = w * ws.reshape((-1,) + (1,) * (w.ndim - 1))
+    b = torch.as_tensor(instr.arrays["bias"], dtype=dtype) * (s_in * ws)
+    return wd, b
+
+
+def _float_op(instr, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if instr.op.startswith("linear"):
+        return F.linear(x, w, b)
+    return conv_float(x, w, b, instr.attrs)
+
+
+def _gemm_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    s_in = float(ctx.qp(instr.inputs[0]).scale)
+    w, b = _dequant_params(instr, s_in)
+    lo, hi = act_bounds(instr, ctx)
+    return ctx.fq(_float_op(instr, inputs[0], w, b), instr.output, lo, hi)
+
+
+for _op in ("conv", "linear"):
+    register(_op, RUN)(_gemm_run)
+    register(_op, SIM)(_gemm_sim)
+
+
+# -- dynamic: activations quantized per batch at run time, integer GEMM, float output ------------
+def dynamic_qparams(x_min: float, x_max: float) -> qmath.QParams:
+    return qmath.compute_qparams(x_min, x_max, bits=8, signed=True)
+
+
+def _float_act(y, attrs: dict):
+    if "act" not in attrs:
+        return y
+    lo, hi = attrs["act"]
+    if isinstance(y, torch.Tensor):
+        return torch.clamp(y, min=None if lo == float("-inf") else lo, max=None if hi == float("inf") else hi)
+    return np.clip(y, lo, hi)
+
+
+def _dyn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    x = inputs[0].astype(np.float32)
+    qp = dynamic_qparams(float(x.min()), float(x.max()))
+    v = x / np.float32(qp.scale)
+    q = np.clip((qmath.round_half_away(v) if ctx.half_away else np.rint(v)) + int(qp.zero_point), -128, 127)
+    acc = int_accumulate(instr, (q - int(qp.zero_point)).astype(np.int16))
+    cs = _channel_shape(acc)
+    scale = (np.float32(qp.scale) * instr.arrays["w_scale"]).astype(np.float32).reshape(cs)
+    y = acc.astype(np.float32) * scale + instr.arrays["bias_f"].reshape(cs)
+    return _float_act(y, instr.attrs).astype(np.float32)
+
+
+def _dyn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    x = inputs[0]
+    qp = dynamic_qparams(float(x.min()), float(x.max()))
+    xq = qmath.fake_quantize(x, float(qp.scale), float(qp.zero_point), -128, 127, half_away=ctx.half_away)
+    w = torch.as_tensor(instr.arrays["weight"], dtype=x.dtype)
+    ws = torch.as_tensor(instr.arrays["w_scale"], dtype=x.dtype)
+    wd = w * ws.reshape((-1,) + (1,) * (w.ndim - 1))
+    return _float_act(_float_op(instr, xq, wd, torch.as_tensor(instr.arrays["bias_f"], dtype=x.dtype)), instr.attrs)
+
+
+for _op in ("conv_dyn", "linear_dyn"):
+    register(_op, RUN)(_dyn_run)
+    register(_op, SIM)(_dyn_sim)
+
+
+# -- float (fp32 / fp16 weights) -------------------------------------------------------------------
+def _float_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    x = inputs[0]
+    w = torch.as_tensor(instr.arrays["weight"].astype(np.float32), dtype=x.dtype)
+    b = torch.as_tensor(instr.arrays["bias"].astype(np.float32), dtype=x.dtype)
+    return _float_act(_float_op(instr, x, w, b), instr.attrs)
+
+
+def _float_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    with torch.no_grad():
+        return _float_sim(instr, [torch.from_numpy(np.ascontiguousarray(inputs[0], np.float32))], ctx).numpy()
+
+
+for _op in ("conv_f", "linear_f"):
+    register(_op, RUN)(_float_run)
+    register(_op, SIM)(_float_sim)

@@ -1,0 +1,136 @@
+"""Add, Cat, Clamp, Pad, Reshape.
+
+Integer Add follows TFLite's scheme: both inputs shifted left by 20 bits, rescaled to a common
+scale (2 * max input scale) with Q31 multipliers, summed, rescaled to the output. ONNX Runtime's
+QLinearAdd instead multiplies by float32 scale ratios and rounds half to even.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import qmath
+from . import RUN, SIM, register
+from .context import KernelContext, act_bounds
+
+
+def add_multipliers(s_a: float, s_b: float, s_out: float, left_shift: int = 20) -> dict:
+    """TFLite add.cc requantization parameters (doubles from float32 scales)."""
+    twice_max = 2.0 * max(float(np.float32(s_a)), float(np.float32(s_b)))
+    real_a = float(np.float32(s_a)) / twice_max
+    real_b = float(np.float32(s_b)) / twice_max
+    real_out = twice_max / ((1 << left_shift) * float(np.float32(s_out)))
+    out = {"left_shift": left_shift}
+    for key, real in (("a", real_a), ("b", real_b), ("out", real_out)):
+        m0, sh = qmath.quantize_multiplier(real)
+        out[f"m0_{key}"], out[f"shift_{key}"] = int(m0), int(sh)
+    out["ratio_a"] = float(np.float32(s_a) / np.float32(s_out))
+    out["ratio_b"] = float(np.float32(s_b) / np.float32(s_out))
+    return out
+
+
+@register("add", RUN)
+def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    a_qp, b_qp, y_qp = ctx.qp(instr.inputs[0]), ctx.qp(instr.inputs[1]), ctx.qp(instr.output)
+    at = instr.attrs
+    xa = inputs[0].astype(np.int64) - int(a_qp.zero_point)
+    xb = inputs[1].astype(np.int64) - int(b_qp.zero_point)
+    lo, hi = act_bounds(instr, ctx)
+    if ctx.rounding == "gemmlowp":
+        sa = qmath.multiply_by_quantized_multiplier(xa << at["left_shift"], at["m0_a"], at["shift_a"])
+        sb = qmath.multiply_by_quantized_multiplier(xb << at["left_shift"], at["m0_b"], at["shift_b"])
+        y = qmath.multiply_by_quantized_multiplier(sa + sb, at["m0_out"], at["shift_out"])
+    else:
+        va = np.float32(at["ratio_a"]) * xa.astype(np.float32)
+        vb = np.float32(at["ratio_b"]) * xb.astype(np.float32)
+        y = np.rint(va + vb).astype(np.int64)
+    return np.clip(y + int(y_qp.zero_point), lo, hi).astype(np.int8)
+
+
+@register("add", SIM)
+def add_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    lo, hi = act_bounds(instr, ctx)
+    return ctx.fq(inputs[0] + inputs[1], instr.output, lo, hi)
+
+
+@register("cat", RUN)
+def cat_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    y_qp = ctx.qp(instr.output)
+    parts = []
+    for k, (name, x) in enumerate(zip(instr.inputs, inputs)):
+        if instr.attrs["same"][k]:
+            parts.append(x)
+            continue
+        zx = int(ctx.qp(name).zero_point)
+        parts.append(qmath.requantize(
+            x.astype(np.int64) - zx, m0=instr.arrays["m0"][k], shift=instr.arrays["shift"][k],
+            real_multiplier=instr.arrays["multiplier"][k], zero_point=int(y_qp.zero_point),
+            qmin=y_qp.qmin, qmax=y_qp.qmax, rounding=ctx.rounding).astype(np.int8))
+    return np.concatenate(parts, axis=instr.attrs["axis"])
+
+
+@register("cat", SIM)
+def cat_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    return torch.cat([x if same else ctx.fq(x, instr.output) for x, same in zip(inputs, instr.attrs["same"])],
+                     instr.attrs["axis"])
+
+
+@register("add_f", RUN)
+def add_f_run(instr, inputs, ctx):
+    y = inputs[0] + inputs[1]
+    if "act" in instr.attrs:
+        y = np.clip(y, *instr.attrs["act"])
+    return y.astype(np.float32)
+
+
+@register("add_f", SIM)
+def add_f_sim(instr, inputs, ctx):
+    y = inputs[0] + inputs[1]
+    if "act" in instr.attrs:
+        lo, hi = instr.attrs["act"]
+        y = torch.clamp(y, min=None if lo == float("-inf") else lo, max=None if hi == float("inf") else hi)
+    return y
+
+
+@register("cat_f", RUN)
+def cat_f_run(instr, inputs, ctx):
+    return np.concatenate(inputs, axis=instr.attrs["axis"])
+
+
+@register("cat_f", SIM)
+def cat_f_sim(instr, inputs, ctx):
+    return torch.cat(inputs, instr.attrs["axis"])
+
+
+# -- dtype-generic: attrs hold bounds/values in the tensor's own domain; *_real for the sim --------
+@register("clamp", RUN)
+def clamp_run(instr, inputs, ctx):
+    return np.clip(inputs[0], instr.attrs["lo"], instr.attrs["hi"]).astype(inputs[0].dtype)
+
+
+@register("clamp", SIM)
+def clamp_sim(instr, inputs, ctx):
+    lo, hi = instr.attrs["lo_real"], instr.attrs["hi_real"]
+    return torch.clamp(inputs[0], min=None if lo == float("-inf") else lo, max=None if hi == float("inf") else hi)
+
+
+@register("pad", RUN)
+def pad_run(instr, inputs, ctx):
+    return np.pad(inputs[0], [tuple(p) for p in instr.attrs["pads"]], constant_values=instr.attrs["value"])
+
+
+@register("pad", SIM)
+def pad_sim(instr, inputs, ctx):
+    flat = [v for pr in reversed(instr.attrs["pads"]) for v in pr]
+    return F.pad(inputs[0], flat, value=instr.attrs["value_real"])
+
+
+@register("reshape", RUN)
+def reshape_run(instr, inputs, ctx):
+    return inputs[0].reshape((inputs[0].shape[0],) + tuple(instr.attrs["shape"]))
+
+
+@register("reshape", SIM)
+def reshape_sim(instr, inputs, ctx):
+    return inputs[0].reshape((inputs[0].shape[0],) + tuple(instr.attrs["shape"]))

@@ -1,0 +1,78 @@
+"""Graph passes (``Graph -> Graph``, validated after each): fold BatchNorm, fuse activations.
+
+Folding follows the TFLite converter and the whitepaper: W' = W * g/sqrt(v+eps) per output
+channel, b' = (b - mean) * g/sqrt(v+eps) + beta. A BatchNorm that does not follow a conv/linear
+becomes a depthwise 1x1 conv so it still runs as integer arithmetic.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UnsupportedOpError
+from .ir import Graph, Node
+
+
+def _bn_factors(bn: Node) -> tuple[np.ndarray, np.ndarray]:
+    p = bn.params
+    inv = p["weight"] / np.sqrt(p["var"] + bn.attrs["eps"])
+    return inv.astype(np.float64), (p["bias"] - p["mean"] * inv).astype(np.float64)
+
+
+def _replace_uses(g: Graph, old: str, new: str) -> None:
+    for n in g.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+    if g.output == old:
+        g.output = new
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    g = graph.copy()
+    by = g.by_name()
+    keep: list[Node] = []
+    for n in g.nodes:
+        if n.op != "batchnorm":
+            keep.append(n)
+            continue
+        prev = by[n.inputs[0]]
+        scale, shift = _bn_factors(n)
+        if prev.op in ("conv", "linear") and len(g.consumers(prev.name)) == 1 and "act" not in prev.attrs:
+            w = prev.params["weight"].astype(np.float64)
+            prev.params["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+            prev.params["bias"] = (prev.params["bias"] * scale + shift).astype(np.float32)
+            _replace_uses(g, n.name, prev.name)
+            continue
+        if len(n.shape) != 4:
+            raise UnsupportedOpError(f"{n.describe()}: BatchNorm on a {len(n.shape)}-D tensor that does not follow a conv/linear")
+        c = n.shape[1]
+        keep.append(Node(n.name, "conv", n.inputs,
+                         {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": c, "dims": 2},
+                         {"weight": scale.reshape(c, 1, 1, 1).astype(np.float32), "bias": shift.astype(np.float32)},
+                         n.shape, n.module))
+    g.nodes = keep
+    return g.validate()
+
+
+def fuse_activations(graph: Graph) -> Graph:
+    """conv/linear/add followed by its only consumer clamp -> one node with ``act=(lo, hi)``.
+
+    The fused clamp is then just the output range of the requantization (Jacob et al. 2018).
+    """
+    g = graph.copy()
+    by = g.by_name()
+    keep: list[Node] = []
+    removed: set[str] = set()
+    for n in g.nodes:
+        if n.op == "clamp" and n.name not in removed:
+            prev = by[n.inputs[0]]
+            if prev.op in ("conv", "linear", "add") and "act" not in prev.attrs and len(g.consumers(prev.name)) == 1 and prev.name != g.output:
+                prev.attrs["act"] = (n.attrs["lo"], n.attrs["hi"])
+                _replace_uses(g, n.name, prev.name)
+                continue
+        keep.append(n)
+    g.nodes = keep
+    return g.validate()
+
+
+def prepare(graph: Graph) -> Graph:
+    """The standard pipeline every recipe starts from."""
+    return fuse_activations(fold_batchnorm(graph))

@@ -1,0 +1,85 @@
+"""QuantizedModel: the result of ``edgequant.quantize`` -- run it, simulate it, size it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import interpreter
+from .errors import InputError
+from .program import Program
+from .recipes import Recipe
+
+_FLOAT_BYTES = {"float32": 4, "float16": 2}
+
+
+def _to_numpy(x) -> tuple[np.ndarray, bool]:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().float().numpy(), True
+    return np.asarray(x, np.float32), False
+
+
+def program_size_bytes(program: Program) -> int:
+    """Packed bytes a device stores: sub-byte weights packed, int32 bias, per-channel scales and
+    activation qparams (8 bytes each). Requantization multipliers are derived at load, not stored."""
+    total = 0
+    for ins in program.instrs:
+        for key, arr in ins.arrays.items():
+            if key == "weight" and arr.dtype == np.int8:
+                bits = ins.attrs.get("weight_bits", 8)
+                total += int(ins.attrs.get("packed_weight_bytes", (arr.size * bits + 7) // 8))
+            elif key in ("m0", "shift", "multiplier"):
+                continue
+            else:
+                total += arr.nbytes
+    total += 8 * sum(1 for t in program.tensors.values() if t.qparams is not None)
+    return total
+
+
+class QuantizedModel:
+    """A quantized model: ``run`` executes the integer program, ``simulate`` its float fake-quant twin."""
+
+    def __init__(self, program: Program, recipe: Recipe, graph=None, float_size_bytes: int | None = None) -> None:
+        self.program = program
+        self.recipe = recipe
+        self.graph = graph  # the prepared float graph (BN folded), kept for analysis; not needed to run
+        self.float_size_bytes = float_size_bytes
+
+    def _input(self, x, check_finite: bool) -> tuple[np.ndarray, bool]:
+        arr, was_torch = _to_numpy(x)
+        if check_finite and not np.all(np.isfinite(arr)):
+            raise InputError("input contains NaN or inf; clean it, or pass check_finite=False to run anyway")
+        return arr, was_torch
+
+    def run(self, x, rounding: str = "gemmlowp", return_int: bool = False, check_finite: bool = True,
+            backend: str = "interpreter"):
+        """Execute the program (reference interpreter). Output type follows the input type."""
+        arr, was_torch = self._input(x, check_finite)
+        if backend != "interpreter":
+            from .backends import run_backend  # the ONNX Runtime fast path, when available
+
+            y = run_backend(self, arr, backend)
+        else:
+            y = interpreter.run(self.program, arr, rounding=rounding, return_int=return_int)
+        return torch.from_numpy(np.ascontiguousarray(y)) if was_torch else y
+
+    def simulate(self, x, rounding: str = "gemmlowp", return_int: bool = False, check_finite: bool = True):
+        """Float fake-quant model of the same program (float64)."""
+        arr, was_torch = self._input(x, check_finite)
+        with torch.no_grad():
+            y = interpreter.simulate(self.program, arr, rounding=rounding, return_int=return_int)
+        y = y.float()
+        return y if was_torch else y.numpy()
+
+    __call__ = run
+
+    @property
+    def size_bytes(self) -> int:
+        return program_size_bytes(self.program)
+
+    @property
+    def compression(self) -> float | None:
+        return None if not self.float_size_bytes else self.size_bytes / self.float_size_bytes
+
+    def __repr__(self) -> str:
+        return (f"QuantizedModel(recipe={self.recipe.name!r}, instructions={len(self.program.instrs)}, "
+                f"size_bytes={self.size_bytes})")

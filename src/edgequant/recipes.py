@@ -1,0 +1,133 @@
+"""Recipes: named, frozen, versioned quantization configs that round-trip to JSON.
+
+A recipe says *what* to quantize and how wide; algorithms (observers, ACIQ, bias correction) are
+named in it so that the same config reproduces the same program.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import RecipeError
+
+RECIPE_SCHEMA_VERSION = 1
+Mode = Literal["float", "fp16", "dynamic", "static"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one kind of tensor (weights or activations) is quantized."""
+
+    bits: int = 8
+    symmetric: bool = False
+    narrow: bool = False
+    per_channel: bool = False
+    observer: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 8:
+            raise RecipeError(f"bits={self.bits}: the integer program supports 1..8-bit tensors (int8 containers)")
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer widths for layers whose module path matches ``pattern`` (fnmatch, e.g. 'fc*')."""
+
+    pattern: str
+    weight_bits: int | None = None
+    act_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    mode: Mode
+    weights: TensorSpec | None = None
+    activations: TensorSpec | None = None
+    overrides: tuple[LayerOverride, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # algorithm switches, e.g. (("bias_correction", "empirical"),)
+    description: str = ""
+    version: int = RECIPE_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("float", "fp16", "dynamic", "static"):
+            raise RecipeError(f"recipe {self.name!r}: unknown mode {self.mode!r}")
+        if self.mode in ("dynamic", "static") and self.weights is None:
+            raise RecipeError(f"recipe {self.name!r}: mode {self.mode} needs a weights TensorSpec")
+        if self.mode == "static" and self.activations is None:
+            raise RecipeError(f"recipe {self.name!r}: static mode needs an activations TensorSpec")
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    def layer_bits(self, module: str) -> tuple[int | None, int | None]:
+        """(weight_bits, act_bits) for a layer, after overrides (last match wins)."""
+        wb = self.weights.bits if self.weights else None
+        ab = self.activations.bits if self.activations else None
+        for o in self.overrides:
+            if fnmatch.fnmatch(module, o.pattern):
+                wb = o.weight_bits if o.weight_bits is not None else wb
+                ab = o.act_bits if o.act_bits is not None else ab
+        return wb, ab
+
+    def with_overrides(self, *overrides: LayerOverride) -> "Recipe":
+        return dataclasses.replace(self, overrides=self.overrides + tuple(overrides))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Recipe":
+        if d.get("version", 0) > RECIPE_SCHEMA_VERSION:
+            raise RecipeError(f"recipe version {d.get('version')} is newer than this edgequant ({RECIPE_SCHEMA_VERSION}); upgrade edgequant")
+        try:
+            return Recipe(
+                name=d["name"], mode=d["mode"],
+                weights=TensorSpec(**d["weights"]) if d.get("weights") else None,
+                activations=TensorSpec(**d["activations"]) if d.get("activations") else None,
+                overrides=tuple(LayerOverride(**o) for o in d.get("overrides", ())),
+                options=tuple((k, v) for k, v in d.get("options", ())),
+                description=d.get("description", ""), version=d.get("version", RECIPE_SCHEMA_VERSION),
+            )
+        except (KeyError, TypeError) as e:
+            raise RecipeError(f"malformed recipe JSON: {e}") from e
+
+    @staticmethod
+    def from_json(s: str) -> "Recipe":
+        return Recipe.from_dict(json.loads(s))
+
+
+W8_PC = TensorSpec(bits=8, symmetric=True, narrow=True, per_channel=True)
+W8_PT = TensorSpec(bits=8, symmetric=True, narrow=True, per_channel=False)
+A8 = TensorSpec(bits=8)
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(r: Recipe) -> Recipe:
+    RECIPES[r.name] = r
+    return r
+
+
+register_recipe(Recipe("fp32", "float", description="the float model, the baseline"))
+register_recipe(Recipe("fp16", "fp16", description="weights stored in half precision"))
+register_recipe(Recipe("dyn8", "dynamic", weights=W8_PC, activations=A8,
+                       description="int8 weights; activations quantized per batch at run time"))
+register_recipe(Recipe("w8a8", "static", weights=W8_PT, activations=A8,
+                       description="int8 per-tensor weights, int8 activations, integer-only"))
+register_recipe(Recipe("w8a8-pc", "static", weights=W8_PC, activations=A8,
+                       description="int8 per-channel weights, int8 activations, integer-only (default)"))
+
+
+def get_recipe(recipe: "str | Recipe") -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str) and recipe in RECIPES:
+        return RECIPES[recipe]
+    raise RecipeError(f"unknown recipe {recipe!r}; available: {', '.join(RECIPES)} (or pass an edgequant.Recipe)")
