@@ -14,6 +14,11 @@ from .passes import prepare
 from .quantized import QuantizedModel
 from .recipes import Recipe, get_recipe
 
+# Post-training algorithms that need the graph, the recipe, activation qparams and calibration data
+# (e.g. empirical bias correction). Each is ``step(graph, recipe, act_qp, calib) -> graph`` and is
+# applied in order before lowering; a step does nothing unless the recipe asks for it.
+PTQ_STEPS: list = []
+
 
 def float_param_bytes(graph: Graph) -> int:
     """fp32 bytes of the (BN-folded) weights and biases: the baseline for size ratios."""
@@ -48,5 +53,7 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
 
             raise CalibrationError(f"recipe {r.name!r} quantizes activations statically and needs calibration data")
         act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples)
+    for step in PTQ_STEPS:
+        graph = step(graph, r, act_qp, calib)
     program = lower(graph, r, act_qp)
     return QuantizedModel(program, r, graph, float_param_bytes(graph))

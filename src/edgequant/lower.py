@@ -17,7 +17,7 @@ from .kernels.elementwise import add_multipliers
 from .program import Instr, Program, TensorInfo
 from .qmath import QParams
 from .recipes import Recipe
-from .weights import quantize_weight
+from .weight_quant import quantize_weight
 
 
 class _Lowering:

@@ -72,6 +72,18 @@ class QuantizedModel:
 
     __call__ = run
 
+    def save(self, path) -> None:
+        """Write the artifact (graph JSON + packed tensors + manifest with checksums)."""
+        from .artifact import save
+
+        save(self, path)
+
+    def export(self, path, format: str = "onnx", **options) -> None:
+        """Write a deployable file for another runtime (``"onnx"``; ``"tflite"`` where supported)."""
+        from .export import export
+
+        export(self, path, format=format, **options)
+
     @property
     def size_bytes(self) -> int:
         return program_size_bytes(self.program)
