@@ -27,16 +27,33 @@ def _as4d(x: np.ndarray, attrs: dict):
     return (x[:, :, None, :], True) if attrs.get("dims", 2) == 1 and x.ndim == 3 else (x, False)
 
 
-def int_accumulate(instr, x_centered: np.ndarray) -> np.ndarray:
-    """Exact int accumulators of conv/linear on zero-point-centred integer input (int64)."""
+def _w_sums(instr) -> np.ndarray:
+    """Per-output-channel sum of the integer weights (for the zero-point correction), cached."""
+    cache = instr.__dict__.setdefault("_cache", {})
+    if "w_sum" not in cache:
+        w = instr.arrays["weight"].astype(np.int64)
+        cache["w_sum"] = w.reshape(w.shape[0], -1).sum(axis=1)
+    return cache["w_sum"]
+
+
+def int_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
+    """Exact ``sum((x - zx) * w)`` of conv/linear on raw integer input, int64 (N, O, ...).
+
+    Computed as ``sum(x * w) - zx * sum(w)`` so the GEMM runs on int8 x int8 (padding holds zx,
+    the integer for real 0, so padded taps cancel exactly).
+    """
     a = instr.attrs
     w = instr.arrays["weight"]
     if instr.op.startswith("linear"):
-        return gemm.exact_matmul(x_centered, w.T, _w_f32(instr).T)
-    x4, squeeze = _as4d(x_centered, a)
-    acc = gemm.conv2d(x4, w, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"],
-                      pad_value=0, exact=True, w_f32=_w_f32(instr))
-    return acc[:, :, 0, :] if squeeze else acc
+        acc = gemm.exact_matmul(x, w.T, _w_f32(instr).T)
+    else:
+        x4, squeeze = _as4d(x, a)
+        acc = gemm.conv2d(x4, w, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"],
+                          pad_value=zx, exact=True, w_f32=_w_f32(instr))
+        acc = acc[:, :, 0, :] if squeeze else acc
+    if zx:
+        acc = acc - zx * _w_sums(instr).reshape(_channel_shape(acc))
+    return acc
 
 
 def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
@@ -45,7 +62,7 @@ def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
 
 def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     zx = int(ctx.qp(instr.inputs[0]).zero_point)
-    acc = int_accumulate(instr, inputs[0].astype(np.int16) - np.int16(zx))
+    acc = int_accumulate(instr, inputs[0], zx)
     cs = _channel_shape(acc)
     acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
     lo, hi = act_bounds(instr, ctx)
@@ -102,7 +119,7 @@ def _dyn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     qp = dynamic_qparams(float(x.min()), float(x.max()))
     v = x / np.float32(qp.scale)
     q = np.clip((qmath.round_half_away(v) if ctx.half_away else np.rint(v)) + int(qp.zero_point), -128, 127)
-    acc = int_accumulate(instr, (q - int(qp.zero_point)).astype(np.int16))
+    acc = int_accumulate(instr, q.astype(np.int8), int(qp.zero_point))
     cs = _channel_shape(acc)
     scale = (np.float32(qp.scale) * instr.arrays["w_scale"]).astype(np.float32).reshape(cs)
     y = acc.astype(np.float32) * scale + instr.arrays["bias_f"].reshape(cs)

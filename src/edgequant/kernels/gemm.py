@@ -8,6 +8,7 @@ chunks in int64. Same bits as a true int32 accumulator, ~30x faster.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 _F32_EXACT = 1 << 24
 _F64_EXACT = 1 << 53
@@ -19,11 +20,25 @@ def _maxabs(a: np.ndarray) -> int:
     return int(max(abs(int(a.max())), abs(int(a.min()))))
 
 
+def _int_mm_ok(a: np.ndarray, b: np.ndarray) -> bool:
+    """torch._int_mm (int8 x int8 -> int32, exact) needs M > 16 and K, N multiples of 8."""
+    return (a.dtype == np.int8 and b.dtype == np.int8 and a.ndim == 2 and b.ndim == 2
+            and a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0 and a.shape[1] * 128 * 128 < 2**31)
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray, b_f32: np.ndarray | None = None) -> np.ndarray:
     """Exact ``a @ b`` for integer arrays (..., M, K) @ (..., K, N) -> int64.
 
+    int8 x int8 goes through ``torch._int_mm`` (exact int32 accumulation) when its shape rules
+    allow; otherwise float32 BLAS in K chunks small enough to stay exact, else float64.
     ``b_f32`` is an optional pre-converted float32 copy of ``b`` (weights are converted once).
     """
+    if a.ndim == 3 and a.shape[0] == 1 and b.ndim == 3:
+        return exact_matmul(a[0], b[0], None if b_f32 is None else b_f32[0])[None]
+    if _int_mm_ok(a, b):
+        ta = torch.from_numpy(np.require(a, requirements=["C", "W"]))
+        out = torch._int_mm(ta, torch.from_numpy(np.require(b, requirements=["C", "W"])))
+        return out.numpy().astype(np.int64)
     k = a.shape[-1]
     bound = max(_maxabs(a) * (_maxabs(b) if b_f32 is None else int(np.abs(b_f32).max(initial=0))), 1)
     if bound * k < _F32_EXACT:
