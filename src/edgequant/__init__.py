@@ -12,9 +12,10 @@ __version__ = "0.1.0"
 
 from . import data, models  # noqa: E402
 from .api import quantize  # noqa: E402
+from .artifact import load  # noqa: E402
 from .errors import EdgequantError  # noqa: E402
 from .quantized import QuantizedModel  # noqa: E402
 from .recipes import RECIPES, LayerOverride, Recipe, TensorSpec, get_recipe  # noqa: E402
 
-__all__ = ["quantize", "QuantizedModel", "Recipe", "TensorSpec", "LayerOverride", "RECIPES", "get_recipe",
+__all__ = ["quantize", "load", "QuantizedModel", "Recipe", "TensorSpec", "LayerOverride", "RECIPES", "get_recipe",
            "EdgequantError", "data", "models", "__version__"]

@@ -5,13 +5,15 @@ Integer tensors are int8 NumPy arrays; accumulators are exact int64 holding int3
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
 from .errors import InputError
 from .kernels import RUN, SIM
 from .kernels.context import KernelContext
-from .program import Program
+from .program import Instr, Program
 from .qmath import check_rounding
 
 
@@ -21,8 +23,13 @@ def _check_input(program: Program, x: np.ndarray) -> None:
         raise InputError(f"input has shape {tuple(x.shape)}; the model was captured for (N, {', '.join(map(str, want[1:]))})")
 
 
-def run(program: Program, x: np.ndarray, rounding: str = "gemmlowp", return_int: bool = False) -> np.ndarray:
-    """Execute ``program`` on float input ``x``. ``return_int`` returns the integer output tensor."""
+def run(program: Program, x: np.ndarray, rounding: str = "gemmlowp", return_int: bool = False,
+        trace: Callable[[Instr, np.ndarray], None] | None = None) -> np.ndarray:
+    """Execute ``program`` on float input ``x``. ``return_int`` returns the integer output tensor.
+
+    ``trace(instr, value)`` is called after every instruction (the artifact loader checks each
+    tensor's shape and dtype against the program with it).
+    """
     check_rounding(rounding)
     x = np.ascontiguousarray(np.asarray(x, np.float32))
     _check_input(program, x)
@@ -32,6 +39,8 @@ def run(program: Program, x: np.ndarray, rounding: str = "gemmlowp", return_int:
         if return_int and ins.op == "dequantize" and ins.output == program.output:
             return env[ins.inputs[0]]
         env[ins.output] = RUN[ins.op](ins, [env[i] for i in ins.inputs], ctx)
+        if trace is not None:
+            trace(ins, env[ins.output])
     return env[program.output]
 
 
