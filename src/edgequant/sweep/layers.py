@@ -1,0 +1,163 @@
+"""Per-layer studies of a quantized program against the float graph.
+
+* ``layer_sqnr`` -- SQNR (dB) of every quantized layer's output in the integer program (errors of
+  all earlier layers included, as a device would compute it) against the fp32 graph's output of
+  the same node: ``10 log10(sum(ref^2) / sum((ref - q)^2))``.
+* ``sensitivity`` -- one layer at a time: the fp32 graph runs with only that layer replaced by the
+  program's own instruction(s) for it (fake-quant twin ``SIM``, fed the fp32 input quantized onto
+  the program's input grid), so the accuracy drop is what that layer alone costs at its width.
+
+Program instructions name their graph node (``Instr.node``); that is the only link needed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..graph_exec import GraphModule
+from ..ir import Graph
+from ..kernels import RUN, SIM
+from ..kernels.context import KernelContext
+from ..program import Instr, Program
+from ..qmath import dequantize
+
+
+@dataclass
+class Layer:
+    node: str  # graph node (also the program tensor name of its output)
+    op: str  # instruction op, e.g. "conv", "linear_dyn"
+    module: str  # nn.Module path, e.g. "features.0.0"
+    weight_bits: int | None
+    instrs: list[Instr]  # every instruction lowered from this node, in program order
+
+
+def quantized_layers(program: Program, graph: Graph) -> list[Layer]:
+    """Nodes whose instructions hold non-fp32 weights (the layers a recipe actually quantizes)."""
+    nodes = graph.by_name()
+    by_node: dict[str, list[Instr]] = {}
+    for ins in program.instrs:
+        by_node.setdefault(ins.node, []).append(ins)
+    out = []
+    for name, instrs in by_node.items():
+        w = next((i for i in instrs if "weight" in i.arrays), None)
+        if w is None or w.arrays["weight"].dtype == np.float32 or name not in nodes:
+            continue
+        bits = w.attrs.get("weight_bits", 16 if w.arrays["weight"].dtype == np.float16 else None)
+        out.append(Layer(name, w.op, nodes[name].module, bits, instrs))
+    return out
+
+
+def _real(v, name: str, program: Program) -> np.ndarray:
+    """A program tensor's value in real units (integer tensors dequantized with their qparams)."""
+    info = program.tensors.get(name)
+    a = np.asarray(v)
+    if info is not None and info.qparams is not None and np.issubdtype(a.dtype, np.integer):
+        return dequantize(a, info.qparams)
+    return a.astype(np.float32)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float | None:
+    """None when the two are identical (infinite SQNR)."""
+    ref = np.asarray(ref, np.float64)
+    noise = float(np.sum((ref - np.asarray(test, np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return None
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def float_outputs(graph: Graph, x: torch.Tensor, names: set[str]) -> dict[str, np.ndarray]:
+    keep: dict[str, np.ndarray] = {}
+
+    def hook(node, y):
+        if node.name in names:
+            keep[node.name] = y.detach().numpy()
+        return y
+
+    with torch.no_grad():
+        GraphModule(graph)(x.float(), hook)
+    return keep
+
+
+def program_outputs(program: Program, x: np.ndarray, names: set[str], rounding: str = "gemmlowp") -> dict[str, np.ndarray]:
+    """Run ``program`` like ``interpreter.run`` and keep the real value of each named node's last output."""
+    last = {ins.node: ins.output for ins in program.instrs if ins.node in names}
+    want = {t: n for n, t in last.items()}
+    ctx = KernelContext(rounding, program.tensors)
+    env = {program.input: np.ascontiguousarray(np.asarray(x, np.float32))}
+    keep = {}
+    for ins in program.instrs:
+        env[ins.output] = RUN[ins.op](ins, [env[i] for i in ins.inputs], ctx)
+        if ins.output in want:
+            keep[want[ins.output]] = _real(env[ins.output], ins.output, program)
+    return keep
+
+
+def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = "gemmlowp") -> list[dict]:
+    """[{layer, module, op, weight_bits, sqnr_db}] for every quantized layer, in program order."""
+    layers = quantized_layers(program, graph)
+    names = {l.node for l in layers}
+    ref = float_outputs(graph, x, names)
+    got = program_outputs(program, x.numpy(), names, rounding)
+    return [{"layer": l.node, "module": l.module, "op": l.op, "weight_bits": l.weight_bits,
+             "sqnr_db": sqnr_db(ref[l.node], got[l.node])} for l in layers if l.node in ref and l.node in got]
+
+
+def _producer_nodes(program: Program) -> dict[str, str]:
+    """Program tensor -> graph node whose float value it carries (``x.q`` -> ``x``)."""
+    m = {program.input: program.input}
+    for ins in program.instrs:
+        m[ins.output] = ins.node
+    return m
+
+
+def _replace_layer(program: Program, layer: Layer, rounding: str) -> Callable:
+    """A GraphModule hook that swaps ``layer``'s fp32 output for the program's quantized one."""
+    ctx = KernelContext(rounding, program.tensors)
+    producer = _producer_nodes(program)
+    own = {i.output for i in layer.instrs}
+    env: dict[str, torch.Tensor] = {}
+
+    def hook(node, y: torch.Tensor) -> torch.Tensor:
+        env[node.name] = y
+        if node.name != layer.node:
+            return y
+        local: dict[str, torch.Tensor] = {}
+        for ins in layer.instrs:
+            args = []
+            for t in ins.inputs:
+                if t in local:
+                    args.append(local[t])
+                    continue
+                v = env[producer[t]].to(torch.float64)
+                info = program.tensors.get(t)
+                args.append(ctx.fq(v, t) if info is not None and info.qparams is not None else v)
+            local[ins.output] = SIM[ins.op](ins, args, ctx)
+        out = [i.output for i in layer.instrs if i.output in own][-1]
+        return local[out].to(y.dtype)
+
+    return hook
+
+
+def sensitivity(program: Program, graph: Graph, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                score: Callable[[torch.Tensor, torch.Tensor], float], rounding: str = "gemmlowp",
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """[{layer, module, op, weight_bits, score}]: the metric with only that layer quantized."""
+    gm = GraphModule(graph)
+    y = torch.cat([b[1] for b in batches])
+    rows = []
+    for layer in quantized_layers(program, graph):
+        if progress:
+            progress(layer.node)
+        hook = _replace_layer(program, layer, rounding)
+        with torch.no_grad():
+            logits = torch.cat([gm(x.float(), hook).float() for x, _ in batches])
+        rows.append({"layer": layer.node, "module": layer.module, "op": layer.op, "weight_bits": layer.weight_bits,
+                     "score": score(logits, y)})
+    return rows

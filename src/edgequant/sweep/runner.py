@@ -1,0 +1,338 @@
+"""The sweep: every recipe through the integer program, measured side by side, then the answer.
+
+Per recipe: quantize (timed), the task metric of the integer program on the whole evaluation set,
+its drop against the fp32 model, packed size, latency on the fastest runtime that runs it (ONNX
+Runtime where the export path handles the recipe, the reference interpreter otherwise), and how
+well the interpreter agrees with the fake-quant simulation. Per layer: SQNR for every recipe,
+one-layer-at-a-time sensitivity for the lowest one.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..api import capture_prepared, quantize
+from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpError
+from ..quantized import QuantizedModel
+from ..recipes import RECIPES
+from . import layers, plugins
+from .presets import Plan, bits, resolve
+
+SCHEMA_VERSION = 1
+Progress = Callable[[str, int, int], None]  # (what is happening, steps done, steps total)
+
+
+@dataclass
+class SweepConfig:
+    """Everything a sweep depends on; stored in report.json so a run can be reproduced."""
+
+    model: str | None = None  # FILE.py:FUNC or built-in name; None = digits_cnn (pretrained)
+    data: str | None = None  # FILE.py:FUNC or "digits"
+    metric: str | None = None  # top1 | top5 | FILE.py:FUNC
+    recipes: list[str] | None = None
+    preset: str | None = None  # all | int8 | lowbit | qat (default all)
+    budget: float = 1.0  # accuracy drop allowed, in points
+    out: str = "edgequant-sweep"
+    qat_epochs: int = 0
+    qat_lr: float = 1e-3
+    calib_samples: int | None = 512
+    eval_samples: int | None = None
+    latency_batch: int = 64
+    repeats: int = 5
+    layer_samples: int = 256
+    sensitivity: bool = True
+    rounding: str = "gemmlowp"
+    save: bool = True
+    fast_backends: tuple[str, ...] = ("onnxruntime",)
+
+
+@dataclass
+class SweepResult:
+    report: dict
+    models: dict[str, QuantizedModel] = field(default_factory=dict)  # row label -> quantized model
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: sessions, caches, lazy imports
+    times = []
+    for _ in range(max(repeats, 1)):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
+
+
+def _argmax_agree(a: np.ndarray, b: np.ndarray) -> float:
+    return 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if a.ndim == 2 else float(np.allclose(a, b)) * 100
+
+
+def _logits(fn: Callable[[np.ndarray], object], batches) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x.numpy()), np.float32) for x, _ in batches])
+
+
+class _Scorer:
+    """The metric on a whole evaluation set, on one scale (percent) fixed by the fp32 baseline."""
+
+    def __init__(self, name: str, fn: plugins.Metric, y: torch.Tensor) -> None:
+        self.name, self.fn, self.y, self.factor = name, fn, y, 1.0
+
+    def fix_scale(self, baseline_raw: float) -> None:
+        self.factor = 100.0 if abs(baseline_raw) <= 1.0 else 1.0
+
+    def __call__(self, logits, y: torch.Tensor | None = None) -> float:
+        t = torch.as_tensor(np.asarray(logits, np.float32)) if not isinstance(logits, torch.Tensor) else logits.float()
+        return self.factor * self.fn(t, self.y if y is None else y)
+
+
+def _capture(model: torch.nn.Module, example: torch.Tensor, spec: str | None):
+    try:
+        return capture_prepared(model, example)
+    except (CaptureError, UnsupportedOpError) as e:
+        raise PluginError(f"--model {spec or 'digits_cnn'}: the model cannot be quantized as written. {e}") from e
+
+
+def _fast_path(q: QuantizedModel, xb: np.ndarray, ref: np.ndarray, cfg: SweepConfig, row: dict) -> None:
+    """Time each available fast runtime that runs this recipe; note why the others were skipped."""
+    if importlib.util.find_spec("edgequant.backends") is None:
+        for b in cfg.fast_backends:
+            row["runtime_notes"][b] = "not available in this edgequant (edgequant.backends missing)"
+        return
+    for b in cfg.fast_backends:
+        try:
+            y = np.asarray(q.run(xb, backend=b), np.float32)
+        except Exception as e:  # a runtime that cannot take this recipe is reported, not fatal
+            row["runtime_notes"][b] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            continue
+        row["runtime_agreement_pct"][b] = _argmax_agree(y, ref)
+        row["latency_by_runtime"][b] = _median_ms(lambda: q.run(xb, backend=b), cfg.repeats)
+
+
+def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor], cfg: SweepConfig) -> QuantizedModel:
+    recipe = RECIPES[plan.recipe]
+    if not plan.qat:
+        return quantize(model, recipe, calib_x)
+    if data.train is None:
+        raise PluginError(f"QAT row {plan.label} needs a training set: make --data return (calib, eval, train)")
+    from .. import qat  # present: presets.resolve checked it
+
+    res = qat.finetune(copy.deepcopy(model), recipe, data.train, calib_x, epochs=cfg.qat_epochs, lr=cfg.qat_lr)
+    if isinstance(res, QuantizedModel):
+        return res
+    if isinstance(res, torch.nn.Module) and hasattr(qat, "convert"):
+        return qat.convert(res)
+    raise EdgequantError(f"edgequant.qat.finetune returned a {type(res).__name__}; expected a QuantizedModel")
+
+
+def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, score: _Scorer, baseline: dict,
+             xb: np.ndarray, layer_x: torch.Tensor, graph) -> tuple[dict, QuantizedModel | None]:
+    r = RECIPES[plan.recipe]
+    wb, ab = bits(r)
+    row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "mode": r.mode,
+                 "weight_bits": wb, "act_bits": ab, "description": r.description, "status": "ok", "error": None,
+                 "latency_by_runtime": {}, "runtime_notes": {}, "runtime_agreement_pct": {}}
+    try:
+        t = time.perf_counter()
+        q = _quantize(plan, model, data, calib_x, cfg)
+        row["quantize_s"] = time.perf_counter() - t
+        run = _logits(lambda x: q.run(x, rounding=cfg.rounding), data.eval)
+        sim = _logits(lambda x: q.simulate(x, rounding=cfg.rounding), data.eval)
+        row["accuracy"] = score(run)
+        row["drop"] = baseline["accuracy"] - row["accuracy"]
+        row["size_bytes"] = int(q.size_bytes)
+        row["size_ratio"] = row["size_bytes"] / baseline["size_bytes"]
+        row["sim_agreement_pct"] = _argmax_agree(run, sim)
+        diff = float(np.max(np.abs(run.astype(np.float64) - sim.astype(np.float64)))) if run.size else 0.0
+        oqp = q.program.output_qparams
+        row["sim_max_abs_diff"] = diff
+        row["sim_max_diff_lsb"] = diff / float(np.max(oqp.scale)) if oqp is not None else None
+        ref = np.asarray(q.run(xb, rounding=cfg.rounding), np.float32)
+        row["latency_by_runtime"]["interpreter"] = _median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats)
+        _fast_path(q, xb, ref, cfg, row)
+        row["runtime"] = min(row["latency_by_runtime"], key=row["latency_by_runtime"].get)
+        row["latency_ms"] = row["latency_by_runtime"][row["runtime"]]
+        row["layers_sqnr"] = layers.layer_sqnr(q.program, graph, layer_x, cfg.rounding) if r.mode != "float" else []
+        return row, q
+    except PluginError:
+        raise
+    except Exception as e:  # one recipe failing must not hide the others; the row says why
+        row.update(status="failed", error=f"{type(e).__name__}: {e}", accuracy=None, drop=None, size_bytes=None,
+                   size_ratio=None, latency_ms=None, runtime=None, quantize_s=None, sim_agreement_pct=None,
+                   layers_sqnr=[])
+        return row, None
+
+
+def pareto(rows: list[dict], cost: str) -> set[str]:
+    """Labels of rows that no other row beats on both ``cost`` (lower) and accuracy (higher)."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get(cost) is not None]
+    front = set()
+    for r in ok:
+        dominated = any(o is not r and o[cost] <= r[cost] and o["accuracy"] >= r["accuracy"]
+                        and (o[cost] < r[cost] or o["accuracy"] > r["accuracy"]) for o in ok)
+        if not dominated:
+            front.add(r["recipe"])
+    return front
+
+
+def lowest(rows: list[dict]) -> dict | None:
+    """The most aggressive post-training row that ran: fewest weight+activation bits, then smallest."""
+    cands = [r for r in rows if r["status"] == "ok" and not r["qat"] and r["mode"] != "float"]
+    return min(cands, key=lambda r: (r["weight_bits"] + r["act_bits"], r["size_bytes"])) if cands else None
+
+
+def choose(rows: list[dict], budget: float) -> tuple[dict | None, dict | None]:
+    """(smallest, fastest) among rows whose drop is within ``budget`` points."""
+    within = [r for r in rows if r["status"] == "ok" and r["drop"] <= budget + 1e-9]
+    if not within:
+        return None, None
+    smallest = min(within, key=lambda r: (r["size_bytes"], -r["accuracy"], r["latency_ms"]))
+    fastest = min(within, key=lambda r: (r["latency_ms"], r["size_bytes"], -r["accuracy"]))
+    return smallest, fastest
+
+
+def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
+    """Run the whole sweep in memory (no files written; see ``report.write_all``)."""
+    t0 = time.perf_counter()
+    say = progress or (lambda *_: None)
+    if cfg.budget < 0:
+        raise PluginError(f"--budget {cfg.budget}: the allowed accuracy drop must be >= 0 points")
+    plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs)
+    total = len(plans) + 2 + int(cfg.sensitivity)
+    say("loading model and data", 0, total)
+    model = plugins.load_model(cfg.model)
+    data = plugins.load_data(cfg.data, cfg.calib_samples, cfg.eval_samples, want_train=any(p.qat for p in plans))
+    metric_name, metric_fn = plugins.load_metric(cfg.metric)
+    calib_x = [x for x, _ in data.calib]
+    graph = _capture(model, calib_x[0][:2], cfg.model)
+    eval_x = data.eval_x
+    score = _Scorer(metric_name, metric_fn, data.eval_y)
+    reps = -(-cfg.latency_batch // eval_x.shape[0])
+    xb = eval_x.repeat((reps,) + (1,) * (eval_x.ndim - 1))[: cfg.latency_batch].numpy()
+    layer_x = eval_x[: cfg.layer_samples]
+
+    say("fp32 baseline (torch)", 0, total)
+    with torch.no_grad():
+        try:
+            base_logits = torch.cat([model(x).float() for x, _ in data.eval])
+            raw = metric_fn(base_logits, data.eval_y)
+            xt = torch.from_numpy(xb)
+            torch_ms = _median_ms(lambda: model(xt), cfg.repeats)
+        except PluginError:
+            raise
+        except Exception as e:
+            raise PluginError(f"--model {cfg.model or 'digits_cnn'} failed on the evaluation data: {type(e).__name__}: {e}") from e
+    score.fix_scale(raw)
+    fp32_bytes = int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
+    baseline = {"recipe": "fp32 (torch)", "accuracy": score(base_logits), "size_bytes": fp32_bytes,
+                "latency_ms": torch_ms, "runtime": "torch"}
+
+    rows, models = [], {}
+    for i, plan in enumerate(plans):
+        say(f"{plan.label}: quantize, evaluate, time", i + 1, total)
+        row, q = _measure(plan, model, data, calib_x, cfg, score, baseline, xb, layer_x, graph)
+        rows.append(row)
+        if q is not None:
+            models[plan.label] = q
+    if not any(r["status"] == "ok" for r in rows):
+        raise EdgequantError("every recipe failed on this model: " + "; ".join(f"{r['recipe']}: {r['error']}" for r in rows))
+    for cost, key in (("size_bytes", "pareto_size"), ("latency_ms", "pareto_latency")):
+        front = pareto(rows, cost)
+        for r in rows:
+            r[key] = r["recipe"] in front
+
+    sens = None
+    low = lowest(rows)
+    if cfg.sensitivity and low is not None:
+        q = models[low["recipe"]]
+        tick = lambda layer: say(f"sensitivity of {low['recipe']}: {layer}", len(plans) + 1, total)  # noqa: E731
+        per = layers.sensitivity(q.program, graph, data.eval, score, cfg.rounding, tick)
+        for p in per:
+            p["accuracy"] = p.pop("score")
+            p["drop"] = baseline["accuracy"] - p["accuracy"]
+        sens = {"recipe": low["recipe"], "layers": per}
+
+    sqnr = {}
+    for r in rows:
+        per_layer = r.pop("layers_sqnr", [])
+        if per_layer:
+            sqnr[r["recipe"]] = per_layer
+    smallest, fastest = choose(rows, cfg.budget)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "edgequant_version": __version__,
+        "config": {**asdict(cfg), "fast_backends": list(cfg.fast_backends)},
+        "model": {"spec": cfg.model or "digits_cnn", "class": type(model).__name__,
+                  "input_shape": [None] + list(eval_x.shape[1:]), "graph_nodes": len(graph.nodes)},
+        "data": {"spec": cfg.data or "digits", "calib_samples": int(sum(x.shape[0] for x in calib_x)),
+                 "eval_samples": int(eval_x.shape[0]), "latency_batch": int(xb.shape[0])},
+        "metric": {"name": metric_name, "unit": "percent", "scaled_from_fraction": score.factor == 100.0},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_threads": torch.get_num_threads()},
+        "baseline": baseline,
+        "rows": rows,
+        "layers": {"sqnr": sqnr, "sensitivity": sens},
+        "answer": {"budget_points": cfg.budget, "smallest": _pick(smallest), "fastest": _pick(fastest)},
+        "wall_s": None,
+    }
+    from .report import answer_line
+
+    report["answer"]["line"] = answer_line(report)
+    report["wall_s"] = time.perf_counter() - t0
+    say("done", total, total)
+    return SweepResult(report, models)
+
+
+def _pick(r: dict | None) -> dict | None:
+    if r is None:
+        return None
+    keys = ("recipe", "accuracy", "drop", "size_bytes", "size_ratio", "latency_ms", "runtime")
+    return {k: r[k] for k in keys} | {"artifact": None}
+
+
+def artifact_suffix() -> str:
+    if importlib.util.find_spec("edgequant.artifact") is None:
+        return ".edgequant"
+    from .. import artifact
+
+    return getattr(artifact, "SUFFIX", ".edgequant")
+
+
+def save_answer(result: SweepResult, out: Path) -> list[str]:
+    """Save the answer's quantized model(s) next to the report; returns notes for the user.
+
+    Saving is best effort by design: the measurements stand even where the artifact format is
+    not available or cannot hold a recipe, and the notes say so instead of failing the sweep.
+    """
+    notes: list[str] = []
+    saved: dict[str, str] = {}
+    answer = result.report["answer"]
+    for role in ("smallest", "fastest"):
+        pick = answer.get(role)
+        if pick is None:
+            continue
+        label = pick["recipe"]
+        path = out / ("model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in label) + artifact_suffix())
+        if importlib.util.find_spec("edgequant.artifact") is None:
+            if role == "fastest" and label == answer["smallest"]["recipe"]:
+                continue
+            notes.append(f"{label} not saved: this edgequant has no artifact support yet (edgequant.artifact); "
+                         f"quantize it again with `edgequant quantize --recipe {pick['recipe']}` once it has")
+            continue
+        try:
+            if label not in saved:
+                result.models[label].save(path)
+                saved[label] = str(path)
+            pick["artifact"] = saved[label]
+        except EdgequantError as e:
+            notes.append(f"{label} not saved: {e}")
+    answer["notes"] = notes
+    return notes
