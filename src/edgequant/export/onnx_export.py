@@ -1,0 +1,76 @@
+"""The ONNX emitter: a Program -> an ONNX model (QDQ by default, QOperator as an option).
+
+Emitters are tables keyed by instruction op (``onnx_qdq.EMITTERS``, ``onnx_qop.EMITTERS``,
+``onnx_float.EMITTERS``); an instruction with no entry is an ``ExportError`` naming it. The file
+is checked with ``onnx.checker`` (full check, shape inference) before it is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..errors import ExportError
+from ..program import Program
+from . import onnx_float, onnx_qdq, onnx_qop
+from .onnx_graph import OPSET, WHY_UINT8, OnnxBuilder
+
+STYLES = {
+    "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS},
+    "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS},
+}
+OPTIONS = ("style", "activation_type", "int4_weights", "check")
+
+
+def _program(q) -> Program:
+    return q if isinstance(q, Program) else q.program
+
+
+def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights: bool = True,
+            check: bool = True) -> onnx.ModelProto:
+    """Build the ONNX model of a QuantizedModel (or Program).
+
+    ``style``: "qdq" (QuantizeLinear/DequantizeLinear around float ops: portable, and what ONNX
+    Runtime fuses into integer kernels) or "qoperator" (QLinearConv, QGemm, QLinearAdd, ... --
+    ONNX Runtime's contrib ops for the non-conv ops). ``activation_type``: "uint8" (default; see
+    ``onnx_graph.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
+    """
+    if style not in STYLES:
+        raise ExportError(f"ONNX style {style!r} is not supported; use one of {sorted(STYLES)}")
+    program = _program(q)
+    table = STYLES[style]
+    b = OnnxBuilder(program, activation_type, int4_weights)
+    for ins in program.instrs:
+        if ins.op not in table:
+            raise ExportError(f"instruction {ins.op!r} (layer '{ins.node}') has no ONNX {style} emitter; "
+                              f"exportable ops: {', '.join(sorted(table))}")
+        table[ins.op](b, ins)
+    recipe = program.meta.get("recipe", {})
+    meta = {"edgequant.recipe": recipe.get("name", ""), "edgequant.style": style,
+            "edgequant.activation_type": b.act.name}
+    doc = f"edgequant export, recipe {recipe.get('name', '?')}, {style}; " + (WHY_UINT8 if b.act.name == "uint8" else "int8 activations")
+    model = b.model(doc, meta)
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported ONNX model fails onnx.checker: {str(e).splitlines()[0]}") from e
+    return model
+
+
+def export_onnx(q, path, **options) -> Path:
+    """Write ``q`` as an ONNX file (see ``to_onnx`` for options); returns the path."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ExportError(f"unknown ONNX export option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    model = to_onnx(q, **options)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(path))
+    except OSError as e:
+        raise ExportError(f"cannot write ONNX file {path}: {e}") from e
+    return path
+
+
+__all__ = ["to_onnx", "export_onnx", "STYLES", "OPSET"]

@@ -1,0 +1,247 @@
+"""Building an ONNX graph from a Program: names, initializers, and the integer tensors' Q/DQ.
+
+Every integer tensor of the program becomes one ONNX tensor of the same name holding its
+integers in the export's activation type. ONNX Runtime on x86 multiplies uint8 activations by
+int8 weights on its fast path (VNNI/AVX2 u8s8 kernels) and is ~50x slower on int8 x int8, so
+the default activation type is uint8: ``q_u8 = q_i8 + 128`` with ``zp_u8 = zp_i8 + 128`` -- the
+same real numbers, an exact shift. ``activation_type="int8"`` keeps the program's int8 values
+(for runtimes that prefer them, e.g. ARM builds or TensorRT).
+
+Sub-8-bit weights (``instr.attrs["weight_bits"] <= 4``) are stored as opset-21 INT4 initializers
+(two per byte) and widened by a ``Cast`` to int8 that ONNX Runtime folds at load time, so the
+file is small and the runtime still fuses the int8 QLinearConv / QGemm kernels.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import ExportError
+from ..program import Instr, Program
+
+OPSET = 21  # int4 QuantizeLinear/DequantizeLinear/Cast need opset 21
+IR_VERSION = 10  # the IR version of opset 21; ONNX Runtime >= 1.17 loads it
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (QLinearAdd, QLinearConcat, QGemm, ...)
+
+
+@dataclass(frozen=True)
+class ActType:
+    """How integer activations are stored in the ONNX file."""
+
+    name: str
+    elem_type: int
+    np_dtype: type
+    offset: int  # added to the program's int8 values (128 for uint8)
+
+
+ACT_TYPES = {
+    "uint8": ActType("uint8", TensorProto.UINT8, np.uint8, 128),
+    "int8": ActType("int8", TensorProto.INT8, np.int8, 0),
+}
+
+WHY_UINT8 = ("uint8 activations: ONNX Runtime on x86 runs uint8 x int8 GEMMs on its fast path "
+             "(~2.6 TOP/s on 2 cores) and int8 x int8 ~50x slower; uint8 is the program's int8 "
+             "shifted by 128, so the integers are the same")
+
+
+def act_type(name: str) -> ActType:
+    if name not in ACT_TYPES:
+        raise ExportError(f"activation_type={name!r} is not supported; use 'uint8' (ONNX Runtime on x86) or 'int8'")
+    if name == "int8":
+        warnings.warn("activation_type='int8': ONNX Runtime on x86 runs int8 x int8 convolutions and GEMMs "
+                      "far slower than uint8 x int8; keep the default 'uint8' for ONNX Runtime CPU.", stacklevel=3)
+    return ACT_TYPES[name]
+
+
+class OnnxBuilder:
+    """Accumulates nodes and initializers; knows each program tensor's integer encoding."""
+
+    def __init__(self, program: Program, activation_type: str = "uint8", int4_weights: bool = True) -> None:
+        self.program = program
+        self.act = act_type(activation_type)
+        self.int4_weights = int4_weights
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.used_ms = False
+        self._names: set[str] = set(program.tensors) | {program.input, program.output}
+        self._qp_cache: dict[str, tuple[str, str]] = {}
+        self._const_cache: dict[tuple, str] = {}
+
+    # -- names, constants, nodes --------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        base = base.replace("/", "_")
+        name, k = base, 1
+        while name in self._names:
+            name, k = f"{base}_{k}", k + 1
+        self._names.add(name)
+        return name
+
+    def const(self, base: str, value, dtype=None, share: bool = True) -> str:
+        """An initializer; small scalars/vectors with the same bytes are shared."""
+        arr = np.asarray(value, dtype) if dtype is not None else np.asarray(value)
+        key = (arr.dtype.str, arr.shape, arr.tobytes()) if share and arr.size <= 4096 else None
+        if key is not None and key in self._const_cache:
+            return self._const_cache[key]
+        name = self.fresh(base)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        if key is not None:
+            self._const_cache[key] = name
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | str | None = None, domain: str = "",
+             name: str | None = None, **attrs) -> list[str]:
+        if outputs is None:
+            outputs = [self.fresh(f"{name or op}_out")]
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        if domain == MS_DOMAIN:
+            self.used_ms = True
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.fresh(name or op), domain=domain or None, **attrs))
+        return outputs
+
+    # -- integer activations ------------------------------------------------------------------
+    def is_int(self, tensor: str) -> bool:
+        return self.program.tensors[tensor].dtype == "int8"
+
+    def qparams(self, tensor: str) -> tuple[str, str]:
+        """(scale, zero point) initializers of an integer tensor, in the export's activation type."""
+        if tensor not in self._qp_cache:
+            qp = self.program.tensors[tensor].qparams
+            if qp is None or np.ndim(qp.scale) != 0:
+                raise ExportError(f"tensor {tensor!r} has no per-tensor activation qparams; cannot export it as a quantized activation")
+            if qp.qmin < -128 or qp.qmax > 127:
+                raise ExportError(f"tensor {tensor!r}: integer range [{qp.qmin}, {qp.qmax}] does not fit an int8 container")
+            s = self.const(f"{tensor}_scale", np.float32(qp.scale))
+            z = self.const(f"{tensor}_zp", int(qp.zero_point) + self.act.offset, self.act.np_dtype)
+            self._qp_cache[tensor] = (s, z)
+        return self._qp_cache[tensor]
+
+    def encode(self, value: int) -> int:
+        """A program int8 value in the export's activation type."""
+        return int(value) + self.act.offset
+
+    def dq(self, tensor: str) -> str:
+        """A fresh DequantizeLinear of an integer tensor (one per consumer, as QDQ graphs expect)."""
+        s, z = self.qparams(tensor)
+        return self.node("DequantizeLinear", [tensor, s, z], name=f"{tensor}_dq")[0]
+
+    def quantize_into(self, value: str, tensor: str, lo: int | None = None, hi: int | None = None,
+                      out: str | None = None) -> str:
+        """QuantizeLinear a float tensor with program tensor ``tensor``'s qparams into ONNX tensor
+        ``out`` (default ``tensor``), clamped to the integers [lo, hi] (fused act, narrow range)."""
+        qp = self.program.tensors[tensor].qparams
+        lo = qp.qmin if lo is None else lo
+        hi = qp.qmax if hi is None else hi
+        out = out or tensor
+        s, z = self.qparams(tensor)
+        if lo <= -128 and hi >= 127:
+            return self.node("QuantizeLinear", [value, s, z], out, name=f"{out}_q")[0]
+        raw = self.node("QuantizeLinear", [value, s, z], name=f"{out}_q")[0]
+        return self.clip_int(raw, out, lo, hi)
+
+    def clip_int(self, src: str, out: str, lo: int, hi: int) -> str:
+        """Integer Clip in the activation type: the fused activation / narrow (sub-8-bit) range."""
+        a = self.act
+        lo_c = self.const(f"{out}_lo", self.encode(max(lo, -128)), a.np_dtype)
+        hi_c = self.const(f"{out}_hi", self.encode(min(hi, 127)), a.np_dtype)
+        return self.node("Clip", [src, lo_c, hi_c], out, name=f"{out}_clip")[0]
+
+    def out_bounds(self, ins: Instr) -> tuple[int, int]:
+        """The integer clamp of an instruction's output: container range narrowed by a fused act."""
+        qp = self.program.tensors[ins.output].qparams
+        return int(ins.attrs.get("act_min", qp.qmin)), int(ins.attrs.get("act_max", qp.qmax))
+
+    # -- weights and biases -------------------------------------------------------------------
+    def weight_int8(self, ins: Instr, w: np.ndarray | None = None) -> str:
+        """The integer weight as an int8 tensor: an INT4 initializer + Cast for <= 4-bit weights."""
+        w = ins.arrays["weight"] if w is None else w
+        bits = int(ins.attrs.get("weight_bits", 8))
+        if w.dtype != np.int8:
+            raise ExportError(f"instruction {ins.op} '{ins.output}': integer weights must be int8 containers, got {w.dtype}")
+        if self.int4_weights and bits <= 4:
+            if w.size and (int(w.min()) < -8 or int(w.max()) > 7):
+                raise ExportError(f"layer '{ins.node}': {bits}-bit weights hold values outside int4 [-8, 7]")
+            packed = self.fresh(f"{ins.output}_w_int4")
+            self.inits.append(helper.make_tensor(packed, TensorProto.INT4, w.shape, w.reshape(-1).tolist()))
+            return self.node("Cast", [packed], name=f"{ins.output}_w_widen", to=TensorProto.INT8)[0]
+        return self.const(f"{ins.output}_w", w, share=False)
+
+    def weight_scale(self, ins: Instr) -> tuple[str, str, bool]:
+        """(scale, int8 zero point, per_channel) of the weight along its output axis."""
+        ws = np.asarray(ins.arrays["w_scale"], np.float32)
+        per_channel = bool(ins.attrs.get("per_channel", True)) or not np.all(ws == ws[0])
+        if per_channel:
+            return (self.const(f"{ins.output}_w_scale", ws, share=False),
+                    self.const(f"{ins.output}_w_zp", np.zeros(ws.shape, np.int8), share=False), True)
+        return self.const(f"{ins.output}_w_scale", ws[0]), self.const("w_zp", np.int8(0)), False
+
+    def dq_weight(self, ins: Instr, w: np.ndarray | None = None) -> str:
+        s, z, pc = self.weight_scale(ins)
+        attrs = {"axis": 0} if pc else {}
+        return self.node("DequantizeLinear", [self.weight_int8(ins, w), s, z], name=f"{ins.output}_w_dq", **attrs)[0]
+
+    def bias_scale(self, ins: Instr) -> np.ndarray:
+        """int32 bias scale ``s_in * s_w[c]`` in float32, as the lowering computed it."""
+        s_in = np.float32(self.program.tensors[ins.inputs[0]].qparams.scale)
+        return (s_in * np.asarray(ins.arrays["w_scale"], np.float32)).astype(np.float32)
+
+    def dq_bias(self, ins: Instr) -> str:
+        b = self.const(f"{ins.output}_bias", np.asarray(ins.arrays["bias"], np.int32), share=False)
+        s = self.const(f"{ins.output}_bias_scale", self.bias_scale(ins), share=False)
+        return self.node("DequantizeLinear", [b, s], name=f"{ins.output}_bias_dq", axis=0)[0]
+
+    # -- the model ------------------------------------------------------------------------------
+    def model(self, doc: str, metadata: dict[str, str]) -> onnx.ModelProto:
+        p = self.program
+        in_shape = ["N", *p.tensors[p.input].shape[1:]]
+        out_shape = ["N", *p.tensors[p.output].shape[1:]]
+        graph = helper.make_graph(
+            self.nodes, "edgequant", [helper.make_tensor_value_info(p.input, TensorProto.FLOAT, in_shape)],
+            [helper.make_tensor_value_info(p.output, TensorProto.FLOAT, out_shape)], self.inits)
+        opsets = [helper.make_opsetid("", OPSET)]
+        if self.used_ms:
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+        m = helper.make_model(graph, opset_imports=opsets, producer_name="edgequant", doc_string=doc)
+        m.ir_version = IR_VERSION
+        for k, v in metadata.items():
+            m.metadata_props.add(key=k, value=str(v))
+        return m
+
+
+# -- shared attribute helpers ------------------------------------------------------------------
+def conv_attrs(ins: Instr) -> dict:
+    """ONNX Conv attributes; Conv1d (stored as (O, C/g, 1, k) over (N, C, 1, L)) stays 1-D."""
+    a = ins.attrs
+    t, b, l, r = a["padding"]
+    kh, kw = ins.arrays["weight"].shape[2:]
+    if a.get("dims", 2) == 1:
+        return {"kernel_shape": [kw], "strides": [a["stride"][1]], "pads": [l, r],
+                "dilations": [a["dilation"][1]], "group": int(a["groups"])}
+    return {"kernel_shape": [kh, kw], "strides": list(a["stride"]), "pads": [t, l, b, r],
+            "dilations": list(a["dilation"]), "group": int(a["groups"])}
+
+
+def conv_weight(ins: Instr, w: np.ndarray) -> np.ndarray:
+    """Weight in ONNX layout: (O, C/g, kh, kw), or (O, C/g, k) for Conv1d."""
+    return w[:, :, 0, :] if ins.attrs.get("dims", 2) == 1 else w
+
+
+def pool_attrs(ins: Instr, with_extra: bool = True) -> dict:
+    """MaxPool/AveragePool attributes. ceil_mode is written as explicit extra end padding
+    (computed by the lowering from the captured shape), which avoids runtimes' ceil-mode quirks."""
+    a = ins.attrs
+    t, b, l, r = a["padding"]
+    eb, er = a.get("extra", (0, 0)) if with_extra else (0, 0)
+    out = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": [t, l, b + eb, r + er]}
+    if tuple(a.get("dilation", (1, 1))) != (1, 1):
+        out["dilations"] = list(a["dilation"])
+    return out
+
+
+def onnx_pads(pads) -> list[int]:
+    """((before, after) per dim) -> ONNX [b0, b1, ..., a0, a1, ...]."""
+    return [int(p[0]) for p in pads] + [int(p[1]) for p in pads]
