@@ -170,6 +170,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _array_sha(arr: np.ndarray) -> str:
+    """SHA-256 of an array's values (little-endian, C order): ties program.json to its tensors."""
+    a = np.ascontiguousarray(arr)
+    return _sha256(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
 # ---------------------------------------------------------------------------------------------
 # program <-> JSON + tensors
 def _qparams_to_dict(qp: QParams) -> dict:
@@ -190,7 +196,7 @@ def program_to_files(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
         for key, arr in ins.arrays.items():
             arr = np.asarray(arr)
             name = _array_name(idx, key)
-            entry = {"key": key, "tensor": name, "dtype": arr.dtype.name, "shape": list(arr.shape)}
+            entry = {"key": key, "tensor": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "sha256": _array_sha(arr)}
             bits = ins.attrs.get("weight_bits")
             if key == "weight" and arr.dtype == np.int8 and bits is not None:
                 try:
@@ -238,10 +244,27 @@ def _exact(program: Program) -> bool:
     return not any(i.op.endswith("_f") for i in program.instrs)
 
 
-def _golden_outputs(program: Program, x: np.ndarray, trace=None) -> dict[str, np.ndarray]:
+def _digest(y: np.ndarray) -> str:
+    y = np.ascontiguousarray(y)
+    return _sha256(f"{y.dtype.str}{list(y.shape)}".encode() + y.tobytes())[:16]
+
+
+def _golden_run(program: Program, x: np.ndarray, check=None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Outputs and per-instruction digests of ``program`` on ``x`` in every rounding mode."""
     from . import interpreter
 
-    return {mode: np.asarray(interpreter.run(program, x, rounding=mode, trace=trace)) for mode in ROUNDING_MODES}
+    outs, digests = {}, {}
+    for mode in ROUNDING_MODES:
+        seen: list[str] = []
+
+        def trace(ins: Instr, y: np.ndarray) -> None:
+            if check is not None:
+                check(ins, y)
+            seen.append(_digest(y))
+
+        outs[mode] = np.asarray(interpreter.run(program, x, rounding=mode, trace=trace))
+        digests[mode] = seen
+    return outs, digests
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,10 +276,12 @@ def artifact_files(q) -> dict[str, bytes]:
     program, recipe = q.program, q.recipe
     doc, tensors = program_to_files(program)
     x = _golden_input(program)
-    golden = {"input": "golden.input", "outputs": {}, "compare": "exact" if _exact(program) else "rtol",
-              "rtol": None if _exact(program) else GOLDEN_RTOL}
+    exact = _exact(program)
+    outs, digests = _golden_run(program, x)
+    golden = {"input": "golden.input", "outputs": {}, "compare": "exact" if exact else "rtol",
+              "rtol": None if exact else GOLDEN_RTOL, "digests": digests if exact else None}
     tensors["golden.input"] = x
-    for mode, y in _golden_outputs(program, x).items():
+    for mode, y in outs.items():
         tensors[f"golden.{mode}"] = y
         golden["outputs"][mode] = f"golden.{mode}"
     try:
@@ -529,7 +554,8 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -
         arrays = {}
         _need(isinstance(d["arrays"], list), fail, f"{f}.arrays", "must be a list")
         for e in d["arrays"]:
-            _need(isinstance(e, dict) and {"key", "tensor", "dtype", "shape"} <= set(e) <= {"key", "tensor", "dtype", "shape", "packed_bits"}
+            _need(isinstance(e, dict) and {"key", "tensor", "dtype", "shape", "sha256"} <= set(e)
+                  <= {"key", "tensor", "dtype", "shape", "sha256", "packed_bits"}
                   and isinstance(e["key"], str) and isinstance(e["tensor"], str), fail, f"{f}.arrays", "malformed array entry")
             fa = f"{f}.arrays.{e['key']}"
             name = e["tensor"]
@@ -554,6 +580,8 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -
                 _need(stored.dtype == dt and list(stored.shape) == shape, fail, fa,
                       f"stored {stored.dtype}{list(stored.shape)} does not match declared {dt.name}{shape}")
                 arrays[e["key"]] = stored
+            _need(_array_sha(arrays[e["key"]]) == e["sha256"], fail, f"{fa}.sha256",
+                  f"the values of tensor {name!r} in {TENSORS} are not the ones this program was saved with")
         instr = Instr(op, list(ins_), out, attrs, arrays, node)
         _check_instr(k, instr, infos, fail)
         instrs.append(instr)
@@ -584,12 +612,24 @@ def _golden_check(program: Program, manifest: dict, tensors: dict[str, np.ndarra
             raise fail(PROGRAM, f"tensors.{ins.output}", f"instruction {ins.op} produces {y.dtype}{list(y.shape)}, "
                        f"the program declares {info.dtype}{list(info.shape)}")
 
+    exact = g["compare"] == "exact"
+    digests = g.get("digests")
+    _need(not exact or (isinstance(digests, dict) and set(digests) == set(ROUNDING_MODES)
+                        and all(isinstance(v, list) and len(v) == len(program.instrs) for v in digests.values())),
+          fail, "golden.digests", "need one digest per instruction and rounding mode", file=MANIFEST)
     try:
-        got = _golden_outputs(program, x, trace)
+        got, got_digests = _golden_run(program, x, trace)
     except ArtifactError:
         raise
     except Exception as e:  # a consistent-looking program that cannot run is a corrupt artifact
         raise fail(PROGRAM, "", f"the program fails on its golden input: {type(e).__name__}: {e}") from e
+    for mode in ROUNDING_MODES if exact else ():
+        bad = next((k for k, (a, b) in enumerate(zip(digests[mode], got_digests[mode])) if a != b), None)
+        if bad is not None:
+            ins = program.instrs[bad]
+            raise ArtifactError(f"artifact {fail.root}: instruction {bad} ({ins.op} from node '{ins.node}') computes "
+                                f"differently on the golden input ({mode} rounding) than when it was saved: the files were "
+                                "edited consistently, or this edgequant's kernels differ from the saving one; re-save the model")
     for mode, name in g["outputs"].items():
         want, y = tensors[name], got[mode]
         same = want.shape == y.shape and want.dtype == y.dtype
