@@ -116,12 +116,19 @@ def _float_act(y, attrs: dict):
 
 def _dyn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     x = inputs[0].astype(np.float32)
-    qp = dynamic_qparams(float(x.min()), float(x.max()))
-    v = x / np.float32(qp.scale)
-    q = np.clip((qmath.round_half_away(v) if ctx.half_away else np.rint(v)) + int(qp.zero_point), -128, 127)
-    acc = int_accumulate(instr, q.astype(np.int8), int(qp.zero_point))
+    if ctx.rounding == "onnxruntime":  # ONNX DynamicQuantizeLinear (uint8, float32 range math), as exported
+        from .onnx_ops import dynamic_quantize_linear
+
+        qu8, s_x, z_u8 = dynamic_quantize_linear(x)
+        q, zx, s_x = (qu8.astype(np.int16) - 128).astype(np.int8), int(z_u8) - 128, np.float32(s_x)
+    else:
+        qp = dynamic_qparams(float(x.min()), float(x.max()))
+        v = x / np.float32(qp.scale)
+        q = np.clip(qmath.round_half_away(v) + int(qp.zero_point), -128, 127).astype(np.int8)
+        zx, s_x = int(qp.zero_point), np.float32(qp.scale)
+    acc = int_accumulate(instr, q, zx)
     cs = _channel_shape(acc)
-    scale = (np.float32(qp.scale) * instr.arrays["w_scale"]).astype(np.float32).reshape(cs)
+    scale = (s_x * instr.arrays["w_scale"]).astype(np.float32).reshape(cs)
     y = acc.astype(np.float32) * scale + instr.arrays["bias_f"].reshape(cs)
     return _float_act(y, instr.attrs).astype(np.float32)
 

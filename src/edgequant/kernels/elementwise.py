@@ -3,6 +3,11 @@
 Integer Add follows TFLite's scheme: both inputs shifted left by 20 bits, rescaled to a common
 scale (2 * max input scale) with Q31 multipliers, summed, rescaled to the output. ONNX Runtime's
 QLinearAdd instead multiplies by float32 scale ratios and rounds half to even.
+
+The "onnxruntime" rounding mode reproduces what ONNX Runtime's x86-64 CPU kernels compute for the
+exported graph (uint8 activations = the int8 program values + 128): QLinearAdd as MLAS's AVX2
+kernel evaluates it, ``fma(a, rA, fma(b, rB, zc - fma(rA, za, rB * zb)))`` in float32 on the uint8
+values, and QLinearConcat as a 256-entry table ``QuantizeLinear(s_x * (x - zx))``.
 """
 from __future__ import annotations
 
@@ -42,10 +47,28 @@ def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
         sb = qmath.multiply_by_quantized_multiplier(xb << at["left_shift"], at["m0_b"], at["shift_b"])
         y = qmath.multiply_by_quantized_multiplier(sa + sb, at["m0_out"], at["shift_out"])
     else:
-        va = np.float32(at["ratio_a"]) * xa.astype(np.float32)
-        vb = np.float32(at["ratio_b"]) * xb.astype(np.float32)
-        y = np.rint(va + vb).astype(np.int64)
+        y = _ort_qlinear_add(inputs[0], inputs[1], int(a_qp.zero_point), int(b_qp.zero_point),
+                             np.float32(at["ratio_a"]), np.float32(at["ratio_b"]), int(y_qp.zero_point))
+        return np.clip(y, lo, hi).astype(np.int8)
     return np.clip(y + int(y_qp.zero_point), lo, hi).astype(np.int8)
+
+
+def _fma_f32(x, y, z) -> np.ndarray:
+    """float32 fused multiply-add (one rounding): the float64 product of two float32 values is
+    exact, and here the sum fits float64's 53 bits, so rounding it to float32 once is the FMA."""
+    return (np.asarray(x, np.float64) * np.asarray(y, np.float64) + np.asarray(z, np.float64)).astype(np.float32)
+
+
+def _ort_qlinear_add(a: np.ndarray, b: np.ndarray, za: int, zb: int, ra: np.float32, rb: np.float32,
+                     zc: int) -> np.ndarray:
+    """ONNX Runtime's QLinearAdd (MLAS AVX2 kernel, uint8) on int8 program values -> int64 in the
+    int8 domain, saturated to [-128, 127]. ``ra``/``rb`` are float32 ``s_a/s_c`` and ``s_b/s_c``."""
+    za, zb, zc = za + 128, zb + 128, zc + 128  # uint8 zero points
+    fixed = np.float32(zc) - _fma_f32(ra, np.float32(za), np.float32(rb * np.float32(zb)))
+    au8 = (a.astype(np.int16) + 128).astype(np.float32)
+    bu8 = (b.astype(np.int16) + 128).astype(np.float32)
+    y = _fma_f32(au8, ra, _fma_f32(bu8, rb, fixed))
+    return np.clip(np.rint(y), 0, 255).astype(np.int64) - 128
 
 
 @register("add", SIM)
@@ -63,6 +86,11 @@ def cat_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
             parts.append(x)
             continue
         zx = int(ctx.qp(name).zero_point)
+        if ctx.rounding == "onnxruntime":  # QLinearConcat: dequantize (float32), QuantizeLinear
+            deq = np.float32(ctx.qp(name).scale) * (x.astype(np.int32) - zx).astype(np.float32)
+            q = np.rint(deq / np.float32(y_qp.scale)).astype(np.int64) + int(y_qp.zero_point)
+            parts.append(np.clip(q, y_qp.qmin, y_qp.qmax).astype(np.int8))
+            continue
         parts.append(qmath.requantize(
             x.astype(np.int64) - zx, m0=instr.arrays["m0"][k], shift=instr.arrays["shift"][k],
             real_multiplier=instr.arrays["multiplier"][k], zero_point=int(y_qp.zero_point),

@@ -2,7 +2,9 @@
 
 Integer average pooling keeps the input's qparams and divides the raw integer sum by the window
 count with TFLite's rounding (half away from zero); global mean gets its own output qparams and
-requantizes ``sum(q - zp)`` by ``M = s_in / (n * s_out)``.
+requantizes ``sum(q - zp)`` by ``M = s_in / (n * s_out)``. In the "onnxruntime" rounding mode,
+average pooling follows ONNX Runtime's QLinearAveragePool on uint8 (float32 window sums of
+dequantized values), and global mean its QLinearGlobalAveragePool (the integer form above).
 """
 from __future__ import annotations
 
@@ -61,10 +63,32 @@ def avgpool_run(instr, inputs, ctx: KernelContext):
     if ctx.rounding == "gemmlowp":  # raw sums, padded positions hold zp (= real zero) or nothing
         sums = _pool_windows(x, a, zp if a["count_include_pad"] else 0, 0).sum(axis=(-2, -1))
         y = _div_round_half_away(sums, counts)
-    else:  # ONNX Runtime: float32 average of centred values, round half even
-        sums = _pool_windows(x - zp, a, 0, 0).sum(axis=(-2, -1))
-        y = np.rint(sums.astype(np.float32) / counts.astype(np.float32)).astype(np.int64) + zp
+    else:
+        y = _ort_qlinear_avgpool(x, a, np.float32(qp.scale), zp, counts)
     return np.clip(y, qp.qmin, qp.qmax).astype(np.int8)
+
+
+def _ort_qlinear_avgpool(x: np.ndarray, a: dict, s: np.float32, zp: int, counts: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's QLinearAveragePool (uint8, same qparams in and out) on int8 program values.
+
+    A window covering the whole unpadded image is ORT's integer global average (exact sum, then
+    ``rint(sum * s / (s * n))``). Otherwise each element is dequantized to float32
+    ``s * (x - zp)``, summed in window order in float32, divided by the count, then quantized as
+    ``rint(avg / s + zp_u8)``. Returns int64 values in the int8 domain.
+    """
+    h, w = x.shape[2:]
+    if not any(a["padding"]) and not any(a.get("extra", (0, 0))) and tuple(a["kernel"]) == (h, w):
+        acc = (x - zp).sum(axis=(2, 3), keepdims=True).astype(np.float32)
+        return np.clip(np.rint(acc * (s / (s * np.float32(h * w)))).astype(np.int64) + zp, -128, 127)
+    deq = (s * (x - zp).astype(np.float32)).astype(np.float32)
+    win = _pool_windows(deq, a, np.float32(0), np.float32(0))  # (N, C, OH, OW, kh, kw); pads add +0.0
+    acc = np.zeros(win.shape[:4], np.float32)
+    for i in range(win.shape[4]):
+        for j in range(win.shape[5]):
+            acc += win[..., i, j]
+    avg = acc / counts.astype(np.float32)
+    q = np.rint(avg / s + np.float32(zp + 128)).astype(np.int64)
+    return np.clip(q, 0, 255) - 128
 
 
 @register("avgpool", SIM)

@@ -1,0 +1,59 @@
+"""Fast backends for ``QuantizedModel.run(x, backend=...)``; the interpreter stays the reference.
+
+``"onnxruntime"`` exports the program to ONNX (QDQ, uint8 activations, see ``export.onnx_export``)
+once, keeps the ONNX Runtime session on the model, and runs it with all graph optimizations on.
+Its integer outputs equal the interpreter's ``rounding="onnxruntime"`` mode (tests assert it);
+the default ``"gemmlowp"`` mode rounds like TFLite and may differ by one LSB here and there.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import ExportError, InputError
+
+_CACHE_ATTR = "_ort_sessions"
+
+
+def ort_session(q, threads: int | None = None, **export_options):
+    """The ONNX Runtime session of quantized model ``q`` (built once per thread count/options).
+
+    ``threads``: intra-op threads (None: ONNX Runtime's default, all cores).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+        raise ExportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") from e
+    from .export.onnx_export import to_onnx
+
+    cache = q.__dict__.setdefault(_CACHE_ATTR, {})
+    key = (id(q.program), threads, tuple(sorted(export_options.items())))
+    if key not in cache:
+        model = to_onnx(q, **export_options)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        cache[key] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cache[key]
+
+
+def _run_onnxruntime(q, x: np.ndarray) -> np.ndarray:
+    sess = ort_session(q)
+    want = q.program.input_shape
+    if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
+        raise InputError(f"input has shape {tuple(x.shape)}; the model was captured for (N, {', '.join(map(str, want[1:]))})")
+    return sess.run(None, {q.program.input: np.ascontiguousarray(x, np.float32)})[0]
+
+
+BACKENDS: dict[str, Callable[[object, np.ndarray], np.ndarray]] = {"onnxruntime": _run_onnxruntime}
+
+
+def run_backend(q, x: np.ndarray, backend: str) -> np.ndarray:
+    """Run quantized model ``q`` on float input ``x`` with ``backend`` -> float output."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; use 'interpreter' (the reference) or one of {sorted(BACKENDS)}")
+    return BACKENDS[backend](q, np.asarray(x, np.float32))
