@@ -39,7 +39,9 @@ plug-ins:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # not a terminal (a pipe, a log file): no width to respect, so do not squeeze the table into 80
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 150)
 
 
 def _csv(s: str) -> list[str]:
@@ -331,8 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(a, "fn", None) is None:
         ap.print_help()
         return EXIT_USAGE
+    import logging
+
+    import torch  # noqa: F401  (first, so that its logging setup is done before we quiet it)
+
     from .errors import EdgequantError
 
+    # torch's own warnings while tracing a user model (symbolic shapes, export) repeat what our
+    # error says; the CLI prints that one paragraph instead
+    logging.getLogger("torch").setLevel(logging.ERROR)
     try:
         return a.fn(a)
     except EdgequantError as e:

@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import interpreter
 from ..graph_exec import GraphModule
 from ..ir import Graph
-from ..kernels import RUN, SIM
+from ..kernels import SIM
 from ..kernels.context import KernelContext
 from ..program import Instr, Program
 from ..qmath import dequantize
@@ -86,16 +87,16 @@ def float_outputs(graph: Graph, x: torch.Tensor, names: set[str]) -> dict[str, n
 
 
 def program_outputs(program: Program, x: np.ndarray, names: set[str], rounding: str = "gemmlowp") -> dict[str, np.ndarray]:
-    """Run ``program`` like ``interpreter.run`` and keep the real value of each named node's last output."""
+    """Run the reference interpreter and keep the real value of each named node's last output."""
     last = {ins.node: ins.output for ins in program.instrs if ins.node in names}
     want = {t: n for n, t in last.items()}
-    ctx = KernelContext(rounding, program.tensors)
-    env = {program.input: np.ascontiguousarray(np.asarray(x, np.float32))}
-    keep = {}
-    for ins in program.instrs:
-        env[ins.output] = RUN[ins.op](ins, [env[i] for i in ins.inputs], ctx)
+    keep: dict[str, np.ndarray] = {}
+
+    def trace(ins: Instr, value: np.ndarray) -> None:
         if ins.output in want:
-            keep[want[ins.output]] = _real(env[ins.output], ins.output, program)
+            keep[want[ins.output]] = _real(value, ins.output, program)
+
+    interpreter.run(program, x, rounding=rounding, trace=trace)
     return keep
 
 

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 _BITS_COLOURS = {32: "#444444", 16: "#7f7f7f", 8: "#1f77b4", 4: "#2ca02c", 3: "#bcbd22", 2: "#ff7f0e", 1: "#d62728"}
 
@@ -22,13 +23,35 @@ def _colour(bits: int) -> str:
     return _BITS_COLOURS.get(bits, "#9467bd")
 
 
+_RUNTIME_MARKERS = {"interpreter": "o", "onnxruntime": "s", "torch": "^"}
+
+
+def _log_axis(ax, fmt, base: int) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=base, subs=(1.0, 2.0, 5.0) if base == 10 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _ms(v: float) -> str:
+    return f"{v:g} ms" if v >= 1 else f"{v * 1000:g} \u00b5s"
+
+
+def _size(v: float) -> str:
+    if v >= 1024**2:
+        return f"{v / 1024**2:g} MiB"
+    return f"{v / 1024:g} KiB" if v >= 1024 else f"{v:g} B"
+
+
 def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str, report: dict) -> None:
     b, budget = report["baseline"], report["answer"]["budget_points"]
     ok = [r for r in rows if r["status"] == "ok"]
     placed: list[tuple[float, float]] = []
     for r in ok:
         x, y = r[cost], r["accuracy"]
-        ax.scatter([x], [y], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5, zorder=3)
+        marker = _RUNTIME_MARKERS.get(r["runtime"], "D") if cost == "latency_ms" else "o"
+        ax.scatter([x], [y], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5, zorder=3,
+                   marker=marker)
         # nudge labels of points that sit on top of each other (fp32/fp16/dyn8 often do)
         k = sum(1 for px, py in placed if abs(px / x - 1) < 0.25 and abs(py - y) < 1.5)
         placed.append((x, y))
@@ -41,7 +64,14 @@ def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str,
                    edgecolor="black", linewidth=1.2, zorder=4)
     ax.axhline(b["accuracy"], color="#444444", linestyle="--", linewidth=1)
     ax.axhline(b["accuracy"] - budget, color="#d62728", linestyle=":", linewidth=1.2)
-    ax.set_xscale("log")
+    accs = [r["accuracy"] for r in ok] + [b["accuracy"], b["accuracy"] - budget]
+    lo, hi = min(accs), max(accs)
+    pad = max(0.5, 0.06 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    if cost == "size_bytes":
+        _log_axis(ax, _size, 2)
+    else:
+        _log_axis(ax, _ms, 10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"accuracy, {report['metric']['name']} (%)")
     ax.grid(True, which="both", alpha=0.25)
@@ -50,16 +80,18 @@ def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str,
 def frontier(report: dict, path: Path) -> None:
     rows = report["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
-    _frontier_axis(axes[0], rows, "size_bytes", "pareto_size", "packed size (bytes, log scale)", report)
+    _frontier_axis(axes[0], rows, "size_bytes", "pareto_size", "packed size (weights + qparams, log scale)", report)
     axes[0].set_title("Accuracy vs size")
     runtimes = sorted({r["runtime"] for r in rows if r["status"] == "ok"})
     _frontier_axis(axes[1], rows, "latency_ms", "pareto_latency",
-                   f"latency per batch of {report['data']['latency_batch']} (ms, log scale; runtime: "
-                   f"{', '.join(runtimes)})", report)
+                   f"latency per batch of {report['data']['latency_batch']} (median, log scale; fastest runtime per recipe)",
+                   report)
     axes[1].set_title("Accuracy vs latency")
     bits = sorted({r["weight_bits"] for r in rows if r["status"] == "ok"}, reverse=True)
     handles = [Line2D([], [], marker="o", linestyle="", color=_colour(w), markeredgecolor="black",
                       label="fp32" if w == 32 else (f"W{w} (fp16)" if w == 16 else f"W{w} weights")) for w in bits]
+    handles += [Line2D([], [], marker=_RUNTIME_MARKERS.get(rt, "D"), linestyle="", color="white", markeredgecolor="black",
+                       label=f"on {rt}") for rt in runtimes]
     handles += [Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=10, label="Pareto front"),
                 Line2D([], [], color="#444444", linestyle="--", label=f"fp32 ({report['baseline']['accuracy']:.2f}%)"),
                 Line2D([], [], color="#d62728", linestyle=":", label=f"budget (-{report['answer']['budget_points']:g} pt)")]

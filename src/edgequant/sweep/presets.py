@@ -7,8 +7,9 @@ Presets are resolved against ``edgequant.RECIPES`` at run time, so recipes other
 * ``lowbit`` -- the sub-8-bit recipes present (w4a8, w4a4, w4a4-aciq, w2a4-aciq, w1a8-xnor,
   w1a1-xnor, w2a8-ternary first, in that order, then any other registered recipe below 8 bits).
 * ``all``    -- every registered recipe, QAT ones only when ``--qat-epochs`` > 0.
-* ``qat``    -- every low-bit recipe fine-tuned with ``edgequant.qat.finetune`` (rows named
-  ``<recipe>+qat``) plus registered QAT recipes; needs the QAT package.
+* ``qat``    -- the registered QAT recipes (option ``("training", "qat")``, e.g. w4a4-qat), each
+  fine-tuned with ``edgequant.qat`` for ``--qat-epochs``; where none are registered, every low-bit
+  recipe fine-tuned (rows named ``<recipe>+qat``). Needs the QAT package.
 
 A ``+qat`` suffix in ``--recipes`` (``w4a4+qat``) asks for QAT of that recipe explicitly.
 """
@@ -38,13 +39,27 @@ class Plan:
         return self.recipe + (QAT_SUFFIX if self.qat and not is_qat_recipe(RECIPES[self.recipe]) else "")
 
 
+# Packages that register recipes when imported; loaded (if present) before presets are resolved.
+RECIPE_PACKAGES = ("edgequant.qat",)
+
+
+def register_optional_recipes() -> None:
+    for mod in RECIPE_PACKAGES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
 def qat_available() -> bool:
-    return importlib.util.find_spec("edgequant.qat") is not None
+    if importlib.util.find_spec("edgequant.qat") is None:
+        return False
+    import edgequant.qat as qat
+
+    return hasattr(qat, "finetune") or (hasattr(qat, "prepare") and hasattr(qat, "convert"))
 
 
 def is_qat_recipe(r: Recipe) -> bool:
-    """A recipe that only makes sense after quantization-aware training."""
-    return bool(r.option("qat", False)) or "qat" in r.name.lower().split("-")
+    """A recipe meant for quantization-aware training (option ``("training", "qat")``)."""
+    return r.option("training") == "qat" or bool(r.option("qat", False)) or "qat" in r.name.lower().split("-")
 
 
 def bits(r: Recipe) -> tuple[int, int]:
@@ -69,6 +84,7 @@ def lowbit_names() -> list[str]:
 
 def resolve(recipes: list[str] | None, preset: str | None, qat_epochs: int) -> list[Plan]:
     """The rows to run, fp32 always first (it is the reference the drops are measured against)."""
+    register_optional_recipes()
     if recipes and preset:
         raise RecipeError("give either --recipes or --preset, not both")
     plans: list[Plan] = []
@@ -89,9 +105,9 @@ def resolve(recipes: list[str] | None, preset: str | None, qat_epochs: int) -> l
             plans = [Plan(n) for n in lowbit_names()]
         elif preset == "all":
             plans = [Plan(n, is_qat_recipe(r)) for n, r in RECIPES.items() if qat_epochs > 0 or not is_qat_recipe(r)]
-        else:  # qat
-            plans = [Plan(n, True) for n in lowbit_names()]
-            plans += [Plan(n, True) for n, r in RECIPES.items() if is_qat_recipe(r)]
+        else:  # qat: the registered QAT recipes, or QAT of every low-bit recipe where none are registered
+            plans = [Plan(n, True) for n, r in RECIPES.items() if is_qat_recipe(r)]
+            plans = plans or [Plan(n, True) for n in lowbit_names()]
     if any(p.qat for p in plans):
         if not qat_available():
             raise RecipeError("QAT rows were requested but this edgequant has no QAT package (edgequant.qat); "

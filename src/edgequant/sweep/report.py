@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -51,9 +52,9 @@ def _num(v: float | None, fmt: str) -> str:
 
 
 def _bits(r: dict) -> str:
-    w = "fp" if r["weight_bits"] >= 32 else ("fp16" if r["weight_bits"] == 16 else str(r["weight_bits"]))
-    a = "fp" if r["act_bits"] >= 32 else str(r["act_bits"])
-    return "fp32" if w == a == "fp" else f"W{w}A{a}"
+    if r["mode"] in ("float", "fp16"):
+        return "fp32" if r["mode"] == "float" else "fp16"
+    return f"W{r['weight_bits']} dyn" if r["mode"] == "dynamic" else f"W{r['weight_bits']}A{r['act_bits']}"
 
 
 def _front(r: dict) -> str:
@@ -84,7 +85,7 @@ def table(report: dict) -> Table:
     b = report["baseline"]
     t = Table(title=f"edgequant sweep - {report['model']['spec']} on {report['data']['eval_samples']} eval samples "
                     f"({report['metric']['name']}, latency per batch of {report['data']['latency_batch']})",
-              title_justify="left")
+              title_justify="left", box=box.SIMPLE_HEAD)
     for col, just in (("recipe", "left"), ("bits", "left"), ("acc %", "right"), ("drop", "right"), ("size", "right"),
                       ("x fp32", "right"), ("latency ms", "right"), ("runtime", "left"), ("int=sim %", "right"),
                       ("quant s", "right"), ("Pareto", "left")):

@@ -8,10 +8,12 @@ one-layer-at-a-time sensitivity for the lowest one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import importlib.util
 import platform
-import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from ..api import capture_prepared, quantize
 from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpError
 from ..quantized import QuantizedModel
 from ..recipes import RECIPES
-from . import layers, plugins
+from . import layers, plugins, timing
 from .presets import Plan, bits, resolve
 
 SCHEMA_VERSION = 1
@@ -62,16 +64,6 @@ class SweepResult:
     models: dict[str, QuantizedModel] = field(default_factory=dict)  # row label -> quantized model
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: sessions, caches, lazy imports
-    times = []
-    for _ in range(max(repeats, 1)):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
-
-
 def _argmax_agree(a: np.ndarray, b: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if a.ndim == 2 else float(np.allclose(a, b)) * 100
 
@@ -95,26 +87,33 @@ class _Scorer:
 
 
 def _capture(model: torch.nn.Module, example: torch.Tensor, spec: str | None):
+    """Capture once, up front, so a model that cannot be traced fails before any work is done.
+
+    torch.export prints its partial graph to stderr when tracing fails; that dump is held back
+    (our error says what to change) and passed through only when capture succeeds.
+    """
+    held = io.StringIO()
     try:
-        return capture_prepared(model, example)
+        with contextlib.redirect_stderr(held):
+            graph = capture_prepared(model, example)
     except (CaptureError, UnsupportedOpError) as e:
         raise PluginError(f"--model {spec or 'digits_cnn'}: the model cannot be quantized as written. {e}") from e
+    sys.stderr.write(held.getvalue())
+    return graph
 
 
 def _fast_path(q: QuantizedModel, xb: np.ndarray, ref: np.ndarray, cfg: SweepConfig, row: dict) -> None:
-    """Time each available fast runtime that runs this recipe; note why the others were skipped."""
-    if importlib.util.find_spec("edgequant.backends") is None:
-        for b in cfg.fast_backends:
-            row["runtime_notes"][b] = "not available in this edgequant (edgequant.backends missing)"
-        return
+    """Time each fast runtime that runs this recipe; note why the others were skipped."""
     for b in cfg.fast_backends:
         try:
-            y = np.asarray(q.run(xb, backend=b), np.float32)
+            fn = timing.fast_runner(q, b)
+            y = fn(xb)
         except Exception as e:  # a runtime that cannot take this recipe is reported, not fatal
-            row["runtime_notes"][b] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            row["runtime_notes"][b] = f"{type(e).__name__}: {msg}"[:200]
             continue
         row["runtime_agreement_pct"][b] = _argmax_agree(y, ref)
-        row["latency_by_runtime"][b] = _median_ms(lambda: q.run(xb, backend=b), cfg.repeats)
+        row["latency_by_runtime"][b] = timing.median_ms(lambda: fn(xb), cfg.repeats)
 
 
 def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor], cfg: SweepConfig) -> QuantizedModel:
@@ -125,12 +124,18 @@ def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor]
         raise PluginError(f"QAT row {plan.label} needs a training set: make --data return (calib, eval, train)")
     from .. import qat  # present: presets.resolve checked it
 
-    res = qat.finetune(copy.deepcopy(model), recipe, data.train, calib_x, epochs=cfg.qat_epochs, lr=cfg.qat_lr)
+    if hasattr(qat, "finetune"):
+        res = qat.finetune(copy.deepcopy(model), recipe, data.train, calib_x, epochs=cfg.qat_epochs, lr=cfg.qat_lr)
+    else:  # the documented prepare -> your loop -> convert path, with the library's plain loop
+        from ..training import train_classifier
+
+        res = train_classifier(qat.prepare(copy.deepcopy(model), recipe, calib_x), data.train, epochs=cfg.qat_epochs,
+                               lr=cfg.qat_lr, log=None)
     if isinstance(res, QuantizedModel):
         return res
-    if isinstance(res, torch.nn.Module) and hasattr(qat, "convert"):
+    if isinstance(res, torch.nn.Module):
         return qat.convert(res)
-    raise EdgequantError(f"edgequant.qat.finetune returned a {type(res).__name__}; expected a QuantizedModel")
+    raise EdgequantError(f"QAT returned a {type(res).__name__}; expected a QuantizedModel or a QAT nn.Module")
 
 
 def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, score: _Scorer, baseline: dict,
@@ -156,7 +161,7 @@ def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, s
         row["sim_max_abs_diff"] = diff
         row["sim_max_diff_lsb"] = diff / float(np.max(oqp.scale)) if oqp is not None else None
         ref = np.asarray(q.run(xb, rounding=cfg.rounding), np.float32)
-        row["latency_by_runtime"]["interpreter"] = _median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats)
+        row["latency_by_runtime"]["interpreter"] = timing.median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats)
         _fast_path(q, xb, ref, cfg, row)
         row["runtime"] = min(row["latency_by_runtime"], key=row["latency_by_runtime"].get)
         row["latency_ms"] = row["latency_by_runtime"][row["runtime"]]
@@ -225,7 +230,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
             base_logits = torch.cat([model(x).float() for x, _ in data.eval])
             raw = metric_fn(base_logits, data.eval_y)
             xt = torch.from_numpy(xb)
-            torch_ms = _median_ms(lambda: model(xt), cfg.repeats)
+            torch_ms = timing.median_ms(lambda: model(xt), cfg.repeats)
         except PluginError:
             raise
         except Exception as e:

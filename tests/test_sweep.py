@@ -1,0 +1,228 @@
+"""edgequant sweep: a user model and data from a file, the numbers it reports, the files it writes."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgequant as eq
+from edgequant import cli
+from edgequant.errors import RecipeError
+from edgequant.recipes import RECIPES, LayerOverride, Recipe
+from edgequant.sweep import layers, plugins, presets, runner
+
+# A user's file: a small conv net (BN, ReLU, pooling, flatten, linear) and data whose labels are the
+# float model's own predictions, so fp32 scores 100% and every drop is quantization's doing.
+PLUGIN = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+
+    def build():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+        return m.eval()
+
+    def loaders():
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(456, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            y = build()(x).argmax(1)
+        calib = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
+        ev = ((x[i:i + 100], y[i:i + 100]) for i in range(256, 456, 100))  # a generator: read once
+        return calib, ev
+
+    def fraction_top1(logits, y):
+        return float((logits.argmax(1) == y).float().mean())
+''')
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("user") / "mynet.py"
+    p.write_text(PLUGIN)
+    return p
+
+
+@pytest.fixture(scope="module")
+def user(plugin):
+    model = plugins.load_model(f"{plugin}:build")
+    data = plugins.load_data(f"{plugin}:loaders")
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def swept(plugin, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    code = cli.main(["sweep", "--model", f"{plugin}:build", "--data", f"{plugin}:loaders", "--recipes", "w8a8-pc,fp16,dyn8",
+                     "--out", str(out / "run"), "--json", str(out / "copy.json"), "--quiet", "--repeats", "2",
+                     "--latency-batch", "16"])
+    return code, out / "run", out / "copy.json"
+
+
+def _accuracy(q, batches) -> float:
+    logits = np.concatenate([q.run(x.numpy()) for x, _ in batches])
+    y = torch.cat([b[1] for b in batches]).numpy()
+    return 100.0 * float(np.mean(logits.argmax(1) == y))
+
+
+def test_sweep_user_plugins_writes_everything(swept, capsys):
+    code, run, copy = swept
+    assert code == 0
+    for name in ("report.json", "report.md", "frontier.png", "layers.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 500, name
+    for png in ("frontier.png", "layers.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((run / "report.json").read_text())
+    assert json.loads(copy.read_text())["rows"] == rep["rows"]  # --json PATH is the same report
+    assert rep["schema_version"] == runner.SCHEMA_VERSION
+    for key in ("schema_version", "config", "model", "data", "metric", "baseline", "rows", "layers", "answer", "wall_s"):
+        assert key in rep
+    assert [r["recipe"] for r in rep["rows"]] == ["fp32", "w8a8-pc", "fp16", "dyn8"]
+    for r in rep["rows"]:
+        assert r["status"] == "ok", r["error"]
+        for key in ("recipe", "accuracy", "drop", "size_bytes", "size_ratio", "latency_ms", "runtime", "quantize_s",
+                    "sim_agreement_pct", "latency_by_runtime"):
+            assert r[key] is not None, key
+        assert r["runtime"] in r["latency_by_runtime"] and r["latency_ms"] == min(r["latency_by_runtime"].values())
+        assert r["drop"] == pytest.approx(rep["baseline"]["accuracy"] - r["accuracy"])
+    assert rep["baseline"]["accuracy"] == 100.0  # labels are the float model's predictions
+    assert rep["data"] == {"spec": rep["data"]["spec"], "calib_samples": 256, "eval_samples": 200, "latency_batch": 16}
+    md = (run / "report.md").read_text()
+    assert "## Answer" in md and "w8a8-pc" in md and "frontier.png" in md
+
+
+def test_sweep_numbers_match_the_api(swept, user):
+    """Accuracy and size in the report are those of eq.quantize's program, not estimates."""
+    _, run, _ = swept
+    model, data = user
+    rep = json.loads((run / "report.json").read_text())
+    rows = {r["recipe"]: r for r in rep["rows"]}
+    for name in ("w8a8-pc", "fp16", "dyn8"):
+        q = eq.quantize(model, name, [x for x, _ in data.calib])
+        assert rows[name]["accuracy"] == pytest.approx(_accuracy(q, data.eval), abs=1e-9)
+        assert rows[name]["size_bytes"] == q.size_bytes
+        assert rows[name]["size_ratio"] == pytest.approx(q.size_bytes / rows["fp32"]["size_bytes"])
+    assert rows["fp16"]["size_ratio"] == pytest.approx(0.5, abs=0.01)
+    assert rows["w8a8-pc"]["size_ratio"] < 0.3
+    assert rows["w8a8-pc"]["sim_agreement_pct"] >= 99.0
+    assert rows["w8a8-pc"]["sim_max_diff_lsb"] <= 2.0
+
+
+def test_sweep_answer_and_artifact(swept, user):
+    _, run, _ = swept
+    model, data = user
+    rep = json.loads((run / "report.json").read_text())
+    ok = [r for r in rep["rows"] if r["drop"] <= rep["answer"]["budget_points"] + 1e-9]
+    small, fast = rep["answer"]["smallest"], rep["answer"]["fastest"]
+    assert small["size_bytes"] == min(r["size_bytes"] for r in ok)
+    assert fast["latency_ms"] == min(r["latency_ms"] for r in ok)
+    assert small["recipe"] in rep["answer"]["line"] and fast["recipe"] in rep["answer"]["line"]
+    # the saved model is the measured one: same outputs as quantizing again
+    loaded = eq.load(small["artifact"])
+    assert Path(small["artifact"]).parent == run
+    q = eq.quantize(model, small["recipe"], [x for x, _ in data.calib])
+    x = data.eval_x
+    np.testing.assert_array_equal(loaded.run(x.numpy()), q.run(x.numpy()))
+
+
+def test_sweep_layers_in_report(swept):
+    _, run, _ = swept
+    rep = json.loads((run / "report.json").read_text())
+    sq = rep["layers"]["sqnr"]
+    assert set(sq) == {"w8a8-pc", "fp16", "dyn8"}  # fp32 has no quantized layer
+    assert [l["layer"] for l in sq["w8a8-pc"]] == ["conv2d", "conv2d_1", "linear"]
+    assert all(l["sqnr_db"] > 15 for l in sq["w8a8-pc"])
+    assert all(a["sqnr_db"] > b["sqnr_db"] for a, b in zip(sq["fp16"], sq["w8a8-pc"]))  # fp16 is much closer
+    sens = rep["layers"]["sensitivity"]
+    assert sens["recipe"] == "w8a8-pc"  # the lowest post-training recipe of this sweep
+    assert [l["layer"] for l in sens["layers"]] == ["conv2d", "conv2d_1", "linear"]
+
+
+def test_sqnr_of_last_layer_is_the_output_sqnr(user):
+    model, data = user
+    q = eq.quantize(model, "w8a8", [x for x, _ in data.calib])
+    g = eq.api.capture_prepared(model, data.calib[0][0][:2])
+    x = data.eval_x[:64]
+    last = layers.layer_sqnr(q.program, g, x)[-1]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert last["sqnr_db"] == pytest.approx(layers.sqnr_db(ref, q.run(x.numpy())), rel=1e-3)
+
+
+def test_sensitivity_finds_the_one_coarse_layer(user):
+    """A recipe that is 8-bit everywhere except one 2-bit layer: that layer must stand out."""
+    model, data = user
+    g = eq.api.capture_prepared(model, data.calib[0][0][:2])
+    coarse = g.node("conv2d_1").module
+    r = RECIPES["w8a8-pc"].with_overrides(LayerOverride(coarse, weight_bits=2, act_bits=2))
+    q = eq.quantize(model, r, [x for x, _ in data.calib])
+    score = lambda logits, y: 100.0 * float((logits.argmax(1) == y).float().mean())  # noqa: E731
+    sens = {s["layer"]: s for s in layers.sensitivity(q.program, g, data.eval, score)}
+    assert sens["conv2d_1"]["weight_bits"] == 2
+    assert sens["conv2d_1"]["score"] < min(s["score"] for n, s in sens.items() if n != "conv2d_1") - 5
+    assert min(s["score"] for n, s in sens.items() if n != "conv2d_1") > 90
+    sq = {s["layer"]: s["sqnr_db"] for s in layers.layer_sqnr(q.program, g, data.eval_x[:64])}
+    assert sq["conv2d_1"] < sq["conv2d"] - 10
+
+
+def test_metric_plugin_fraction_is_read_as_percent(plugin, user, tmp_path):
+    model, data = user
+    res = runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:loaders",
+                                              metric=f"{plugin}:fraction_top1", recipes=["w8a8"], repeats=1,
+                                              latency_batch=8, sensitivity=False, out=str(tmp_path)))
+    assert res.report["metric"]["scaled_from_fraction"] is True
+    assert res.report["baseline"]["accuracy"] == 100.0
+    q = eq.quantize(model, "w8a8", [x for x, _ in data.calib])
+    assert res.report["rows"][1]["accuracy"] == pytest.approx(_accuracy(q, data.eval))
+
+
+def test_failing_recipe_is_a_failed_row_not_a_crash(plugin, tmp_path, monkeypatch):
+    bad = Recipe("w8a8-broken", "static", weights=RECIPES["w8a8"].weights, activations=RECIPES["w8a8"].activations,
+                 options=(("weight_method", "no-such-method"),))
+    monkeypatch.setitem(RECIPES, bad.name, bad)
+    res = runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:loaders",
+                                              recipes=["w8a8-broken", "w8a8"], repeats=1, latency_batch=8,
+                                              sensitivity=False, out=str(tmp_path)))
+    rows = {r["recipe"]: r for r in res.report["rows"]}
+    assert rows["w8a8-broken"]["status"] == "failed" and "no-such-method" in rows["w8a8-broken"]["error"]
+    assert rows["w8a8"]["status"] == "ok"
+    assert res.report["answer"]["smallest"]["recipe"] == "w8a8"
+
+
+def _row(name, acc, size, ms, drop=None):
+    return {"recipe": name, "status": "ok", "accuracy": acc, "drop": 100 - acc if drop is None else drop,
+            "size_bytes": size, "latency_ms": ms, "qat": False, "mode": "static", "weight_bits": 8, "act_bits": 8}
+
+
+def test_pareto_and_choice():
+    rows = [_row("a", 100, 100, 5), _row("b", 99.5, 50, 1), _row("c", 99.0, 60, 0.5), _row("d", 90, 10, 2),
+            {"recipe": "e", "status": "failed"}]
+    assert runner.pareto(rows, "size_bytes") == {"a", "b", "d"}  # c is bigger and worse than b
+    assert runner.pareto(rows, "latency_ms") == {"a", "b", "c"}  # d is slower and worse than c
+    small, fast = runner.choose(rows, budget=1.0)
+    assert (small["recipe"], fast["recipe"]) == ("b", "c")
+    small, fast = runner.choose(rows, budget=0.6)
+    assert (small["recipe"], fast["recipe"]) == ("b", "b")
+    assert runner.choose([_row("x", 50, 1, 1)], budget=1.0) == (None, None)
+
+
+def test_presets():
+    int8 = [p.label for p in presets.resolve(None, "int8", 0)]
+    assert int8 == ["fp32", "fp16", "dyn8", "w8a8", "w8a8-pc"]
+    low = presets.resolve(None, "lowbit", 0)
+    assert all(min(presets.bits(RECIPES[p.recipe])) < 8 for p in low if p.recipe != "fp32")
+    every = [p.label for p in presets.resolve(None, None, 0)]  # default: all, QAT recipes left out
+    assert every[0] == "fp32" and set(int8) <= set(every)
+    assert not any(presets.is_qat_recipe(RECIPES[n]) for n in every)
+    assert [p.label for p in presets.resolve(["w8a8", "fp32", "w8a8"], None, 0)] == ["fp32", "w8a8"]
+    with pytest.raises(RecipeError, match="unknown recipe 'w9a9'"):
+        presets.resolve(["w9a9"], None, 0)
+    with pytest.raises(RecipeError, match="either --recipes or --preset"):
+        presets.resolve(["w8a8"], "int8", 0)
+    with pytest.raises(RecipeError, match="unknown preset"):
+        presets.resolve(None, "everything", 0)
