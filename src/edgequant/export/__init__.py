@@ -13,6 +13,7 @@ from ..errors import ExportError
 # format -> "module:function" (relative to this package)
 EMITTERS: dict[str, str] = {
     "onnx": "onnx_export:export_onnx",
+    "tflite": "tflite:export_tflite",
 }
 
 
