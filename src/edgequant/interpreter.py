@@ -17,7 +17,8 @@ from .program import Instr, Program
 from .qmath import check_rounding
 
 
-def _check_input(program: Program, x: np.ndarray) -> None:
+def check_input(program: Program, x: np.ndarray) -> None:
+    """``InputError`` unless ``x`` is a (N, ...) batch of the per-sample shape the program was captured for."""
     want = program.input_shape
     if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
         raise InputError(f"input has shape {tuple(x.shape)}; the model was captured for (N, {', '.join(map(str, want[1:]))})")
@@ -32,7 +33,7 @@ def run(program: Program, x: np.ndarray, rounding: str = "gemmlowp", return_int:
     """
     check_rounding(rounding)
     x = np.ascontiguousarray(np.asarray(x, np.float32))
-    _check_input(program, x)
+    check_input(program, x)
     ctx = KernelContext(rounding, program.tensors)
     env = {program.input: x}
     for ins in program.instrs:
@@ -49,7 +50,7 @@ def simulate(program: Program, x, rounding: str = "gemmlowp", return_int: bool =
     """Float fake-quant model of the same program (float64 by default, so only rounding differs)."""
     check_rounding(rounding)
     xt = torch.as_tensor(np.asarray(x, np.float32) if not isinstance(x, torch.Tensor) else x).to(dtype)
-    _check_input(program, xt.numpy() if not xt.requires_grad else xt.detach().numpy())
+    check_input(program, xt.numpy() if not xt.requires_grad else xt.detach().numpy())
     ctx = KernelContext(rounding, program.tensors)
     env = {program.input: xt}
     for ins in program.instrs:

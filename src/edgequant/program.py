@@ -132,7 +132,8 @@ def from_jsonable(v):
             raise ValueError(f"numpy scalar value must be a number, got {val!r}")
         dt = _dtype(v[tag])
         try:
-            out = dt.type(val)
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = dt.type(val)
         except (OverflowError, ValueError, TypeError):
             raise ValueError(f"{val!r} does not fit dtype {dt.name}") from None
         if out.item() != val and not (isinstance(val, float) and np.isnan(val)):
@@ -148,7 +149,8 @@ def from_jsonable(v):
         if not all(isinstance(x, (bool, int, float)) for x in vals):
             raise ValueError("array values must be numbers")
         try:
-            arr = np.array(vals, dtype=dt).reshape(shape) if vals else np.zeros(shape, dt)
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr = np.array(vals, dtype=dt).reshape(shape) if vals else np.zeros(shape, dt)
         except (OverflowError, ValueError, TypeError):
             raise ValueError(f"array values do not fit dtype {dt.name}") from None
         if any(a != b and not (isinstance(b, float) and np.isnan(b)) for a, b in zip(arr.reshape(-1).tolist(), vals)):

@@ -13,9 +13,19 @@ _FLOAT_BYTES = {"float32": 4, "float16": 2}
 
 
 def _to_numpy(x) -> tuple[np.ndarray, bool]:
+    """float32 array of a tensor/array input; non-numeric, boolean or complex inputs are errors."""
     if isinstance(x, torch.Tensor):
+        if x.dtype.is_complex or x.dtype == torch.bool:
+            raise InputError(f"input has dtype {x.dtype}; the model takes real-valued float32 inputs -- convert it, e.g. x.float()")
         return x.detach().cpu().float().numpy(), True
-    return np.asarray(x, np.float32), False
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"input must be a tensor or a numeric array, got {type(x).__name__} ({e})") from None
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"input has dtype {arr.dtype}; the model takes real-valued float32 inputs -- convert it, "
+                         "e.g. np.asarray(x, np.float32)")
+    return arr.astype(np.float32, copy=False), False
 
 
 def program_size_bytes(program: Program) -> int:
@@ -46,6 +56,7 @@ class QuantizedModel:
 
     def _input(self, x, check_finite: bool) -> tuple[np.ndarray, bool]:
         arr, was_torch = _to_numpy(x)
+        interpreter.check_input(self.program, arr)  # before any backend: shape vs the captured graph
         if check_finite and not np.all(np.isfinite(arr)):
             raise InputError("input contains NaN or inf; clean it, or pass check_finite=False to run anyway")
         return arr, was_torch
