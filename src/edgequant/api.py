@@ -1,15 +1,20 @@
 """The front door: ``quantize(model, recipe, calib)``."""
 from __future__ import annotations
 
+import fnmatch
+import json
+import warnings
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from .calibrate import calibrate, check_finite, first_batch
+from .calibrate import calibrate, check_batch, check_finite, first_batch
 from .capture import capture
+from .errors import InputError, RecipeError
 from .ir import Graph
 from .lower import lower
+from .lowbit.steps import lowbit_step
 from .passes import prepare
 from .quantized import QuantizedModel
 from .recipes import Recipe, get_recipe
@@ -18,6 +23,7 @@ from .recipes import Recipe, get_recipe
 # (e.g. empirical bias correction). Each is ``step(graph, recipe, act_qp, calib) -> graph`` and is
 # applied in order before lowering; a step does nothing unless the recipe asks for it.
 PTQ_STEPS: list = []
+PTQ_STEPS.append(lowbit_step)  # first/last-layer widths, bias correction (recipe options)
 
 
 def float_param_bytes(graph: Graph) -> int:
@@ -29,31 +35,82 @@ def capture_prepared(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     return prepare(capture(model, example))
 
 
+def check_recipe(r: Recipe) -> Recipe:
+    """Reject recipe settings the integer program cannot honour, before any work is done."""
+    from .observers import OBSERVERS
+    from .weight_quant import WEIGHT_METHODS
+
+    for what, spec in (("weights", r.weights), ("activations", r.activations)):
+        if spec is not None and spec.observer not in OBSERVERS:
+            raise RecipeError(f"recipe {r.name!r}: {what} observer {spec.observer!r} is unknown; registered: {sorted(OBSERVERS)}")
+    if r.mode in ("static", "dynamic"):
+        method = r.option("weight_method", "observer")
+        if method not in WEIGHT_METHODS:
+            raise RecipeError(f"recipe {r.name!r}: unknown weight_method {method!r}; known: {sorted(WEIGHT_METHODS)}")
+    if r.mode == "static" and r.activations.per_channel:
+        raise RecipeError(f"recipe {r.name!r}: per-channel activations are not supported (integer kernels use one "
+                          "activation scale per tensor); set activations per_channel=False")
+    for o in r.overrides:
+        for what, b in (("weight_bits", o.weight_bits), ("act_bits", o.act_bits)):
+            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8):
+                raise RecipeError(f"recipe {r.name!r}: override {o.pattern!r} sets {what}={b!r}; the integer program "
+                                  "supports 1..8 bits")
+    try:
+        json.dumps(r.to_dict())
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"recipe {r.name!r} does not convert to JSON ({e}); option values must be JSON values "
+                          "(numbers, strings, booleans, lists) so that the recipe can be saved with the model") from e
+    return r
+
+
+def _warn_unmatched_overrides(r: Recipe, graph: Graph) -> None:
+    modules = {n.module for n in graph.nodes if n.op in ("conv", "linear")}
+    for o in r.overrides:
+        if not any(fnmatch.fnmatch(m, o.pattern) for m in modules):
+            warnings.warn(f"recipe {r.name!r}: override pattern {o.pattern!r} matches no conv/linear layer of this model "
+                          f"(layers: {', '.join(sorted(modules)[:6])}{', ...' if len(modules) > 6 else ''}); it has no effect",
+                          UserWarning, stacklevel=3)
+
+
 def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: Iterable | None = None,
-             example_input: torch.Tensor | None = None, max_calib_samples: int | None = None) -> QuantizedModel:
+             example_input: torch.Tensor | None = None, max_calib_samples: int | None = None,
+             nonfinite: str = "error") -> QuantizedModel:
     """Quantize ``model`` with ``recipe`` (a name like ``"w8a8-pc"`` or a ``Recipe``).
 
     ``calib`` yields inputs or (x, y) batches (a DataLoader works); static recipes need it. The
-    user's model is not modified.
+    user's model is not modified. ``nonfinite="drop"`` leaves out calibration samples holding
+    NaN/inf (with a warning) instead of rejecting them. The calibration summary (samples, input
+    statistics) is kept in ``program.meta["calibration"]`` and saved with the model.
     """
-    r = get_recipe(recipe)
+    r = check_recipe(get_recipe(recipe))
     if example_input is None:
         if calib is None:
             from .errors import CalibrationError
 
             raise CalibrationError(f"recipe {r.name!r} needs calibration data or an example_input to trace the model")
         example_input = first_batch(calib)
-    example_input = torch.as_tensor(np.asarray(example_input)) if not isinstance(example_input, torch.Tensor) else example_input
-    check_finite(example_input, "example input")
+    if not isinstance(example_input, torch.Tensor):
+        try:
+            example_input = torch.as_tensor(np.asarray(example_input))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"example_input must be a tensor or array, got {type(example_input).__name__} ({e})") from None
+    if example_input.ndim < 2 or example_input.shape[0] == 0:
+        raise InputError(f"example_input must be a non-empty (N, ...) batch, got shape {tuple(example_input.shape)}")
+    check_batch(example_input, tuple(example_input.shape), "example input", InputError)
+    check_finite(example_input.float(), "example input")
     graph = capture_prepared(model, example_input[:2])
+    _warn_unmatched_overrides(r, graph)
     act_qp = None
+    summary: dict = {}
     if r.mode == "static":
         if calib is None:
             from .errors import CalibrationError
 
             raise CalibrationError(f"recipe {r.name!r} quantizes activations statically and needs calibration data")
-        act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples)
+        act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples, nonfinite=nonfinite, summary=summary)
     for step in PTQ_STEPS:
         graph = step(graph, r, act_qp, calib)
     program = lower(graph, r, act_qp)
+    if summary:
+        program.meta["calibration"] = summary
     return QuantizedModel(program, r, graph, float_param_bytes(graph))

@@ -17,7 +17,9 @@ from .kernels.elementwise import add_multipliers
 from .program import Instr, Program, TensorInfo
 from .qmath import QParams
 from .recipes import Recipe
-from .weight_quant import quantize_weight
+from .lowbit.binary_act import gemm_op, is_binary_tensor, lower_binary_output
+from .lowbit.edges import node_bits
+from .weight_quant import quantize_weight_ex
 
 
 class _Lowering:
@@ -89,8 +91,8 @@ def _gemm_attrs(node: Node) -> dict:
 def _s_gemm(L: _Lowering, node: Node) -> None:
     x = L.src(node)
     qx, qy = L.qp(x), L.act_qp[node.name]
-    wb, _ = L.recipe.layer_bits(node.module)
-    w_int, w_scale = quantize_weight(node, L.recipe, wb)
+    wb, _ = node_bits(L.g, L.recipe, node)  # overrides and the first/last-layer rule
+    w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
     s_in = np.float32(qx.scale)
     bias_scale = (s_in * w_scale).astype(np.float32)
     bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), qmath.INT32_MIN, qmath.INT32_MAX)
@@ -99,8 +101,9 @@ def _s_gemm(L: _Lowering, node: Node) -> None:
     arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int32), "w_scale": w_scale.astype(np.float32),
               **requant_arrays(real, real_f32)}
     attrs = {**_gemm_attrs(node), **act_int_bounds(node.attrs.get("act"), qy), "weight_bits": wb,
-             "per_channel": bool(L.recipe.weights.per_channel)}
-    L.emit(node.op, node, [x], attrs, arrays, info=TensorInfo("int8", node.shape, qy))
+             "per_channel": bool(L.recipe.weights.per_channel), **w_attrs}
+    op = gemm_op(node.op, w_int, wb, qx)  # +-1 weights on a binary input: XNOR-popcount kernel
+    L.emit(op, node, [x], attrs, arrays, info=TensorInfo("int8", node.shape, qy))
 
 
 def _s_add(L: _Lowering, node: Node) -> None:
@@ -179,11 +182,12 @@ def _f_gemm(L: _Lowering, node: Node) -> None:
     if "act" in node.attrs:
         attrs["act"] = tuple(node.attrs["act"])
     if mode == "dynamic":
-        wb, _ = L.recipe.layer_bits(node.module)
-        w_int, w_scale = quantize_weight(node, L.recipe, wb)
+        wb, _ = node_bits(L.g, L.recipe, node)
+        w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
         arrays = {"weight": w_int.astype(np.int8), "w_scale": w_scale.astype(np.float32),
                   "bias_f": node.params["bias"].astype(np.float32)}
         attrs["weight_bits"] = wb
+        attrs.update(w_attrs)
         op = node.op + "_dyn"
     else:
         wdt = np.float16 if mode == "fp16" else np.float32
@@ -218,13 +222,22 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
     if recipe.mode == "static":
         if inp.name not in L.act_qp:
             raise RecipeError("static recipes need calibrated activation qparams")
-        L.emit("quantize", inp, [inp.name], out=inp.name + ".q", info=TensorInfo("int8", inp.shape, L.act_qp[inp.name]))
+        def _quantize_input(L: _Lowering, n: Node) -> None:
+            L.emit("quantize", n, [n.name], out=n.name + ".q", info=TensorInfo("int8", n.shape, L.act_qp[n.name]))
+
+        if is_binary_tensor(L.act_qp[inp.name]):
+            lower_binary_output(L, inp, _quantize_input)
+        else:
+            _quantize_input(L, inp)
     for node in graph.nodes:
         if node.op == "input":
             continue
         if node.op not in table:
             raise UnsupportedOpError(f"{node.describe()}: no {recipe.mode} lowering for op {node.op!r} (run passes.prepare first)")
-        table[node.op](L, node)
+        if recipe.mode == "static" and is_binary_tensor(L.act_qp.get(node.name)):
+            lower_binary_output(L, node, table[node.op])  # 1-bit output: 8-bit carrier + binarize
+        else:
+            table[node.op](L, node)
     out = L.where[graph.output]
     if L.tensors[out].dtype == "int8":
         outn = graph.node(graph.output)

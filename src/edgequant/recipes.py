@@ -125,6 +125,37 @@ register_recipe(Recipe("w8a8-pc", "static", weights=W8_PC, activations=A8,
                        description="int8 per-channel weights, int8 activations, integer-only (default)"))
 
 
+# -- below 8 bits: Banner et al. post-training methods and binarization (edgequant/lowbit) ------------
+def low_bit_weights(bits: int, observer: str = "minmax") -> TensorSpec:
+    """Symmetric, narrow-range, per-channel weights of ``bits`` bits."""
+    return TensorSpec(bits=bits, symmetric=True, narrow=True, per_channel=True, observer=observer)
+
+
+# + ACIQ observers; weight clips for the narrow grid the weights use (see lowbit/clip.py)
+ACIQ_FULL = (("weight_method", "bit_alloc"), ("bias_correction", "banner"), ("aciq_grid", "exact"))
+FIRST_LAST_8 = (("first_last_bits", 8),)
+
+register_recipe(Recipe("w4a8", "static", weights=low_bit_weights(4), activations=A8,
+                       description="4-bit per-channel weights (min/max), int8 activations"))
+register_recipe(Recipe("w4a4", "static", weights=low_bit_weights(4), activations=TensorSpec(bits=4),
+                       description="4-bit weights and activations, min/max ranges: the naive baseline"))
+register_recipe(Recipe("w4a4-aciq", "static", weights=low_bit_weights(4, "aciq"),
+                       activations=TensorSpec(bits=4, observer="aciq"), options=ACIQ_FULL,
+                       description="W4A4, Banner et al.: ACIQ clipping + per-channel bit allocation + bias correction"))
+register_recipe(Recipe("w2a4-aciq", "static", weights=low_bit_weights(2, "aciq"),
+                       activations=TensorSpec(bits=4, observer="aciq"), options=ACIQ_FULL,
+                       description="W2A4, Banner et al.: ACIQ clipping + per-channel bit allocation + bias correction"))
+register_recipe(Recipe("w1a8-xnor", "static", weights=low_bit_weights(1), activations=A8,
+                       options=(("weight_method", "xnor"),) + FIRST_LAST_8,
+                       description="binary weights alpha_c*sign(W) (XNOR-Net), int8 activations; first/last layers 8-bit"))
+register_recipe(Recipe("w1a1-xnor", "static", weights=low_bit_weights(1), activations=TensorSpec(bits=1, observer="aciq"),
+                       options=(("weight_method", "xnor"),) + FIRST_LAST_8,
+                       description="binary weights and binary activations, XNOR-popcount GEMMs; first/last layers 8-bit"))
+register_recipe(Recipe("w2a8-ternary", "static", weights=low_bit_weights(2), activations=A8,
+                       options=(("weight_method", "ternary"),) + FIRST_LAST_8,
+                       description="ternary weights {-a, 0, a} (TWN thresholds), int8 activations; first/last layers 8-bit"))
+
+
 def get_recipe(recipe: "str | Recipe") -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe

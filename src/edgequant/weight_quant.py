@@ -26,12 +26,11 @@ def register_weight_method(name: str) -> Callable:
     return deco
 
 
-@register_weight_method("observer")
-def observer_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    spec = recipe.weights
-    w = node.params["weight"]
-    ob = make_observer(spec.observer, bits=bits, signed=True, symmetric=True, narrow=True,
-                       axis=0 if spec.per_channel else None)
+def quantize_with_observer(w: np.ndarray, bits: int, observer: str, per_channel: bool,
+                           **observer_kw) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric narrow-range weights with the clip ``observer`` picks: (int8 q, scale per channel)."""
+    ob = make_observer(observer, bits=bits, signed=True, symmetric=True, narrow=True,
+                       axis=0 if per_channel else None, **observer_kw)
     ob.update(w)
     qp = ob.qparams()
     q = quantize(w, qp)
@@ -39,9 +38,39 @@ def observer_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray,
     return q.astype(np.int8), scale
 
 
-def quantize_weight(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int weights with the float weight's shape, float32 scale per output channel)."""
+@register_weight_method("observer")
+def observer_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    spec = recipe.weights
+    return quantize_with_observer(node.params["weight"], bits, spec.observer, spec.per_channel)
+
+
+# Corrections applied after any method: ``fn(node, recipe, q, scale) -> scale`` (e.g. the
+# norm-restoring bias correction of Banner et al.); each does nothing unless the recipe asks.
+WEIGHT_CORRECTIONS: list[Callable[[Node, Recipe, np.ndarray, np.ndarray], np.ndarray]] = []
+
+
+def quantize_weight_ex(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``quantize_weight`` plus the instruction attrs the method records.
+
+    A method returns ``(q, scale)`` or ``(q, scale, attrs)``; attrs such as ``channel_bits`` and
+    ``packed_weight_bytes`` (per-channel bit allocation) go into the lowered instruction.
+    """
     method = recipe.option("weight_method", "observer")
     if method not in WEIGHT_METHODS:
         raise RecipeError(f"recipe {recipe.name!r}: unknown weight_method {method!r}; known: {sorted(WEIGHT_METHODS)}")
-    return WEIGHT_METHODS[method](node, recipe, bits)
+    res = WEIGHT_METHODS[method](node, recipe, bits)
+    q, scale = res[0], res[1]
+    extra = dict(res[2]) if len(res) > 2 else {}
+    for fix in WEIGHT_CORRECTIONS:
+        scale = fix(node, recipe, q, scale)
+    return q, np.asarray(scale, np.float32), extra
+
+
+def quantize_weight(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int weights with the float weight's shape, float32 scale per output channel)."""
+    q, scale, _ = quantize_weight_ex(node, recipe, bits)
+    return q, scale
+
+
+# low-bit methods ("aciq", "bit_alloc", "xnor", "ternary") and their corrections register here
+from .lowbit import weights as _lowbit_weights  # noqa: E402,F401

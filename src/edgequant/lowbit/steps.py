@@ -1,0 +1,15 @@
+"""The low-bit post-training step run by ``api.quantize`` between calibration and lowering."""
+from __future__ import annotations
+
+from ..ir import Graph
+from ..qmath import QParams
+from ..recipes import Recipe
+from .bias_correction import bias_correction_step
+from .edges import node_bits, recalibrate_edges
+
+
+def lowbit_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None, calib) -> Graph:
+    """First/last-layer activation widths (``first_last_bits``), then bias correction
+    (``bias_correction``); a no-op for recipes that set neither option."""
+    recalibrate_edges(graph, recipe, act_qp, calib)
+    return bias_correction_step(graph, recipe, act_qp, calib, bits_of=lambda n: node_bits(graph, recipe, n)[0])
