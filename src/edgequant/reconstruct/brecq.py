@@ -1,0 +1,258 @@
+"""Reconstruction: learn the weight rounding of every conv/linear on calibration data.
+
+Two objectives over the same walk of the graph's units (``blocks.find_units``), in order, each
+unit reading the *quantized* model's activation at its entry (so errors of earlier units are
+compensated downstream, as in both papers):
+
+* ``"adaround"`` (Nagel et al., arXiv 2004.10568): layer by layer, minimise
+  ``|| f(W x_q) - f(W~ x_q) ||^2`` -- the layer's (activated) output on the quantized model's input
+  against the float model's output -- plus the rounding regulariser. Activations inside the
+  objective stay in float; the layer input comes from the quantized model.
+* ``"brecq"`` (Li et al., arXiv 2102.05426): the same over a whole residual / inverted-residual
+  block (or a chain of up to ``max_layers`` layers), with every activation inside the block
+  fake-quantized on the calibrated grid. ``qdrop = p`` (Wei et al., QDrop, arXiv 2203.05740)
+  replaces each fake-quantized activation element, and each element of the block input, by its
+  float value with probability ``p`` during training, which flattens the loss landscape the
+  rounding is fitted to.
+
+Loss normalisation follows BRECQ's reference code: squared error summed over channels and averaged
+over samples and positions; regulariser weight ``lambda`` (0.01) on the sum over weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..calibrate import iter_batches
+from ..errors import CalibrationError
+from ..graph_exec import run_node
+from ..ir import Graph, Node
+from ..qmath import QParams, fake_quantize
+from .adaround import LAMBDA, AdaRoundWeight, BetaSchedule
+from .blocks import GEMM_OPS, Unit, find_units
+from .cache import StoreSpace, TensorStore, map_stores
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """The knobs (recipe options of the same names; see ``pipeline.config_from_recipe``)."""
+
+    method: str = "brecq"             # "adaround" | "brecq"
+    iterations: int = 500             # per layer (adaround) or per unit (brecq): the budget knob
+    batch_size: int = 32
+    lr: float = 1e-3
+    reg_lambda: float = LAMBDA
+    qdrop: float = 0.0                # probability of dropping activation quantization (0: off)
+    calib_samples: int = 1024
+    max_layers: int = 3               # longest chain of plain layers reconstructed as one unit
+    memory_mb: int = 256              # RAM for boundary tensors; beyond it they go to disk
+    cache_dir: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class UnitReport:
+    unit: str
+    layers: tuple[str, ...]
+    loss_start: float
+    loss_end: float
+    seconds: float
+
+
+@dataclass
+class ReconResult:
+    """Learned integers per node: name -> (int8 weights, per-channel scale (O,), weight bits)."""
+
+    weights: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    units: list[UnitReport] = field(default_factory=list)
+    seconds: float = 0.0
+    disk_bytes_peak: int = 0
+
+
+@dataclass
+class WeightGrid:
+    """Where one layer's integers may lie: the weight method's scale and per-channel bounds."""
+
+    scale: np.ndarray   # (O,) float32
+    lo: np.ndarray      # (O,)
+    hi: np.ndarray      # (O,)
+    bits: int
+
+
+class _Sim:
+    """Float execution of graph nodes with optional fake-quantized activations (the program's
+    grid, ties away from zero as in the gemmlowp program) and per-node weight substitutes."""
+
+    def __init__(self, graph: Graph, act_qp: dict[str, QParams]) -> None:
+        self.act_qp = act_qp
+        self.params = {n.name: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in n.params.items()}
+                       for n in graph.nodes if n.params}
+
+    def fq(self, name: str, y: torch.Tensor, drop: float, gen: torch.Generator | None) -> torch.Tensor:
+        qp = self.act_qp.get(name)
+        if qp is None:
+            return y
+        q = fake_quantize(y, float(qp.scale), float(qp.zero_point), qp.qmin, qp.qmax, half_away=True)
+        if drop > 0:
+            keep_float = torch.rand(y.shape, generator=gen) < drop
+            q = torch.where(keep_float, y, q)
+        return q
+
+    def run(self, nodes, entry: str, x: torch.Tensor, weights: dict | None = None, quant: bool = False,
+            drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True) -> dict[str, torch.Tensor]:
+        env = {entry: x}
+        for k, n in enumerate(nodes):
+            p = self.params.get(n.name, {})
+            if weights and n.name in weights:
+                p = {**p, "weight": weights[n.name]}
+            y = run_node(n, [env[i] for i in n.inputs], p)
+            if quant and (quant_last or k < len(nodes) - 1):
+                y = self.fq(n.name, y, drop, gen)
+            env[n.name] = y
+        return env
+
+
+def _rec_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    d = (y - target).pow(2)
+    return d.sum(1).mean() if d.ndim > 1 else d.mean()
+
+
+def initial_stores(space: StoreSpace, graph: Graph, sim: _Sim, calib, limit: int) -> tuple[TensorStore, TensorStore]:
+    xs, n = [], 0
+    for x in iter_batches(calib):
+        xs.append(x.float())
+        n += len(x)
+        if n >= limit:
+            break
+    if n == 0:
+        raise CalibrationError("reconstruction needs calibration data; the calibration set is empty")
+    x = torch.cat(xs)[:limit]
+    xf = TensorStore(space, tuple(x.shape))
+    xq = TensorStore(space, tuple(x.shape))
+    for i in range(0, len(x), 256):
+        b = x[i : i + 256]
+        xf.append(b)
+        xq.append(sim.fq(graph.input, b, 0.0, None))
+    return xf, xq
+
+
+class _Trainer:
+    def __init__(self, cfg: ReconConfig, sim: _Sim, progress) -> None:
+        self.cfg, self.sim, self.progress = cfg, sim, progress
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def _sample(self, n: int) -> np.ndarray:
+        return np.sort(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
+
+    def fit(self, label: str, ada: dict[str, AdaRoundWeight], loss_fn) -> tuple[float, float]:
+        """Adam on the rounding variables for ``iterations`` steps; (first, last-50 mean) losses."""
+        cfg = self.cfg
+        opt = torch.optim.Adam([a.v for a in ada.values()], lr=cfg.lr)
+        sched = BetaSchedule(cfg.iterations)
+        first, tail = float("nan"), []
+        for it in range(cfg.iterations):
+            reg_on, beta = sched(it)
+            rec = loss_fn({k: a() for k, a in ada.items()})
+            loss = rec
+            if reg_on:
+                loss = rec + cfg.reg_lambda * sum(a.regulariser(beta) for a in ada.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if it == 0:
+                first = float(rec)
+            if it >= cfg.iterations - 50:
+                tail.append(float(rec))
+            self.progress.advance(label, float(rec))
+        return first, float(np.mean(tail)) if tail else first
+
+    def unit_brecq(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore, yf: TensorStore) -> tuple[float, float]:
+        drop = self.cfg.qdrop
+
+        def loss_fn(w):
+            idx = self._sample(len(xq))
+            x = xq.get(idx)
+            if drop > 0:
+                x = torch.where(torch.rand(x.shape, generator=self.gen) < drop, xf.get(idx), x)
+            env = self.sim.run(unit.nodes, unit.entry, x, w, quant=True, drop=drop, gen=self.gen)
+            return _rec_loss(env[unit.output], yf.get(idx))
+
+        return self.fit(unit.describe(), ada, loss_fn)
+
+    def unit_adaround(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore) -> tuple[float, float]:
+        """Layer by layer inside the unit; each layer's input and target recomputed from the entry."""
+        nodes = list(unit.nodes)
+        done: dict[str, torch.Tensor] = {}
+        first = last = 0.0
+        for k, n in enumerate(nodes):
+            if n.name not in ada:
+                continue
+            a = ada[n.name]
+            prefix = nodes[:k]
+
+            def loss_fn(w, n=n, prefix=prefix):
+                idx = self._sample(len(xq))
+                with torch.no_grad():
+                    env_q = self.sim.run(prefix, unit.entry, xq.get(idx), done, quant=True)
+                    env_f = self.sim.run(prefix + [n], unit.entry, xf.get(idx))
+                y = self.sim.run([n], n.inputs[0], env_q[n.inputs[0]], w)[n.name]
+                return _rec_loss(y, env_f[n.name])
+
+            f, l = self.fit(f"layer {n.name}", {n.name: a}, loss_fn)
+            first, last = first + f, last + l
+            with torch.no_grad():
+                done[n.name] = a(hard=True)
+        return first, last
+
+
+def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, WeightGrid], calib,
+                      cfg: ReconConfig, progress: bool | None = None) -> ReconResult:
+    """Learn the rounding of every node in ``grids`` (name -> its integer grid); others stay float
+    in the sim (and keep their weight method's integers in the program). ``progress``: a bar on
+    stderr (None: when it is a terminal)."""
+    from .progress import Progress
+
+    t0 = time.perf_counter()
+    units = find_units(graph, max_layers=cfg.max_layers)
+    sim = _Sim(graph, act_qp)
+    result = ReconResult()
+    space = StoreSpace(cfg.memory_mb << 20, cfg.cache_dir)
+    per_unit = [sum(1 for n in u.layers if n.name in grids) for u in units]
+    total = sum((c if cfg.method == "adaround" else int(c > 0)) * cfg.iterations for c in per_unit)
+    progress = Progress(total, enabled=progress)
+    trainer = _Trainer(cfg, sim, progress)
+    try:
+        xf, xq = initial_stores(space, graph, sim, calib, cfg.calib_samples)
+        for unit in units:
+            tu = time.perf_counter()
+            ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
+            yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
+            if ada:
+                if cfg.method == "adaround":
+                    f, l = trainer.unit_adaround(unit, ada, xf, xq)
+                else:
+                    f, l = trainer.unit_brecq(unit, ada, xf, xq, yf)
+                for name, a in ada.items():
+                    result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
+                result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu))
+            hard = {name: a(hard=True).detach() for name, a in ada.items()}
+            yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True)[u.output])
+            result.disk_bytes_peak = max(result.disk_bytes_peak, space.disk_bytes)
+            xf.release()
+            xq.release()
+            xf, xq = yf, yq
+        xf.release()
+        xq.release()
+    finally:
+        space.close()
+        progress.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _make_ada(node: Node, grid: WeightGrid) -> AdaRoundWeight:
+    return AdaRoundWeight(node.params["weight"], grid.scale, grid.lo, grid.hi)

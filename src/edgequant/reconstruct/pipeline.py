@@ -1,0 +1,132 @@
+"""How reconstruction plugs into ``edgequant.quantize``: a PTQ step, a weight method, recipes.
+
+* The PTQ step ``reconstruct_step`` (in ``api.PTQ_STEPS``) runs when a recipe has the option
+  ``("reconstruct", "adaround" | "brecq")``. For every conv/linear it asks the recipe's base weight
+  method (option ``reconstruct_base``, default ``"observer"``; any ``WEIGHT_METHODS`` entry, e.g.
+  ACIQ or per-channel bit allocation) for the scale and integers at that layer's own width (after
+  ``LayerOverride``s), learns the rounding on that grid, and stores the integers on the node
+  (``attrs["learned_weight"]``, ``["learned_scale"]``, ``["learned_bits"]``).
+* The weight method ``"learned_rounding"`` returns exactly those integers, so ``lower()`` emits
+  them unchanged. A node without them (1-bit layers, which have no up/down choice, or a graph
+  lowered without the step) gets the base method's integers.
+* Each channel's integers stay inside the base method's range for that channel (``|q| <=
+  max|q_base|``), so a per-channel bit allocation keeps its widths and packed size.
+
+Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound, per block for
+BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
+``memory_mb``, ``cache_dir``, ``seed``, ``progress`` (None = when stderr is a terminal).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..errors import RecipeError
+from ..ir import Graph, Node
+from ..qmath import QParams
+from ..recipes import Recipe, get_recipe
+from ..weight_quant import WEIGHT_METHODS, register_weight_method
+from .blocks import GEMM_OPS
+from .brecq import ReconConfig, ReconResult, WeightGrid, reconstruct_graph
+
+METHODS = ("adaround", "brecq")
+LEARNED = "learned_rounding"
+_CONFIG_KEYS = {f.name for f in dataclasses.fields(ReconConfig)} - {"method"}
+
+# The last reconstruction's per-unit report (``quantize`` below copies it into ``program.meta``).
+LAST_RESULT: ReconResult | None = None
+
+
+def config_from_recipe(recipe: Recipe) -> ReconConfig:
+    method = recipe.option("reconstruct")
+    if method not in METHODS:
+        raise RecipeError(f"recipe {recipe.name!r}: option reconstruct={method!r}; use one of {METHODS}")
+    kw = {k: v for k, v in recipe.options if k in _CONFIG_KEYS}
+    cfg = ReconConfig(method=method, **kw)
+    if cfg.iterations < 1 or cfg.batch_size < 1:
+        raise RecipeError(f"recipe {recipe.name!r}: iterations={cfg.iterations} and batch_size={cfg.batch_size} must be >= 1")
+    if not 0.0 <= cfg.qdrop < 1.0:
+        raise RecipeError(f"recipe {recipe.name!r}: qdrop={cfg.qdrop} is a probability in [0, 1)")
+    return cfg
+
+
+def _base_method(recipe: Recipe) -> str:
+    base = recipe.option("reconstruct_base", "observer")
+    if base == LEARNED or base not in WEIGHT_METHODS:
+        raise RecipeError(f"recipe {recipe.name!r}: reconstruct_base={base!r} must be another weight method; "
+                          f"known: {sorted(m for m in WEIGHT_METHODS if m != LEARNED)}")
+    return base
+
+
+def weight_grid(node: Node, recipe: Recipe, bits: int) -> WeightGrid:
+    """The base method's scale, and per-channel bounds ``+-max|q_base|`` (its range per channel)."""
+    q0, scale = WEIGHT_METHODS[_base_method(recipe)](node, recipe, bits)
+    hi = np.abs(q0.astype(np.int64)).reshape(q0.shape[0], -1).max(axis=1).astype(np.float32)
+    return WeightGrid(np.asarray(scale, np.float32).reshape(-1), -hi, hi, bits)
+
+
+@register_weight_method(LEARNED)
+def learned_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The integers reconstruction learned for this node, else the base method's."""
+    if "learned_weight" not in node.attrs:
+        return WEIGHT_METHODS[_base_method(recipe)](node, recipe, bits)
+    if node.attrs["learned_bits"] != bits:
+        raise RecipeError(f"{node.describe()}: rounding was learned at {node.attrs['learned_bits']} bits but the recipe "
+                          f"{recipe.name!r} lowers it at {bits}; quantize again with this recipe")
+    return node.attrs["learned_weight"], node.attrs["learned_scale"]
+
+
+def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None, calib: Iterable | None) -> Graph:
+    """PTQ step: learn the weight rounding when the recipe asks for it (else the graph unchanged)."""
+    global LAST_RESULT
+    if recipe.option("reconstruct") is None:
+        return graph
+    cfg = config_from_recipe(recipe)
+    if recipe.mode != "static" or act_qp is None or calib is None:
+        raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs a static recipe and calibration data")
+    if recipe.option("weight_method", "observer") != LEARNED:
+        raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs option weight_method={LEARNED!r} so the "
+                          "program gets the learned integers")
+    g = graph.copy()
+    grids = {}
+    for n in g.nodes:
+        if n.op not in GEMM_OPS:
+            continue
+        wb, _ = recipe.layer_bits(n.module)
+        if wb is not None and wb >= 2:
+            grids[n.name] = weight_grid(n, recipe, wb)
+    res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
+    for n in g.nodes:
+        if n.name in res.weights:
+            q, scale, bits = res.weights[n.name]
+            n.attrs.update(learned_weight=q, learned_scale=scale, learned_bits=bits)
+    LAST_RESULT = res
+    return g
+
+
+def with_options(recipe: str | Recipe, **options: Any) -> Recipe:
+    """A copy of ``recipe`` with options replaced (``None`` values are ignored)."""
+    r = get_recipe(recipe)
+    opts = dict(r.options)
+    opts.update({k: v for k, v in options.items() if v is not None})
+    return dataclasses.replace(r, options=tuple(opts.items()))
+
+
+def quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable, example_input: torch.Tensor | None = None,
+             iterations: int | None = None, progress: bool | None = None, **options: Any):
+    """``edgequant.quantize`` with the reconstruction budget as arguments: ``iterations`` per layer
+    (AdaRound) or per block (BRECQ); ``progress`` True/False (None: on a terminal). The per-unit
+    report (losses, seconds) lands in ``q.program.meta["reconstruct"]``."""
+    from ..api import quantize as _quantize
+
+    r = with_options(recipe, iterations=iterations, progress=progress, **options)
+    q = _quantize(model, r, calib, example_input)
+    if LAST_RESULT is not None and r.option("reconstruct"):
+        q.program.meta["reconstruct"] = {
+            "seconds": LAST_RESULT.seconds,
+            "units": [dataclasses.asdict(u) for u in LAST_RESULT.units],
+        }
+    return q
