@@ -87,7 +87,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     cfg = SweepConfig(model=a.model, data=a.data, metric=a.metric, recipes=_csv(a.recipes) if a.recipes else None,
                       preset=a.preset, budget=a.budget, out=a.out, qat_epochs=qat_epochs, qat_lr=a.qat_lr,
                       calib_samples=a.calib_samples, eval_samples=a.eval_samples, latency_batch=a.latency_batch,
-                      repeats=a.repeats, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save)
+                      repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save)
     to_stdout_json = a.json == "-"
     out_console = _console(stderr=to_stdout_json)
     t0 = time.perf_counter()
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-samples", type=int, default=None, help="cap on evaluation samples (default all)")
     s.add_argument("--latency-batch", type=int, default=64, help="batch size for latency (default 64)")
     s.add_argument("--repeats", type=int, default=5, help="latency repeats, median reported (default 5)")
+    s.add_argument("--layer-samples", type=int, default=256,
+                   help="eval samples for per-layer SQNR and the integer-vs-simulation check (default 256)")
     s.add_argument("--rounding", choices=("gemmlowp", "onnxruntime"), default="gemmlowp")
     s.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time study")
     s.add_argument("--no-save", action="store_true", help="do not save the answer's artifact")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import interpreter
-from ..graph_exec import GraphModule
+from ..graph_exec import GraphModule, run_node
 from ..ir import Graph
 from ..kernels import SIM
 from ..kernels.context import KernelContext
@@ -118,47 +118,49 @@ def _producer_nodes(program: Program) -> dict[str, str]:
     return m
 
 
-def _replace_layer(program: Program, layer: Layer, rounding: str) -> Callable:
-    """A GraphModule hook that swaps ``layer``'s fp32 output for the program's quantized one."""
-    ctx = KernelContext(rounding, program.tensors)
-    producer = _producer_nodes(program)
-    own = {i.output for i in layer.instrs}
-    env: dict[str, torch.Tensor] = {}
-
-    def hook(node, y: torch.Tensor) -> torch.Tensor:
-        env[node.name] = y
-        if node.name != layer.node:
-            return y
-        local: dict[str, torch.Tensor] = {}
-        for ins in layer.instrs:
-            args = []
-            for t in ins.inputs:
-                if t in local:
-                    args.append(local[t])
-                    continue
-                v = env[producer[t]].to(torch.float64)
-                info = program.tensors.get(t)
-                args.append(ctx.fq(v, t) if info is not None and info.qparams is not None else v)
-            local[ins.output] = SIM[ins.op](ins, args, ctx)
-        out = [i.output for i in layer.instrs if i.output in own][-1]
-        return local[out].to(y.dtype)
-
-    return hook
+def _quantized_output(program: Program, layer: Layer, env: dict[str, torch.Tensor], ctx: KernelContext,
+                      producer: dict[str, str]) -> torch.Tensor:
+    """The layer's output as the program computes it (``SIM``), from the fp32 values of its inputs
+    put on the program's input grid."""
+    local: dict[str, torch.Tensor] = {}
+    for ins in layer.instrs:
+        args = []
+        for t in ins.inputs:
+            if t in local:
+                args.append(local[t])
+                continue
+            v = env[producer[t]].to(torch.float64)
+            info = program.tensors.get(t)
+            args.append(ctx.fq(v, t) if info is not None and info.qparams is not None else v)
+        local[ins.output] = SIM[ins.op](ins, args, ctx)
+    return local[layer.instrs[-1].output].to(torch.float32)
 
 
 def sensitivity(program: Program, graph: Graph, batches: list[tuple[torch.Tensor, torch.Tensor]],
                 score: Callable[[torch.Tensor, torch.Tensor], float], rounding: str = "gemmlowp",
                 progress: Callable[[str], None] | None = None) -> list[dict]:
-    """[{layer, module, op, weight_bits, score}]: the metric with only that layer quantized."""
-    gm = GraphModule(graph)
+    """[{layer, module, op, weight_bits, score}]: the metric with only that layer quantized.
+
+    Per batch the fp32 graph runs once; each layer then replays only the nodes after it.
+    """
+    ctx = KernelContext(rounding, program.tensors)
+    producer = _producer_nodes(program)
+    params = {n.name: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in n.params.items()} for n in graph.nodes}
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    todo = quantized_layers(program, graph)
+    logits: dict[str, list[torch.Tensor]] = {l.node: [] for l in todo}
+    with torch.no_grad():
+        for b, (x, _) in enumerate(batches):
+            env: dict[str, torch.Tensor] = {}
+            for n in graph.nodes:
+                env[n.name] = x.float() if n.op == "input" else run_node(n, [env[i] for i in n.inputs], params[n.name])
+            for layer in todo:
+                if progress and b == 0:
+                    progress(layer.node)
+                new = {layer.node: _quantized_output(program, layer, env, ctx, producer)}
+                for n in graph.nodes[order[layer.node] + 1:]:
+                    new[n.name] = run_node(n, [new.get(i, env[i]) for i in n.inputs], params[n.name])
+                logits[layer.node].append(new.get(graph.output, env[graph.output]).float())
     y = torch.cat([b[1] for b in batches])
-    rows = []
-    for layer in quantized_layers(program, graph):
-        if progress:
-            progress(layer.node)
-        hook = _replace_layer(program, layer, rounding)
-        with torch.no_grad():
-            logits = torch.cat([gm(x.float(), hook).float() for x, _ in batches])
-        rows.append({"layer": layer.node, "module": layer.module, "op": layer.op, "weight_bits": layer.weight_bits,
-                     "score": score(logits, y)})
-    return rows
+    return [{"layer": l.node, "module": l.module, "op": l.op, "weight_bits": l.weight_bits,
+             "score": score(torch.cat(logits[l.node]), y)} for l in todo]

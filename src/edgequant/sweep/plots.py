@@ -43,49 +43,108 @@ def _size(v: float) -> str:
     return f"{v / 1024:g} KiB" if v >= 1024 else f"{v:g} B"
 
 
-def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str, report: dict) -> None:
+def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7.5, avoid=()) -> None:
+    """Label every point where its text overlaps no other label or marker (greedy, display space)."""
+    fig = ax.figure
+    fig.canvas.draw()  # settle the layout so that data -> display transforms are final
+    to_pt = 72.0 / fig.dpi
+    box = ax.get_window_extent()
+    ax_box = (box.x0 * to_pt, box.y0 * to_pt, box.x1 * to_pt, box.y1 * to_pt)
+    anchors = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for x, y, _ in points]
+    taken = [(px - 5, py - 5, px + 5, py + 5) for px, py in anchors]  # the markers themselves
+    for artist in avoid:
+        e = artist.get_window_extent()
+        taken.append((e.x0 * to_pt, e.y0 * to_pt, e.x1 * to_pt, e.y1 * to_pt))
+    candidates = [(6, 2), (6, -10), (-6, 2), (-6, -10), (6, 10), (6, -18), (-6, 10), (-6, -18), (6, 18), (6, -26),
+                  (-6, 18), (-6, -26), (14, 26), (14, -34)]
+
+    def overlap(b1, b2) -> float:
+        w = min(b1[2], b2[2]) - max(b1[0], b2[0])
+        h = min(b1[3], b2[3]) - max(b1[1], b2[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    for (x, y, text), (px, py) in zip(points, anchors):
+        w, h = 0.56 * fontsize * len(text), fontsize
+        best, best_cost = None, None
+        for dx, dy in candidates:
+            x0 = px + dx if dx > 0 else px + dx - w
+            b = (x0, py + dy, x0 + w, py + dy + h)
+            outside = (b[0] < ax_box[0]) + (b[2] > ax_box[2]) + (b[1] < ax_box[1]) + (b[3] > ax_box[3])
+            cost = sum(overlap(b, t) for t in taken) + 1000.0 * outside
+            if best_cost is None or cost < best_cost - 1e-9:
+                best, best_cost = (dx, dy, b), cost
+            if cost == 0:
+                break
+        dx, dy, b = best
+        taken.append(b)
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                    ha="left" if dx > 0 else "right", va="bottom",
+                    arrowprops=dict(arrowstyle="-", color="#999999", linewidth=0.5) if abs(dy) > 12 else None)
+
+
+def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str, report: dict) -> list:
+    """Draw one frontier panel; returns the point labels (placed once the figure layout is final)."""
     b, budget = report["baseline"], report["answer"]["budget_points"]
     ok = [r for r in rows if r["status"] == "ok"]
-    placed: list[tuple[float, float]] = []
+    accs = [r["accuracy"] for r in ok]
+    # zoom on the interesting band: recipes far below fp32 sit on the bottom edge as down-triangles,
+    # labelled with their real accuracy, instead of squashing everyone else into one line
+    floor = b["accuracy"] - max(8.0, 4.0 * budget)
+    shown = [a for a in accs if a >= floor] + [b["accuracy"], b["accuracy"] - budget]
+    lo, hi = min(shown), max(shown)
+    pad = max(0.3, 0.08 * (hi - lo))
+    clipped = any(a < floor for a in accs)
+    y_min = (lo - 3 * pad) if clipped else lo - pad
+    edge = lo - 2 * pad
+
+    def y_of(r) -> float:
+        return r["accuracy"] if r["accuracy"] >= floor else edge
+
+    labels = []
     for r in ok:
-        x, y = r[cost], r["accuracy"]
-        marker = _RUNTIME_MARKERS.get(r["runtime"], "D") if cost == "latency_ms" else "o"
-        ax.scatter([x], [y], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5, zorder=3,
-                   marker=marker)
-        # nudge labels of points that sit on top of each other (fp32/fp16/dyn8 often do)
-        k = sum(1 for px, py in placed if abs(px / x - 1) < 0.25 and abs(py - y) < 1.5)
-        placed.append((x, y))
-        ax.annotate(r["recipe"], (x, y), xytext=(5, 4 - 10 * k), textcoords="offset points", fontsize=7.5)
+        below = r["accuracy"] < floor
+        marker = "v" if below else (_RUNTIME_MARKERS.get(r["runtime"], "D") if cost == "latency_ms" else "o")
+        ax.scatter([r[cost]], [y_of(r)], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5,
+                   zorder=3, marker=marker)
+        labels.append((r[cost], y_of(r), f"{r['recipe']} ({r['accuracy']:.1f}%)" if below else r["recipe"]))
     front = sorted((r for r in ok if r.get(front_key)), key=lambda r: r[cost])
     if front:
-        ax.plot([r[cost] for r in front], [r["accuracy"] for r in front], drawstyle="steps-post", color="black",
+        ax.plot([r[cost] for r in front], [y_of(r) for r in front], drawstyle="steps-post", color="black",
                 linewidth=1.2, zorder=2)
-        ax.scatter([r[cost] for r in front], [r["accuracy"] for r in front], s=140, facecolor="none",
+        ax.scatter([r[cost] for r in front], [y_of(r) for r in front], s=150, facecolor="none",
                    edgecolor="black", linewidth=1.2, zorder=4)
     ax.axhline(b["accuracy"], color="#444444", linestyle="--", linewidth=1)
     ax.axhline(b["accuracy"] - budget, color="#d62728", linestyle=":", linewidth=1.2)
-    accs = [r["accuracy"] for r in ok] + [b["accuracy"], b["accuracy"] - budget]
-    lo, hi = min(accs), max(accs)
-    pad = max(0.5, 0.06 * (hi - lo))
-    ax.set_ylim(lo - pad, hi + pad)
+    if clipped:
+        ax.axhspan(y_min, lo - pad, color="#eeeeee", zorder=0)
+        ax.text(0.5, (edge - y_min) / (hi + pad - y_min), f"below {floor:.1f}% (not to scale)", transform=ax.transAxes,
+                fontsize=7, color="#666666", va="center", ha="center", gid="band")
+    ax.set_ylim(y_min, hi + pad)
+    if clipped:  # no accuracy ticks inside the not-to-scale band
+        ax.set_yticks([t for t in ax.get_yticks() if lo - pad <= t <= hi + pad])
+        ax.set_ylim(y_min, hi + pad)
     if cost == "size_bytes":
         _log_axis(ax, _size, 2)
     else:
         _log_axis(ax, _ms, 10)
+    xs = [r[cost] for r in ok]
+    ax.set_xlim(min(xs) / 1.25, max(xs) * 1.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"accuracy, {report['metric']['name']} (%)")
     ax.grid(True, which="both", alpha=0.25)
+    return labels
 
 
 def frontier(report: dict, path: Path) -> None:
     rows = report["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
-    _frontier_axis(axes[0], rows, "size_bytes", "pareto_size", "packed size (weights + qparams, log scale)", report)
+    labels = [_frontier_axis(axes[0], rows, "size_bytes", "pareto_size", "packed size (weights + qparams, log scale)",
+                             report)]
     axes[0].set_title("Accuracy vs size")
     runtimes = sorted({r["runtime"] for r in rows if r["status"] == "ok"})
-    _frontier_axis(axes[1], rows, "latency_ms", "pareto_latency",
+    labels += [_frontier_axis(axes[1], rows, "latency_ms", "pareto_latency",
                    f"latency per batch of {report['data']['latency_batch']} (median, log scale; fastest runtime per recipe)",
-                   report)
+                   report)]
     axes[1].set_title("Accuracy vs latency")
     bits = sorted({r["weight_bits"] for r in rows if r["status"] == "ok"}, reverse=True)
     handles = [Line2D([], [], marker="o", linestyle="", color=_colour(w), markeredgecolor="black",
@@ -95,43 +154,63 @@ def frontier(report: dict, path: Path) -> None:
     handles += [Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=10, label="Pareto front"),
                 Line2D([], [], color="#444444", linestyle="--", label=f"fp32 ({report['baseline']['accuracy']:.2f}%)"),
                 Line2D([], [], color="#d62728", linestyle=":", label=f"budget (-{report['answer']['budget_points']:g} pt)")]
-    axes[1].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    if any(ax.patches for ax in axes):  # a "far below" band was drawn
+        handles.append(Line2D([], [], marker="v", linestyle="", color="#bbbbbb", markeredgecolor="black",
+                              label="far below fp32 (not to scale)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     fig.suptitle(f"edgequant sweep: {report['model']['spec']} ({report['data']['eval_samples']} eval samples)")
+    for ax, pts in zip(axes, labels):
+        _place_labels(ax, pts, avoid=[t for t in ax.texts if t.get_gid() == "band"])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+_STYLES = ("-", "--", ":", "-.")
+_MARKS = ("o", "s", "^", "D", "v", "P")
+
+
 def layers(report: dict, path: Path) -> None:
     sqnr, sens = report["layers"]["sqnr"], report["layers"]["sensitivity"]
-    fig, axes = plt.subplots(2, 1, figsize=(11, 8), constrained_layout=True)
+    bits_of = {r["recipe"]: r["weight_bits"] for r in report["rows"]}
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8.5), constrained_layout=True)
     ax = axes[0]
     names = list(dict.fromkeys(l["layer"] for v in sqnr.values() for l in v))
     idx = {n: i for i, n in enumerate(names)}
+    seen: dict[int, int] = {}
     for rec, per in sqnr.items():
         pts = [(idx[l["layer"]], l["sqnr_db"]) for l in per if l["sqnr_db"] is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linewidth=1.2, label=rec)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        if not pts:
+            continue
+        wb = bits_of.get(rec, 0)
+        k = seen[wb] = seen.get(wb, -1) + 1  # same width, same colour; line style and marker tell them apart
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=_colour(wb), linestyle=_STYLES[k % len(_STYLES)],
+                marker=_MARKS[k % len(_MARKS)], linewidth=1.3, markersize=5, label=rec)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("SQNR vs fp32 (dB, higher is better)")
-    ax.set_title("Per-layer SQNR of the integer program (errors accumulate from earlier layers)")
+    ax.set_title("Per-layer SQNR of each recipe's integer program (errors accumulate from earlier layers)")
     ax.grid(True, alpha=0.3)
     if sqnr:
-        ax.legend(fontsize=7.5, ncol=2, loc="best", title="recipe", title_fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="recipe (colour = weight bits)",
+                  title_fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no quantized layers in this sweep", ha="center", va="center", transform=ax.transAxes)
     ax = axes[1]
+    budget = report["answer"]["budget_points"]
     if sens and sens["layers"]:
         ls = sens["layers"]
         drops = [l["drop"] for l in ls]
-        bars = ax.bar(range(len(ls)), drops, color=["#d62728" if d > report["answer"]["budget_points"] else "#1f77b4" for d in drops])
+        bars = ax.bar(range(len(ls)), drops, color=["#d62728" if d > budget else "#1f77b4" for d in drops])
         ax.bar_label(bars, [f"{d:+.2f}" for d in drops], fontsize=8, padding=2)
         ax.set_xticks(range(len(ls)), [f"{l['layer']}\n({l['module'] or l['op']}, W{l['weight_bits']})" for l in ls],
-                      rotation=30, ha="right", fontsize=8)
-        ax.axhline(report["answer"]["budget_points"], color="#d62728", linestyle=":", linewidth=1.2,
-                   label=f"budget ({report['answer']['budget_points']:g} pt)")
+                      fontsize=8)
+        ax.axhline(budget, color="#d62728", linestyle=":", linewidth=1.2, label=f"budget ({budget:g} pt)")
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"Sensitivity: accuracy drop with only that layer at {sens['recipe']} (all others fp32)")
+        ax.legend(handles=[Line2D([], [], color="#d62728", linestyle=":", label=f"budget ({budget:g} pt)"),
+                           Line2D([], [], color="#d62728", linewidth=6, label="over budget alone"),
+                           Line2D([], [], color="#1f77b4", linewidth=6, label="within budget")],
+                  fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_title(f"Sensitivity: accuracy drop with only that layer quantized as in {sens['recipe']} (all others fp32)")
+        ax.margins(y=0.12)
     else:
         ax.text(0.5, 0.5, "no sensitivity study (no quantized recipe ran, or --no-sensitivity)", ha="center",
                 va="center", transform=ax.transAxes)

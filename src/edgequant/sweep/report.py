@@ -107,8 +107,9 @@ def table(report: dict) -> Table:
 
 def print_summary(report: dict, console: Console) -> None:
     console.print(table(report))
-    console.print("[dim]* = the answer; drop in points vs fp32 (red: over budget); int=sim: argmax agreement of the "
-                  "integer program and its fake-quant simulation; Pareto: on the accuracy-vs-size/latency front[/dim]")
+    console.print(f"[dim]* = the answer; drop in points vs fp32 (red: over budget); int=sim: argmax agreement of the "
+                  f"integer program and its fake-quant simulation on {report['data']['layer_samples']} inputs; "
+                  "Pareto: on the accuracy-vs-size/latency front[/dim]")
     sens = report["layers"]["sensitivity"]
     if sens:
         worst = max(sens["layers"], key=lambda l: l["drop"], default=None)

@@ -51,7 +51,7 @@ class SweepConfig:
     eval_samples: int | None = None
     latency_batch: int = 64
     repeats: int = 5
-    layer_samples: int = 256
+    layer_samples: int = 256  # eval inputs for per-layer SQNR and the interpreter-vs-simulation check
     sensitivity: bool = True
     rounding: str = "gemmlowp"
     save: bool = True
@@ -145,34 +145,39 @@ def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, s
     row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "mode": r.mode,
                  "weight_bits": wb, "act_bits": ab, "description": r.description, "status": "ok", "error": None,
                  "latency_by_runtime": {}, "runtime_notes": {}, "runtime_agreement_pct": {}}
+    t_row = time.perf_counter()
     try:
         t = time.perf_counter()
         q = _quantize(plan, model, data, calib_x, cfg)
         row["quantize_s"] = time.perf_counter() - t
         run = _logits(lambda x: q.run(x, rounding=cfg.rounding), data.eval)
-        sim = _logits(lambda x: q.simulate(x, rounding=cfg.rounding), data.eval)
+        # the float64 twin is the slow half of a row: compare it on the first layer_samples inputs
+        sim = np.asarray(q.simulate(layer_x.numpy(), rounding=cfg.rounding), np.float32)
+        run_sub = run[: len(sim)]
         row["accuracy"] = score(run)
         row["drop"] = baseline["accuracy"] - row["accuracy"]
         row["size_bytes"] = int(q.size_bytes)
         row["size_ratio"] = row["size_bytes"] / baseline["size_bytes"]
-        row["sim_agreement_pct"] = _argmax_agree(run, sim)
-        diff = float(np.max(np.abs(run.astype(np.float64) - sim.astype(np.float64)))) if run.size else 0.0
+        row["sim_agreement_pct"] = _argmax_agree(run_sub, sim)
+        diff = float(np.max(np.abs(run_sub.astype(np.float64) - sim.astype(np.float64)))) if run.size else 0.0
         oqp = q.program.output_qparams
         row["sim_max_abs_diff"] = diff
         row["sim_max_diff_lsb"] = diff / float(np.max(oqp.scale)) if oqp is not None else None
         ref = np.asarray(q.run(xb, rounding=cfg.rounding), np.float32)
-        row["latency_by_runtime"]["interpreter"] = timing.median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats)
+        row["latency_by_runtime"]["interpreter"] = timing.median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats,
+                                                                    warm=True)  # the run above warmed it
         _fast_path(q, xb, ref, cfg, row)
         row["runtime"] = min(row["latency_by_runtime"], key=row["latency_by_runtime"].get)
         row["latency_ms"] = row["latency_by_runtime"][row["runtime"]]
         row["layers_sqnr"] = layers.layer_sqnr(q.program, graph, layer_x, cfg.rounding) if r.mode != "float" else []
+        row["measure_s"] = time.perf_counter() - t_row  # everything this row cost, quantization included
         return row, q
     except PluginError:
         raise
     except Exception as e:  # one recipe failing must not hide the others; the row says why
         row.update(status="failed", error=f"{type(e).__name__}: {e}", accuracy=None, drop=None, size_bytes=None,
                    size_ratio=None, latency_ms=None, runtime=None, quantize_s=None, sim_agreement_pct=None,
-                   layers_sqnr=[])
+                   layers_sqnr=[], measure_s=time.perf_counter() - t_row)
         return row, None
 
 
@@ -241,6 +246,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
                 "latency_ms": torch_ms, "runtime": "torch"}
 
     rows, models = [], {}
+    t_rows = time.perf_counter()
     for i, plan in enumerate(plans):
         say(f"{plan.label}: quantize, evaluate, time", i + 1, total)
         row, q = _measure(plan, model, data, calib_x, cfg, score, baseline, xb, layer_x, graph)
@@ -254,6 +260,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
         for r in rows:
             r[key] = r["recipe"] in front
 
+    timings = {"setup_s": t_rows - t0, "rows_s": time.perf_counter() - t_rows}
+    t_sens = time.perf_counter()
     sens = None
     low = lowest(rows)
     if cfg.sensitivity and low is not None:
@@ -264,6 +272,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
             p["accuracy"] = p.pop("score")
             p["drop"] = baseline["accuracy"] - p["accuracy"]
         sens = {"recipe": low["recipe"], "layers": per}
+    timings["sensitivity_s"] = time.perf_counter() - t_sens
 
     sqnr = {}
     for r in rows:
@@ -278,7 +287,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
         "model": {"spec": cfg.model or "digits_cnn", "class": type(model).__name__,
                   "input_shape": [None] + list(eval_x.shape[1:]), "graph_nodes": len(graph.nodes)},
         "data": {"spec": cfg.data or "digits", "calib_samples": int(sum(x.shape[0] for x in calib_x)),
-                 "eval_samples": int(eval_x.shape[0]), "latency_batch": int(xb.shape[0])},
+                 "eval_samples": int(eval_x.shape[0]), "latency_batch": int(xb.shape[0]),
+                 "layer_samples": int(layer_x.shape[0])},
         "metric": {"name": metric_name, "unit": "percent", "scaled_from_fraction": score.factor == 100.0},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads()},
@@ -287,6 +297,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
         "layers": {"sqnr": sqnr, "sensitivity": sens},
         "answer": {"budget_points": cfg.budget, "smallest": _pick(smallest), "fastest": _pick(fastest)},
         "wall_s": None,
+        "timings": timings,
     }
     from .report import answer_line
 

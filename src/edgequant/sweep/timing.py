@@ -19,9 +19,10 @@ import numpy as np
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time in ms of ``repeats`` calls, after one untimed warm-up call."""
-    fn()
+def median_ms(fn: Callable[[], object], repeats: int, warm: bool = False) -> float:
+    """Median wall time in ms of ``repeats`` calls, after one untimed warm-up call (unless ``warm``)."""
+    if not warm:
+        fn()
     times = []
     for _ in range(max(repeats, 1)):
         t = time.perf_counter()
