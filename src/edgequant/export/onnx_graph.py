@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ExportError
+from ..packing import pack
 from ..program import Instr, Program
 
 OPSET = 21  # int4 QuantizeLinear/DequantizeLinear/Cast need opset 21
@@ -165,8 +166,11 @@ class OnnxBuilder:
         if self.int4_weights and bits <= 4:
             if w.size and (int(w.min()) < -8 or int(w.max()) > 7):
                 raise ExportError(f"layer '{ins.node}': {bits}-bit weights hold values outside int4 [-8, 7]")
-            packed = self.fresh(f"{ins.output}_w_int4")
-            self.inits.append(helper.make_tensor(packed, TensorProto.INT4, w.shape, w.reshape(-1).tolist()))
+            name = self.fresh(f"{ins.output}_w_int4")
+            t = onnx.TensorProto(name=name, data_type=TensorProto.INT4, dims=list(w.shape))
+            t.raw_data = pack(w, 4, signed=True).tobytes()  # two per byte, low nibble first (ONNX INT4)
+            self.inits.append(t)
+            packed = name
             return self.node("Cast", [packed], name=f"{ins.output}_w_widen", to=TensorProto.INT8)[0]
         return self.const(f"{ins.output}_w", w, share=False)
 

@@ -204,7 +204,9 @@ def _dequantize(e: _Emitter, ins: Instr) -> None:
 
 
 def _weights(e: _Emitter, ins: Instr, w: np.ndarray, axis: int) -> int:
-    """int8 (or packed INT4 for <= 4-bit weights) per-channel weight tensor, zero points 0."""
+    """int8 per-channel weight tensor, zero points 0; <= 4-bit weights (binary and ternary too:
+    their integers are -1/0/+1 with a per-channel scale) as packed INT4, which LiteRT's CONV_2D,
+    DEPTHWISE_CONV_2D and FULLY_CONNECTED unpack to int8 before the same integer GEMM."""
     bits = int(ins.attrs.get("weight_bits", 8))
     scale = ins.arrays["w_scale"].astype(np.float32)
     dtype = "int4" if bits <= 4 else "int8"
@@ -453,15 +455,6 @@ def _check_recipe(program: Program) -> None:
             raise ExportError(f"recipe {name!r} cannot target TFLite: tensor '{t}' is a {qp.bits}-bit activation "
                               f"(range [{qp.qmin}, {qp.qmax}]) and LiteRT's int8 kernels saturate to [-128, 127]; "
                               "use 8-bit activations (e.g. 'w4a8' or 'w8a8-pc')")
-    for ins in program.instrs:
-        bits = int(ins.attrs.get("weight_bits", 8))
-        if ins.op in ("conv", "linear") and bits < 2:
-            raise ExportError(f"recipe {name!r} cannot target TFLite: layer '{ins.node}' has {bits}-bit weights; "
-                              "LiteRT runs int8 and int4 weights only")
-        if ins.op == "linear" and bits <= 4:
-            raise ExportError(f"recipe {name!r} cannot target TFLite: layer '{ins.node}' has {bits}-bit weights and "
-                              "LiteRT's FULLY_CONNECTED reference kernel has no per-channel INT4 weights; keep linear "
-                              "layers at 8 bits (a LayerOverride) to export")
 
 
 def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> bytes:
