@@ -186,7 +186,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     q = _load(a.artifact)
-    q.export(a.output, format=a.format)
+    q.export(a.output, format=a.format, **({"style": a.style} if a.style else {}))
     _console().print(f"exported {a.artifact} ({q.recipe.name}) as {a.format} -> {a.output}")
     if a.json:
         _write_json({"artifact": a.artifact, "format": a.format, "output": a.output}, a.json)
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("artifact")
     e.add_argument("-o", "--output", required=True, help="output file, e.g. model.onnx")
     e.add_argument("--format", default="onnx", help="onnx (default) or tflite where supported")
+    e.add_argument("--style", choices=("qdq", "qoperator"), help="ONNX form: qdq (default) or qoperator")
     e.add_argument("--json", metavar="PATH")
     e.set_defaults(fn=cmd_export)
 
