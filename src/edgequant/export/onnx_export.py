@@ -26,6 +26,28 @@ def _program(q) -> Program:
     return q if isinstance(q, Program) else q.program
 
 
+# ops with no ONNX operator that runs them, and why (the error says so instead of a bare op name)
+NOT_IN_ONNX = {
+    "binarize": "binary (+1/-1) activations have no ONNX quantized type",
+    "conv_xnor": "XNOR-popcount convolution has no ONNX operator",
+    "linear_xnor": "XNOR-popcount matmul has no ONNX operator",
+}
+
+
+def _check_exportable(program: Program, table: dict, style: str, recipe: str) -> None:
+    """Refuse the whole program up front, naming the recipe and every layer ONNX cannot hold."""
+    bad = [ins for ins in program.instrs if ins.op not in table]
+    if not bad:
+        return
+    layers = ", ".join(f"'{ins.node}' ({ins.op})" for ins in bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+    why = sorted({NOT_IN_ONNX[ins.op] for ins in bad if ins.op in NOT_IN_ONNX})
+    raise ExportError(
+        f"recipe {recipe!r} cannot be exported to ONNX ({style}): no ONNX operator runs layer(s) {layers}"
+        + (f" -- {'; '.join(why)}" if why else "")
+        + f". Run it with the interpreter (q.run), or quantize with an exportable recipe (e.g. 'w8a8-pc', "
+          f"'w4a8', 'w1a8-xnor' for binary weights); exportable instructions: {', '.join(sorted(table))}")
+
+
 def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights: bool = True,
             check: bool = True) -> onnx.ModelProto:
     """Build the ONNX model of a QuantizedModel (or Program).
@@ -39,13 +61,11 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
         raise ExportError(f"ONNX style {style!r} is not supported; use one of {sorted(STYLES)}")
     program = _program(q)
     table = STYLES[style]
+    recipe = program.meta.get("recipe", {})
+    _check_exportable(program, table, style, recipe.get("name", "?"))
     b = OnnxBuilder(program, activation_type, int4_weights)
     for ins in program.instrs:
-        if ins.op not in table:
-            raise ExportError(f"instruction {ins.op!r} (layer '{ins.node}') has no ONNX {style} emitter; "
-                              f"exportable ops: {', '.join(sorted(table))}")
         table[ins.op](b, ins)
-    recipe = program.meta.get("recipe", {})
     meta = {"edgequant.recipe": recipe.get("name", ""), "edgequant.style": style,
             "edgequant.activation_type": b.act.name}
     doc = f"edgequant export, recipe {recipe.get('name', '?')}, {style}; " + (WHY_UINT8 if b.act.name == "uint8" else "int8 activations")
