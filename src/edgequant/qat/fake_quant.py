@@ -12,8 +12,10 @@ value was clamped. Ranges are either learned or tracked:
   default); weights: ``"minmax"``, the current per-channel max|w| (no learned state).
 * ``"xnor"`` -- 1-bit weights (Rastegari et al., XNOR-Net, arXiv 1603.05279): ``alpha_c * sign(W)``
   with ``alpha_c = mean|W_c|`` and the clipped-identity STE (gradient 1 where |W| <= 1).
-* ``"sign"`` -- 1-bit activations: ``s * sign(x)`` with the clipped-identity STE (gradient where
-  |x| <= s); ``s`` learned like an LSQ step.
+* ``"sign"`` -- 1-bit activations on the program's two levels ``s * (+-1 - z)``: ``{-s, +s}``
+  (``z = 0``, XNOR-Net's ``s * sign(x)``) or ``{0, 2s}`` for a non-negative tensor (``z = -1``),
+  high iff ``x`` reaches the midpoint ``-z * s`` (the ``binarize`` kernel's rule); clipped-identity
+  STE (gradient where ``x`` lies between the levels); ``s`` learned like an LSQ step.
 
 Every quantizer reports the scale/zero point it used (``qparams()``) so that ``convert`` lowers
 the integer program on the very grid the module trained on.
@@ -49,6 +51,18 @@ def sign_ste(x: torch.Tensor, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
     s = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
     inside = (x.abs() <= clip).to(x.dtype)
     return (x * inside - (x * inside).detach()) + s
+
+
+def binary_ste(x: torch.Tensor, s: torch.Tensor, z: float) -> torch.Tensor:
+    """``s * (b - z)``, ``b = +1`` iff ``x >= -z * s`` else ``-1``: value of a 1-bit tensor.
+
+    Gradient in ``x``: 1 between the two levels ``s * (-1 - z)`` and ``s * (1 - z)`` (clipped
+    identity), else 0; in ``s``: ``b - z`` (the level's multiple of the step).
+    """
+    sd = s.detach()
+    b = torch.where(x >= -z * sd, torch.ones_like(x), -torch.ones_like(x))
+    inside = ((x >= sd * (-1 - z)) & (x <= sd * (1 - z))).to(x.dtype)
+    return (b - z) * s + (x * inside - (x * inside).detach())
 
 
 def range_to_scale_zp(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +107,10 @@ class ActFakeQuant(nn.Module):
         self.momentum = momentum
         s0, z0 = float(qp.scale), float(qp.zero_point)
         lo0, hi0 = s0 * (self.qmin - z0), s0 * (self.qmax - z0)
-        self.register_buffer("zero_point", torch.tensor(0.0 if method == "sign" else z0))
+        if method == "sign" and z0 not in (-1.0, 0.0, 1.0):
+            raise RecipeError(f"1-bit activation qparams with zero point {z0:g}; a binary tensor needs -1, 0 or 1")
+        self.register_buffer("zero_point", torch.tensor(z0))
+        self.binary_zp = z0  # fixed for 1-bit tensors; a Python float, so forward never syncs a device
         if method in ("lsq", "sign"):
             self.scale = nn.Parameter(torch.tensor(s0, dtype=torch.float32))
         elif method == "pact":
@@ -157,7 +174,7 @@ class ActFakeQuant(nn.Module):
         """Round onto the current grid (no statistics update); differentiable as LSQ/STE."""
         if self.method == "sign":
             s = grad_scale(self.scale, 1.0 / math.sqrt(max(x[0].numel(), 1))).abs().clamp_min(_EPS)
-            return sign_ste(x, s.detach()) * s
+            return binary_ste(x, s.to(x.dtype), self.binary_zp)
         s, z = self.scale_zp()
         if self.method == "lsq":
             qp = max(self.qmax - float(z), 1.0)

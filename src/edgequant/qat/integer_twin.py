@@ -11,13 +11,16 @@ runs the interpreter's own kernel for the other requantizing ops.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..ir import Graph, Node
 from ..kernels import RUN
 from ..kernels.context import KernelContext
-from ..lower import STATIC, _Lowering
+from ..lower import STATIC, _Lowering, act_int_bounds
+from ..lowbit.binary_act import binary_threshold, carrier_qparams, is_binary_tensor, lower_binary_output
 from ..program import TensorInfo
 from ..qmath import QParams
 from ..recipes import Recipe
@@ -78,6 +81,35 @@ def requantize(acc: torch.Tensor, real: torch.Tensor, real_f32: torch.Tensor, ze
     return torch.clamp(y + zero_point, lo, hi)
 
 
+@dataclass(frozen=True)
+class OutputGrid:
+    """Where a requantizing instruction writes: scale, zero point and clamp bounds; for a 1-bit
+    tensor, the 8-bit carrier ``lower`` gives it and the ``binarize`` threshold that follows."""
+
+    scale: float
+    zero_point: int
+    lo: int
+    hi: int
+    binary: QParams | None = None
+    threshold: int = 0
+
+    @staticmethod
+    def of(qp: QParams, act) -> "OutputGrid":
+        binary = qp if is_binary_tensor(qp) else None
+        if binary is not None:
+            qp = carrier_qparams(binary)
+        b = act_int_bounds(act, qp)
+        return OutputGrid(float(np.float32(qp.scale)), int(qp.zero_point), b.get("act_min", qp.qmin), b.get("act_max", qp.qmax),
+                          binary, binary_threshold(binary, qp) if binary is not None else 0)
+
+    def value(self, q: torch.Tensor) -> torch.Tensor:
+        """Output integers (int64) -> the real values the program's tensor holds (float32)."""
+        if self.binary is None:
+            return (q - self.zero_point).float() * self.scale
+        b = torch.where(q >= self.threshold, 1, -1)
+        return (b - int(self.binary.zero_point)).float() * float(np.float32(self.binary.scale))
+
+
 def to_int(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """Real values already on a grid -> their integers (int64)."""
     return torch.round(x.detach().double() / scale).long() + zero_point
@@ -100,7 +132,12 @@ def run_program_op(graph: Graph, node: Node, recipe: Recipe, inputs: list[tuple[
         low.tensors[name] = TensorInfo("int8", tuple(a.shape), qp)
         low.where[name] = name
         arrays.append(a)
-    STATIC[node.op](low, node)
-    instr = low.instrs[-1]
-    y = RUN[instr.op](instr, arrays, KernelContext(rounding, low.tensors))
-    return torch.from_numpy(np.asarray(y).astype(np.int64)).to(inputs[0][0].device)
+    if is_binary_tensor(out_qp):  # 8-bit carrier, then binarize, as lower emits it
+        lower_binary_output(low, node, STATIC[node.op])
+    else:
+        STATIC[node.op](low, node)
+    env = dict(zip(node.inputs, arrays))
+    ctx = KernelContext(rounding, low.tensors)
+    for instr in low.instrs:
+        env[instr.output] = RUN[instr.op](instr, [env[i] for i in instr.inputs], ctx)
+    return torch.from_numpy(np.asarray(env[low.instrs[-1].output]).astype(np.int64)).to(inputs[0][0].device)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..calibrate import OBSERVED_OPS
 from ..graph_exec import _act, conv_float, run_node
 from ..ir import Graph, Node
+from ..lowbit.edges import node_bits
 from ..qmath import QParams, round_half_away
 from ..recipes import Recipe
 from .config import QATConfig
@@ -119,16 +120,16 @@ class QATGemm(nn.Module):
             return y_fq
         with torch.no_grad():
             si, _ = in_q.grid()
-            so, zo = out_q.grid()
             xi = twin.to_int(x, si, 0).double()
             wi = torch.round(wq.detach().double() / s_w.detach().double().reshape((-1,) + (1,) * (w.ndim - 1)))
             acc = torch.round(self._gemm(xi, wi, b_int)).long()
             s_w32 = s_w.detach().float()
-            real = si * s_w32.double() / so
-            real_f32 = (torch.tensor(si, dtype=torch.float32, device=x.device) * s_w32) / torch.tensor(so, dtype=torch.float32, device=x.device)
-            lo, hi = out_q.int_bounds(*self.node.attrs.get("act", (float("-inf"), float("inf"))))
-            q = twin.requantize(acc, _per_channel(real, acc.ndim), _per_channel(real_f32, acc.ndim), zo, lo, hi, rounding)
-            exact = (q - zo).float() * so
+            g = twin.OutputGrid.of(out_q.qparams(), self.node.attrs.get("act"))  # a 1-bit output: its carrier
+            real = si * s_w32.double() / g.scale
+            real_f32 = (torch.tensor(si, dtype=torch.float32, device=x.device) * s_w32) / torch.tensor(g.scale, dtype=torch.float32, device=x.device)
+            q = twin.requantize(acc, _per_channel(real, acc.ndim), _per_channel(real_f32, acc.ndim), g.zero_point, g.lo, g.hi,
+                                rounding)
+            exact = g.value(q).to(y_fq.dtype)
         return y_fq + (exact - y_fq).detach()
 
     def _batch_norm_path(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,7 @@ class QATModel(nn.Module):
             if n.op in GEMM_OPS:
                 rc = raw_by.get(n.name)
                 bn = folded_batchnorm(raw, rc) if rc is not None and rc.op in GEMM_OPS else None
-                wb, _ = recipe.layer_bits(n.module)
+                wb, _ = node_bits(prepared, recipe, n)  # overrides and the first/last-layer rule, as lower
                 self.gemms[self._key[n.name]] = QATGemm(n, rc, bn, wb, bool(recipe.weights.per_channel), cfg)
             if n.op in OBSERVED_OPS:
                 self.acts[self._key[n.name]] = ActFakeQuant(act_qp[n.name], cfg.act_range, recipe.activations.symmetric,
@@ -222,12 +223,12 @@ class QATModel(nn.Module):
         y = fq(x)
         if rounding is None:
             return y
-        s, z = fq.grid()
+        g = twin.OutputGrid.of(fq.qparams(), None)  # a 1-bit input: quantized to its carrier, then binarized
         with torch.no_grad():  # the program's quantize: float32 division, then its rounding mode
-            v = x.detach().float() / torch.tensor(s, dtype=torch.float32, device=x.device)
+            v = x.detach().float() / torch.tensor(g.scale, dtype=torch.float32, device=x.device)
             r = round_half_away(v) if rounding == "gemmlowp" else torch.round(v)
-            q = torch.clamp(r.long() + z, fq.qmin, fq.qmax)
-        return self._snap(y, q, (s, z))
+            q = torch.clamp(r.long() + g.zero_point, g.lo, g.hi)
+        return y + (g.value(q).to(y.dtype) - y).detach()
 
     def _requantizing(self, n: Node, args: list[torch.Tensor], rounding: str | None) -> torch.Tensor:
         """add, cat, mean, avgpool: float op + fake-quant, valued as the integer kernel computes."""

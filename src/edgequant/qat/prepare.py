@@ -13,6 +13,7 @@ import torch
 from ..calibrate import calibrate, check_finite, first_batch, iter_batches
 from ..capture import capture
 from ..errors import CalibrationError, RecipeError
+from ..lowbit.edges import recalibrate_edges
 from ..passes import prepare as prepare_graph
 from ..recipes import Recipe, get_recipe
 from .config import QATConfig
@@ -55,4 +56,5 @@ def prepare(model: torch.nn.Module, recipe: str | Recipe = "w4a4-qat", calib: It
         model.train(was_training)
     prepared = prepare_graph(raw)
     act_qp = calibrate(prepared, r, (x.detach().cpu() for x in iter_batches(calib)), max_samples=max_calib_samples)
+    recalibrate_edges(prepared, r, act_qp, (x.detach().cpu() for x in iter_batches(calib)))  # first/last-layer widths
     return QATModel(raw, prepared, r, act_qp, cfg).to(device).train()

@@ -21,3 +21,8 @@ W4A4_QAT = register_recipe(Recipe(
 W2A2_QAT = register_recipe(Recipe(
     "w2a2-qat", "static", weights=_w(2), activations=TensorSpec(bits=2), options=_LSQ,
     description="QAT: ternary (2-bit narrow) per-channel weights, 2-bit activations, LSQ-learned steps"))
+W1A1_XNOR_QAT = register_recipe(Recipe(
+    "w1a1-xnor-qat", "static", weights=_w(1), activations=TensorSpec(bits=1, observer="aciq"),
+    options=(("training", "qat"), ("qat_act", "lsq"), ("qat_weight", "lsq"), ("freeze_bn_step", 0),
+             ("weight_method", "xnor"), ("first_last_bits", 8)),
+    description="QAT: binary weights alpha_c*sign(W) and binary activations (XNOR-popcount GEMMs), first/last layers 8-bit"))
