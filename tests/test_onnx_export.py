@@ -81,6 +81,23 @@ def test_export_checker_integer_kernels_and_parity(nets, digits_test_x, tmp_path
     assert_parity(y, ref, q)
 
 
+def test_channel_alignment_is_exact_and_can_be_turned_off(nets, digits_test_x):
+    """Dense convs get input channels padded to 4 (ORT's u8s8 kernels step 4 channels): the
+    digits stem has 1 channel -> a Pad with the zero point and a (C_out, 4, k, k) weight."""
+    q, ref = nets["resnet_digits"]
+    aligned, plain = to_onnx(q), to_onnx(q, align_channels=0)
+    first_w = lambda m: [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4][0]  # noqa: E731
+    assert list(first_w(aligned).dims)[1] == 4 and list(first_w(plain).dims)[1] == 1
+    assert sum(n.op_type == "Pad" for n in aligned.graph.node) == 1
+    x = digits_test_x.numpy()
+    ya = session(aligned.SerializeToString()).run(None, {q.program.input: x})[0]
+    yp = session(plain.SerializeToString()).run(None, {q.program.input: x})[0]
+    np.testing.assert_array_equal(ya, yp)
+    assert_parity(ya, ref, q)
+    with pytest.raises(ExportError, match="align_channels"):
+        to_onnx(q, align_channels=-1)
+
+
 def test_int8_activations_option_still_bit_exact(nets, digits_test_x):
     q, ref = nets["digits_cnn"]
     with pytest.warns(UserWarning, match="uint8"):

@@ -13,13 +13,13 @@ import onnx
 from ..errors import ExportError
 from ..program import Program
 from . import onnx_float, onnx_qdq, onnx_qop
-from .onnx_graph import OPSET, WHY_UINT8, OnnxBuilder
+from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
 
 STYLES = {
     "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS},
     "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS},
 }
-OPTIONS = ("style", "activation_type", "int4_weights", "check")
+OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 
 
 def _program(q) -> Program:
@@ -49,13 +49,15 @@ def _check_exportable(program: Program, table: dict, style: str, recipe: str) ->
 
 
 def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights: bool = True,
-            check: bool = True) -> onnx.ModelProto:
+            align_channels: int = CIN_ALIGN, check: bool = True) -> onnx.ModelProto:
     """Build the ONNX model of a QuantizedModel (or Program).
 
     ``style``: "qdq" (QuantizeLinear/DequantizeLinear around float ops: portable, and what ONNX
     Runtime fuses into integer kernels) or "qoperator" (QLinearConv, QGemm, QLinearAdd, ... --
     ONNX Runtime's contrib ops for the non-conv ops). ``activation_type``: "uint8" (default; see
     ``onnx_graph.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
+    ``align_channels``: pad dense convs' input channels to this multiple (exact; faster in ONNX
+    Runtime, see ``OnnxBuilder.align_conv_input``); 0 turns it off.
     """
     if style not in STYLES:
         raise ExportError(f"ONNX style {style!r} is not supported; use one of {sorted(STYLES)}")
@@ -63,7 +65,7 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
-    b = OnnxBuilder(program, activation_type, int4_weights)
+    b = OnnxBuilder(program, activation_type, int4_weights, align_channels)
     for ins in program.instrs:
         table[ins.op](b, ins)
     meta = {"edgequant.recipe": recipe.get("name", ""), "edgequant.style": style,

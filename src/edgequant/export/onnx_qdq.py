@@ -33,8 +33,8 @@ def dequantize(b: OnnxBuilder, ins: Instr) -> None:
 
 # -- integer compute: DQ -> float op -> Q ----------------------------------------------------------
 def conv(b: OnnxBuilder, ins: Instr) -> None:
-    w = conv_weight(ins, ins.arrays["weight"])
-    y = b.node("Conv", [b.dq(ins.inputs[0]), b.dq_weight(ins, w), b.dq_bias(ins)], name=ins.output, **conv_attrs(ins))[0]
+    x, w = b.align_conv_input(ins, conv_weight(ins, ins.arrays["weight"]))
+    y = b.node("Conv", [b.dq(ins.inputs[0], x), b.dq_weight(ins, w), b.dq_bias(ins)], name=ins.output, **conv_attrs(ins))[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 

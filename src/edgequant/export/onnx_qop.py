@@ -32,9 +32,10 @@ def _bias(b: OnnxBuilder, ins: Instr) -> str:
 def conv(b: OnnxBuilder, ins: Instr) -> None:
     lo, hi = b.out_bounds(ins)
     x = ins.inputs[0]
+    xa, w = b.align_conv_input(ins, conv_weight(ins, ins.arrays["weight"]))
     ws, wz = _weight_qparams(b, ins)
     out = _finish(b, ins, lo, hi)
-    b.node("QLinearConv", [x, *b.qparams(x), b.weight_int8(ins, conv_weight(ins, ins.arrays["weight"])), ws, wz,
+    b.node("QLinearConv", [xa, *b.qparams(x), b.weight_int8(ins, w), ws, wz,
                            *b.qparams(ins.output), _bias(b, ins)], out, name=ins.output, **conv_attrs(ins))
     if out != ins.output:
         b.clip_int(out, ins.output, lo, hi)
