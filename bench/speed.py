@@ -10,12 +10,18 @@ folded by edgequant's capture) and a BERT-base encoder layer (seq 128, built fro
 * ORT qdyn   -- ``quantize_dynamic`` (int8 weights; BERT only, the usual recipe for transformers)
 * torch      -- PyTorch fp32 eager
 
-Latency is the median of interleaved repeats (every variant once per round, so machine noise
-hits all of them alike); ratios are speedups of "ours" (or the best int8 where ours is absent).
+Latency is the median of interleaved repeats (every variant once per round, order alternating,
+so machine noise hits all of them alike); a speedup is the median over rounds of
+(other / ours) timed in the same round -- robust on a shared machine.
 Batch 1 and 8, 1 and 2 threads. Also file sizes and quantization time (ours vs quantize_static).
 
     python bench/speed.py                      # everything (~10 min on a 2-core box)
-    python bench/speed.py --models resnet18 --repeats 5
+    python bench/speed.py --models resnet18 --batches 8 --threads 2 --repeats 15
+    python bench/speed.py --quick              # smoke run: 64x64 / seq 32, batch 1, 1 thread, 2 repeats
+    python bench/speed.py --tflite             # also run bench/speed_tflite.py (LiteRT), if present
+
+Where our file and quantize_static's run the same ONNX Runtime kernels, the ratio can only be
+~1.0x; the script prints both graphs' op histograms after ONNX Runtime's optimizer to show it.
 """
 from __future__ import annotations
 
@@ -60,15 +66,41 @@ class BertLayer(nn.Module):
         return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
 
 
-def make_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+def make_model(name: str, size: int = 224, seq: int = 128) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     if name == "resnet18":
-        return eq.models.randomize_bn(eq.models.resnet18()).eval(), (3, 224, 224)
+        return eq.models.randomize_bn(eq.models.resnet18()).eval(), (3, size, size)
     if name == "mobilenet_v2":
-        return eq.models.randomize_bn(eq.models.mobilenet_v2()).eval(), (3, 224, 224)
+        return eq.models.randomize_bn(eq.models.mobilenet_v2()).eval(), (3, size, size)
     if name == "bert_layer":
-        return BertLayer().eval(), (128, 768)
+        return BertLayer().eval(), (seq, 768)
     raise SystemExit(f"unknown model {name!r}")
+
+
+def missing_ops(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The aten ops of ``model`` that edgequant's capture has no handler for (why 'ours' is absent)."""
+    from edgequant.capture import _IDENTITY, HANDLERS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = torch.export.export(model, (x,), strict=False).run_decompositions({}).graph
+    seen = {n.target for n in g.nodes if n.op == "call_function"}
+    return sorted(str(t) for t in seen if t not in HANDLERS and t not in _IDENTITY and "getitem" not in str(t))
+
+
+def optimized_ops(model_bytes_or_path) -> dict[str, int]:
+    """Op histogram of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
+        g = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+    hist: dict[str, int] = {}
+    for n in g.node:
+        hist[n.op_type] = hist.get(n.op_type, 0) + 1
+    return dict(sorted(hist.items()))
 
 
 def torch_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
@@ -135,13 +167,16 @@ def timed(fn, reps: int = 1) -> float:
 
 
 def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
-    model, shape = make_model(name)
+    model, shape = make_model(name, args.size, args.seq)
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((args.calib, *shape)).astype(np.float32)
     fp32 = torch_onnx(model, torch.from_numpy(calib[:2]))
     fp32_path = tmp / f"{name}_fp32.onnx"
     fp32_path.write_bytes(fp32)
     int8, t_ours, why = ours(model, calib)
+    if int8 is None:
+        ops = missing_ops(model, torch.from_numpy(calib[:2]))
+        why += f" [ops with no capture handler: {', '.join(ops)}]" if ops else ""
     int4 = ours(model, calib, "w4a8")[0] if int8 is not None else None
     qs_path = tmp / f"{name}_qstatic.onnx"
     t_qs = ort_quantize(str(fp32_path), str(qs_path), calib)
@@ -152,7 +187,8 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
         ort_quantize(str(fp32_path), str(qd_path), calib, dynamic=True)
     info = {"model": name, "fp32_bytes": len(fp32), "ours_bytes": len(int8) if int8 else None,
             "ours_int4_bytes": len(int4) if int4 else None, "qstatic_bytes": qs_path.stat().st_size,
-            "t_ours": min(t_ours, t_ours_2) if int8 else None, "t_qstatic": min(t_qs, t_qs_2), "why": why}
+            "t_ours": min(t_ours, t_ours_2) if int8 else None, "t_qstatic": min(t_qs, t_qs_2), "why": why,
+            "ops_ours": optimized_ops(int8) if int8 else None, "ops_qstatic": optimized_ops(str(qs_path))}
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -168,11 +204,15 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
             with torch.inference_mode():
                 for fn in fns.values():  # warm up (ORT allocates arenas on the first runs)
                     fn(), fn()
-                for _ in range(args.repeats):
-                    for k, fn in fns.items():
-                        times[k].append(timed(fn))
+                order = list(fns)
+                for r in range(args.repeats):
+                    for k in (order if r % 2 == 0 else order[::-1]):  # alternate the order too
+                        times[k].append(timed(fns[k]))
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            rows.append({"model": name, "batch": batch, "threads": threads, **med})
+            paired = {}  # median over rounds of (other / ours) in the same round
+            if "ours int8" in times:
+                paired = {k: statistics.median(a / b for a, b in zip(v, times["ours int8"])) for k, v in times.items()}
+            rows.append({"model": name, "batch": batch, "threads": threads, **med, "paired": paired})
             print(f"  {name} b{batch} t{threads}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
     return rows, info
 
@@ -188,9 +228,16 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds per configuration (median)")
     ap.add_argument("--calib", type=int, default=16, help="calibration samples (same for both quantizers)")
+    ap.add_argument("--size", type=int, default=224, help="image side for the conv nets (ImageNet: 224)")
+    ap.add_argument("--seq", type=int, default=128, help="sequence length for the BERT layer")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64x64, seq 32, batch 1, 1 thread, 2 repeats")
+    ap.add_argument("--tflite", action="store_true", help="afterwards run bench/speed_tflite.py (LiteRT) if present")
     args = ap.parse_args()
+    if args.quick:
+        args.size, args.seq, args.batches, args.threads, args.repeats, args.calib = 64, 32, [1], [1], 2, 4
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, edgequant {eq.__version__}, "
-          f"{os.cpu_count()} CPUs, {args.repeats} interleaved repeats, median", flush=True)
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats, median",
+          flush=True)
     rows, infos = [], []
     with tempfile.TemporaryDirectory() as d:
         for name in args.models:
@@ -198,14 +245,15 @@ def main() -> None:
             rows += r
             infos.append(info)
 
-    print("\nLatency (ms, median) and speedups of our int8 export (x = other / ours; > 1 means ours is faster)")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)")
+    print("\nLatency (ms, median) and speedups of our int8 export (median of per-round other / ours; > 1: ours faster)")
     hdr = (f"{'model':<13}{'b':>3}{'thr':>4}{'ORT fp32':>10}{'ours int8':>10}{'ORT qstat':>10}{'ORT qdyn':>9}"
            f"{'torch':>9}{'vs fp32':>9}{'vs qstat':>9}{'vs torch':>9}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         o = r.get("ours int8")
-        sp = lambda k: None if o is None or r.get(k) is None else r[k] / o  # noqa: E731
+        sp = lambda k: r["paired"].get(k)  # noqa: E731
         print(f"{r['model']:<13}{r['batch']:>3}{r['threads']:>4}{fmt(r['ORT fp32']):>10}{fmt(o):>10}"
               f"{fmt(r.get('ORT qstatic')):>10}{fmt(r.get('ORT qdynamic')):>9}{fmt(r['torch fp32']):>9}"
               f"{fmt(sp('ORT fp32'), '.2f'):>9}{fmt(sp('ORT qstatic'), '.2f'):>9}{fmt(sp('torch fp32'), '.2f'):>9}")
@@ -225,7 +273,33 @@ def main() -> None:
               f"{fmt(i['t_ours'], '.2f'):>8}{i['t_qstatic']:>10.2f}")
         if i["why"]:
             print(f"  {i['model']}: edgequant cannot capture it yet -- {i['why']}")
+
+    print("\nGraphs ONNX Runtime runs after its optimizer (op histogram; same kernels => same speed)")
+    for i in infos:
+        same = i["ops_ours"] == i["ops_qstatic"]
+        print(f"  {i['model']}: ours {i['ops_ours']}")
+        print(f"  {'':<{len(i['model'])}}  qstatic {i['ops_qstatic']}" + ("  [identical]" if same else ""))
     sys.stdout.flush()
+    if args.tflite:
+        run_tflite_bench(args)
+
+
+def run_tflite_bench(args) -> None:
+    """LiteRT latency from bench/speed_tflite.py (another module's; used only through its
+    ``tflite_rows``/``print_table``), for the conv nets of this run, batch 1."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import speed_tflite
+    except ImportError as e:
+        print(f"\n--tflite: bench/speed_tflite.py cannot be imported ({e}); skipped")
+        return
+    models = [m for m in args.models if m in getattr(speed_tflite, "MODELS", ())]
+    if not models:
+        print("\n--tflite: none of this run's models has a TFLite export (the BERT layer cannot be captured)")
+        return
+    print(f"\nLiteRT (bench/speed_tflite.py), load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = speed_tflite.tflite_rows(models, tuple(args.threads), args.size, args.repeats, max(2, min(args.calib, 8)))
+    speed_tflite.print_table(rows)
 
 
 if __name__ == "__main__":
