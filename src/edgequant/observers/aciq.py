@@ -11,7 +11,7 @@ the paper's expected error of an ``M``-bit uniform quantizer over ``[-alpha, alp
 optimum is a fixed ratio ``alpha*/b`` (``alpha*/sigma``) per bit width: Laplace 1.86, 2.83, 3.89,
 5.03, 6.20, 7.41, 8.64, 9.89 and Gaussian 1.24, 1.71, 2.15, 2.55, 2.93, 3.28, 3.61, 3.92 for 1..8
 bits. ``clip_ratio`` solves the stationarity condition numerically for any width, so no table is
-trusted; ``tests/test_aciq.py`` re-derives the published tables from the MSE expression.
+trusted; ``tests/test_lowbit.py`` re-derives the published tables from the MSE expression.
 
 Rules (as in the paper's reference code): ``b = mean|x - mean(x)|``, ``sigma`` the standard
 deviation. A non-negative tensor (post-ReLU) spends all ``2^M`` levels on ``[0, alpha]``, the

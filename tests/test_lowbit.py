@@ -1,0 +1,300 @@
+"""Below 8 bits without retraining (issue 3): ACIQ, per-channel bit allocation, bias correction,
+XNOR/ternary weights and binary activations, mixed precision by override, the low-bit recipes.
+
+The ACIQ constants are re-derived here by minimising the paper's MSE expression directly (not the
+code's root finder); recipe checks run the integer program (``q.run``) on the digits test split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize_scalar
+from scipy.special import erf
+
+import edgequant as eq
+from edgequant.kernels.binary import pack_bits, popcount, xnor_matmul
+from edgequant.lowbit.bit_alloc import allocate_bits
+from edgequant.observers import make_observer
+from edgequant.observers.aciq import clip_ratio
+from edgequant.packing import packed_nbytes
+from edgequant.qmath import quantize
+from edgequant.recipes import LayerOverride, Recipe, TensorSpec, low_bit_weights
+
+# ../shared/DESIGN.md (Banner et al., arXiv 1810.05723): alpha*/b and alpha*/sigma for 1..8 bits
+LAPLACE_TABLE = (1.86, 2.83, 3.89, 5.03, 6.20, 7.41, 8.64, 9.89)
+GAUSS_TABLE = (1.24, 1.71, 2.15, 2.55, 2.93, 3.28, 3.61, 3.92)
+NEW_RECIPES = ("w4a8", "w4a4", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
+
+
+# -- ACIQ ---------------------------------------------------------------------------------------
+def paper_mse(alpha: float, bits: int, dist: str) -> float:
+    """The paper's expected error (b = 1 / sigma = 1): clipping of both tails + alpha^2 / (3 4^M)."""
+    rounding = alpha**2 / (3 * 4.0**bits)
+    if dist == "laplace":
+        return 2 * math.exp(-alpha) + rounding
+    return ((alpha**2 + 1) * (1 - erf(alpha / math.sqrt(2)))
+            - math.sqrt(2 / math.pi) * alpha * math.exp(-alpha**2 / 2) + rounding)
+
+
+@pytest.mark.parametrize("dist,table", [("laplace", LAPLACE_TABLE), ("gauss", GAUSS_TABLE)])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_aciq_constants_rederived_from_the_paper_mse(dist, table, bits) -> None:
+    best = minimize_scalar(paper_mse, bounds=(0.01, 30), args=(bits, dist), method="bounded",
+                           options={"xatol": 1e-9}).x
+    # the published table truncates to 2 decimals; the code solves the same optimum
+    assert abs(best - table[bits - 1]) <= 0.01, (dist, bits, best)
+    assert clip_ratio(bits, dist) == pytest.approx(best, abs=1e-4)
+    # it is a minimum of the expression, not just a stationary point
+    assert paper_mse(best, bits, dist) < min(paper_mse(0.9 * best, bits, dist), paper_mse(1.1 * best, bits, dist))
+
+
+def _aciq(bits: int, dist: str = "laplace", **kw):
+    return make_observer("aciq", bits=bits, dist=dist, **kw)
+
+
+def test_aciq_signed_tensor_uses_m_bits_and_nonnegative_uses_m_plus_1() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.laplace(0.2, 1.5, 60_000).astype(np.float32)  # one batch: b computed exactly
+    ob = _aciq(4)
+    ob.update(x)
+    lo, hi = ob.range()
+    b = np.mean(np.abs(x.astype(np.float64) - x.mean()))
+    assert hi - lo == pytest.approx(2 * clip_ratio(4, "laplace") * b, rel=1e-3)
+    assert lo == pytest.approx(x.mean() - clip_ratio(4, "laplace") * b, rel=1e-3, abs=1e-3)
+
+    r = np.maximum(x, 0)  # post-ReLU: all 2^M levels on [0, alpha] = an (M+1)-bit quantizer
+    ob = _aciq(4)
+    ob.update(r)
+    lo, hi = ob.range()
+    b = np.mean(np.abs(r.astype(np.float64) - r.mean()))
+    assert lo == 0.0
+    assert hi == pytest.approx(clip_ratio(5, "laplace") * b, rel=1e-3)
+    assert hi < r.max()
+    streamed = _aciq(4)  # many batches: b from the streaming histogram
+    for part in np.array_split(r, 6):
+        streamed.update(part)
+    assert streamed.range()[1] == pytest.approx(hi, rel=0.01)
+
+
+def test_aciq_auto_picks_the_distribution_that_fits() -> None:
+    rng = np.random.default_rng(1)
+    lap = rng.laplace(0, 1, (20_000, 1))
+    gau = rng.normal(0, 1, (20_000, 1))
+    w = np.concatenate([lap, gau, 3 * gau, 0.1 * lap], axis=1).T.astype(np.float32)  # 4 channels in dim 0
+    ob = _aciq(4, "auto", symmetric=True, narrow=True, axis=0)
+    ob.update(w)
+    assert list(ob.chosen_dist()) == ["laplace", "gauss", "gauss", "laplace"]
+    _, b, sigma = ob.stats()
+    lo, hi = ob.range()
+    want = np.array([clip_ratio(4, "laplace") * b[0], clip_ratio(4, "gauss") * sigma[1],
+                     clip_ratio(4, "gauss") * sigma[2], clip_ratio(4, "laplace") * b[3]])
+    assert np.allclose(hi, want, rtol=0.02)  # symmetric: |mu| + alpha, mu ~ 0
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_aciq_clip_beats_minmax_mse_on_a_laplace_sample(bits) -> None:
+    x = np.random.default_rng(2).laplace(0, 1, 100_000).astype(np.float32)
+
+    def mse(observer: str) -> float:
+        ob = make_observer(observer, bits=bits)
+        ob.update(x)
+        qp = ob.qparams()
+        xq = (quantize(x, qp).astype(np.float64) - float(qp.zero_point)) * float(qp.scale)
+        return float(np.mean((xq - x) ** 2))
+
+    assert mse("aciq") < 0.5 * mse("minmax")
+
+
+@pytest.fixture(scope="module")
+def quantized(digits, digits_model):
+    return {name: eq.quantize(digits_model, name, digits[0]) for name in NEW_RECIPES}
+
+
+@pytest.fixture(scope="module")
+def predictions(quantized, digits_test_x):
+    """{recipe: (argmax of q.run, argmax of q.simulate)} on the digits test split."""
+    x = digits_test_x.numpy()
+    return {n: (np.asarray(q.run(x)).argmax(1), np.asarray(q.simulate(x)).argmax(1)) for n, q in quantized.items()}
+
+
+# -- per-channel bit allocation -----------------------------------------------------------------
+def test_bit_allocation_follows_two_thirds_power_law() -> None:
+    alphas = 2.0 ** (1.5 * np.arange(4))  # each channel's alpha^(2/3) doubles: one bit more each
+    widths = allocate_bits(alphas, 4.5)
+    assert list(widths) == [3, 4, 5, 6]
+    levels = 2.0**widths
+    assert np.allclose(levels / levels.sum(), alphas ** (2 / 3) / np.sum(alphas ** (2 / 3)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=64), st.sampled_from([1.5, 2.0, 3.0, 4.0, 5.25, 8.0]))
+def test_bit_allocation_keeps_the_budget_exactly(alphas, mean_bits) -> None:
+    a = np.array(alphas)
+    m = allocate_bits(a, mean_bits)
+    assert m.sum() == round(len(a) * mean_bits)
+    assert m.min() >= 1 and m.max() <= 8
+    # larger clip -> at least as many bits; integer widths stay within one bit of the real optimum
+    smaller = a[:, None] < a[None, :]  # (i, j): alpha_i < alpha_j  =>  M_i <= M_j
+    assert np.all((m[:, None] <= m[None, :]) | ~smaller)
+    real = (2 / 3) * np.log2(a)
+    free = (m > 1) & (m < 8)
+    if free.sum() >= 2:
+        resid = m[free] - real[free]
+        assert resid.max() - resid.min() < 2.0
+
+
+def test_bit_allocation_runs_in_the_interpreter_and_size_counts_packed_bits(quantized) -> None:
+    q = quantized["w2a4-aciq"]
+    alloc = [i for i in q.program.instrs if "channel_bits" in i.attrs]
+    assert len(alloc) == 5
+    mixed = False
+    for ins in alloc:
+        w, cb = ins.arrays["weight"], np.array(ins.attrs["channel_bits"])
+        assert cb.sum() == round(2.0 * len(cb))  # the recipe's 2-bit average, exactly
+        mixed |= len(set(cb)) > 1
+        rows = w.reshape(w.shape[0], -1).astype(np.int64)
+        for r, b in zip(rows, cb):
+            lim = 1 if b == 1 else 2 ** (b - 1) - 1
+            assert np.abs(r).max() <= lim and (b > 1 or np.all(np.abs(r) == 1))
+        assert ins.attrs["packed_weight_bytes"] == sum(packed_nbytes(rows.shape[1], int(b)) for b in cb) + len(cb)
+        assert ins.attrs["weight_bits"] == cb.max()
+    assert mixed, "no layer got mixed widths; the test no longer exercises per-channel widths"
+    total = sum(a.nbytes for i in q.program.instrs for k, a in i.arrays.items()
+                if k not in ("weight", "m0", "shift", "multiplier"))
+    total += sum(i.attrs.get("packed_weight_bytes", 0) for i in q.program.instrs)
+    total += 8 * sum(t.qparams is not None for t in q.program.tensors.values())
+    assert q.size_bytes == total
+
+
+# -- bias correction ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_bias_correction_reduces_output_mean_error(kind) -> None:
+    torch.manual_seed(0)
+    if kind == "linear":
+        m, x, axes = torch.nn.Sequential(torch.nn.Linear(64, 16)), torch.rand(512, 64), (0,)
+    else:
+        m, x, axes = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1)), torch.rand(256, 4, 8, 8), (0, 2, 3)
+    with torch.no_grad():
+        w = m[0].weight  # skewed per channel: 2-bit rounding shifts each channel's mean
+        w.copy_(torch.distributions.Laplace(0.0, 0.1).sample(w.shape) + 0.03 * torch.randn(w.shape[0], *([1] * (w.ndim - 1))))
+        y = m(x).double().numpy()
+
+    def mean_err(mode):
+        opts = (("bias_correction", mode),) if mode else ()
+        r = Recipe(f"w2a8-{mode}", "static", weights=low_bit_weights(2), activations=TensorSpec(bits=8), options=opts)
+        yq = np.asarray(eq.quantize(m, r, [x]).run(x.numpy()), np.float64)
+        return float(np.abs(yq.mean(axis=axes) - y.mean(axis=axes)).mean())
+
+    none, banner, empirical = mean_err(None), mean_err("banner"), mean_err("empirical")
+    assert banner < 0.25 * none
+    assert empirical < 0.1 * none
+
+
+# -- binary ---------------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 2**32 - 1))
+def test_popcount_identity_equals_the_dot_product(n, seed) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.choice([-1, 1], size=n)
+    b = rng.choice([-1, 1], size=n)
+    pa, pb = pack_bits(a[None] > 0)[0], pack_bits(b[None] > 0)[0]
+    assert n - 2 * int(popcount(pa ^ pb).sum()) == int(a @ b)  # XNOR-Net: n - 2 popcount(a XOR b)
+    x = rng.choice([-1, 0, 1], size=(5, n))  # 0 = padding taps (masked)
+    w = rng.choice([-1, 1], size=(3, n))
+    assert np.array_equal(xnor_matmul(x, w), x @ w.T)
+
+
+def _gemms(q):
+    return [i for i in q.program.instrs if i.op.startswith(("conv", "linear"))]
+
+
+def _module_of(q):
+    return {n.name: n.module for n in q.graph.nodes}
+
+
+def test_xnor_weights_are_alpha_sign_w_and_first_last_stay_8bit(quantized, digits_model) -> None:
+    q = quantized["w1a8-xnor"]
+    by = q.graph.by_name()
+    gemms = _gemms(q)
+    assert [i.attrs["weight_bits"] for i in gemms] == [8, 1, 1, 1, 8]
+    for ins in gemms[1:-1]:
+        w = by[ins.node].params["weight"].astype(np.float64)  # BN-folded float weight
+        sign = np.where(w >= 0, 1, -1)
+        assert np.array_equal(ins.arrays["weight"], sign)
+        alpha = np.abs(w).reshape(w.shape[0], -1).mean(axis=1)
+        assert np.allclose(ins.arrays["w_scale"], alpha, rtol=1e-6)
+    # w1a1: the binary-input GEMMs use the XNOR-popcount kernel
+    ops = [i.op for i in _gemms(quantized["w1a1-xnor"])]
+    assert ops == ["conv", "conv_xnor", "conv_xnor", "linear_xnor", "linear"]
+
+
+def test_ternary_weights_are_minus_zero_plus(quantized) -> None:
+    for ins in _gemms(quantized["w2a8-ternary"])[1:-1]:
+        assert ins.attrs["weight_bits"] == 2
+        assert set(np.unique(ins.arrays["weight"])) <= {-1, 0, 1}
+
+
+def test_first_last_width_is_configurable(digits, digits_model) -> None:
+    base = eq.RECIPES["w1a8-xnor"]
+    for fl, want in ((4, [4, 1, 1, 1, 4]), (None, [1, 1, 1, 1, 1])):
+        opts = tuple((k, v) for k, v in base.options if k != "first_last_bits") + (("first_last_bits", fl),)
+        q = eq.quantize(digits_model, dataclasses.replace(base, name=f"w1a8-fl{fl}", options=opts), digits[0],
+                        max_calib_samples=128)
+        assert [i.attrs["weight_bits"] for i in _gemms(q)] == want
+
+
+def test_override_all_4bit_classifier_8bit(digits, digits_model) -> None:
+    r = eq.RECIPES["w4a4"].with_overrides(LayerOverride("classifier.*", weight_bits=8, act_bits=8))
+    q = eq.quantize(digits_model, r, digits[0], max_calib_samples=128)
+    mod = _module_of(q)
+    for ins in _gemms(q):
+        classifier = mod[ins.node].startswith("classifier.")
+        assert ins.attrs["weight_bits"] == (8 if classifier else 4), mod[ins.node]
+        assert q.program.tensors[ins.output].qparams.bits == (8 if classifier else 4)
+        assert np.abs(ins.arrays["weight"]).max() > (7 if classifier else 0)
+
+
+# -- the recipes through the integer program -------------------------------------------------------
+@pytest.mark.parametrize("name", [
+    *[n for n in NEW_RECIPES if n != "w2a4-aciq"],
+    pytest.param("w2a4-aciq", marks=pytest.mark.xfail(strict=True, reason=(
+        "gemmlowp requantization rounds twice (SaturatingRoundingDoublingHighMul, then "
+        "RoundingDivideByPOT); with 2-bit weights x 4-bit activations the accumulators are small "
+        "and ~3-9% of outputs move one step vs the float twin: argmax agreement ~97%. With one "
+        "rounding (rounding='onnxruntime') run and simulate agree; see test below."))),
+])
+def test_run_and_simulate_agree(predictions, name) -> None:
+    run, sim = predictions[name]
+    agree = np.mean(run == sim)
+    assert agree >= 0.99, agree
+
+
+def test_run_and_simulate_agree_single_rounding(quantized, digits_test_x) -> None:
+    q = quantized["w2a4-aciq"]
+    x = digits_test_x.numpy()
+    run = np.asarray(q.run(x, rounding="onnxruntime")).argmax(1)
+    sim = np.asarray(q.simulate(x, rounding="onnxruntime")).argmax(1)
+    assert np.mean(run == sim) >= 0.99
+
+
+@pytest.mark.parametrize("name,bound", [("w4a8", 0.14), ("w4a4", 0.14), ("w4a4-aciq", 0.14), ("w2a4-aciq", 0.08),
+                                        ("w2a8-ternary", 0.08), ("w1a8-xnor", 0.05), ("w1a1-xnor", 0.05)])
+def test_sizes(quantized, name, bound) -> None:
+    q = quantized[name]
+    assert q.size_bytes / q.float_size_bytes <= bound
+
+
+def test_w4a4_aciq_close_to_fp32(predictions, digits, digits_model, digits_test_x) -> None:
+    y = torch.cat([t for _, t in digits[1]]).numpy()
+    with torch.no_grad():
+        fp = np.mean(digits_model(digits_test_x).argmax(1).numpy() == y)
+    assert np.mean(predictions["w4a4-aciq"][0] == y) >= fp - 0.02
+    assert np.mean(predictions["w4a8"][0] == y) >= fp - 0.01
+    # 2 bits: the full method keeps most of the accuracy (naive min/max W2A4 falls to ~0.6)
+    assert np.mean(predictions["w2a4-aciq"][0] == y) >= 0.85
