@@ -2,7 +2,9 @@
 
 ``kernels="reference"`` selects LiteRT's ``BUILTIN_REF`` op resolver, the plain C++ reference
 kernels that the interpreter's gemmlowp mode reproduces bit for bit; ``"optimized"`` the default
-resolver without delegates (ruy/NEON/SSE kernels, a few LSB apart on some ops).
+resolver without delegates (ruy/NEON/SSE kernels, a few LSB apart on some ops); ``"default"``
+what a LiteRT user gets with no options: the builtin kernels plus the XNNPACK delegate (used for
+latency figures, not parity).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from ..errors import ExportError, InputError
 
-KERNELS = ("reference", "optimized")
+KERNELS = ("reference", "optimized", "default")
 
 
 def litert_available() -> bool:
@@ -31,7 +33,8 @@ def interpreter(model, kernels: str = "reference", num_threads: int = 1):
         raise ExportError("running .tflite files needs LiteRT: pip install 'edgequant[tflite]' (ai-edge-litert)") from e
     if kernels not in KERNELS:
         raise ExportError(f"kernels {kernels!r} is not one of {KERNELS}")
-    resolver = OpResolverType.BUILTIN_REF if kernels == "reference" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolver = {"reference": OpResolverType.BUILTIN_REF, "optimized": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                "default": OpResolverType.AUTO}[kernels]
     src = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(Path(model))}
     return Interpreter(**src, experimental_op_resolver_type=resolver, num_threads=num_threads)
 

@@ -1,0 +1,119 @@
+"""LiteRT parity of the TFLite export: reference kernels exact, optimized kernels' LSB histogram.
+
+For the three shipped digits nets (digits_cnn, resnet_digits, mobilenet_v2_digits, trained weights)
+quantized with each recipe (default ``w8a8-pc`` and ``w4a8``, the INT4-weight file), the exported
+``.tflite`` runs in LiteRT (``ai-edge-litert``) with
+
+* ``reference`` kernels (``OpResolverType.BUILTIN_REF``): the plain C++ kernels, and
+* ``optimized`` kernels (the builtin resolver without delegates: ruy / SIMD kernels), and for
+  information LiteRT's ``default`` (builtin kernels plus the XNNPACK delegate, what
+  ``Interpreter(model)`` gives),
+
+on the digits test split (539 images) and on random images (uniform in the pixel range [0, 16]).
+Each int8 output is compared with the integer interpreter in its gemmlowp rounding mode
+(``interpreter.run(program, x, rounding="gemmlowp")``), in output LSBs. Printed per net and input
+set: how many outputs (logits) and how many samples (all 10 logits) are identical, the histogram of
+LSB differences, top-1 agreement and, on the test split, the accuracy of each engine.
+
+    python bench/tflite_parity.py                            # both recipes, ~1-2 min on a quiet 2-core box
+    python bench/tflite_parity.py --recipes w8a8-pc --random 200 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+
+import edgequant as eq
+from edgequant import interpreter
+from edgequant.export.tflite import to_tflite
+from edgequant.export.tflite_run import interpreter as litert_interpreter
+from edgequant.export.tflite_run import run_tflite
+
+NETS = ("digits_cnn", "resnet_digits", "mobilenet_v2_digits")
+
+
+def lsb(y: np.ndarray, ref: np.ndarray, scale: float) -> np.ndarray:
+    """Difference in output LSBs (both are dequantized int8 on the same grid, so this is exact)."""
+    return np.round((y.astype(np.float64) - ref.astype(np.float64)) / scale).astype(np.int64)
+
+
+def histogram(d: np.ndarray) -> str:
+    c = Counter(d.reshape(-1).tolist())
+    return " ".join(f"{k:+d}:{c[k]}" for k in sorted(c))
+
+
+def compare(q, data: bytes, x: np.ndarray, labels: np.ndarray | None, threads: int) -> dict:
+    ref = interpreter.run(q.program, x, rounding="gemmlowp")
+    scale = float(q.program.output_qparams.scale)
+    out = {"n": len(x), "outputs": ref.size}
+    for kernels in ("reference", "optimized", "default"):
+        it = litert_interpreter(data, kernels, num_threads=threads)
+        y = run_tflite(it, x)
+        d = lsb(y, ref, scale)
+        out[kernels] = {
+            "same_outputs": int((d == 0).sum()), "same_samples": int((d == 0).all(axis=1).sum()),
+            "max_lsb": int(np.abs(d).max()), "hist": histogram(d),
+            "top1_agree": float((y.argmax(1) == ref.argmax(1)).mean()) * 100,
+            "acc": None if labels is None else float((y.argmax(1) == labels).mean()) * 100,
+        }
+    out["acc_ours"] = None if labels is None else float((ref.argmax(1) == labels).mean()) * 100
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=list(NETS))
+    ap.add_argument("--recipes", nargs="+", default=["w8a8-pc", "w4a8"])
+    ap.add_argument("--random", type=int, default=1000, help="random images per net (uniform [0, 16])")
+    ap.add_argument("--threads", type=int, default=1, help="LiteRT threads (the kernels' rounding does not depend on it)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    from ai_edge_litert import __version__ as litert_version
+
+    calib, test = eq.data.digits()
+    xt = torch.cat([x for x, _ in test]).numpy()
+    yt = torch.cat([y for _, y in test]).numpy()
+    xr = np.random.default_rng(0).uniform(0.0, 16.0, (args.random, *xt.shape[1:])).astype(np.float32)
+    print(f"ai-edge-litert {litert_version}, edgequant {eq.__version__}; interpreter rounding='gemmlowp'; "
+          f"digits test split {len(xt)} images, {len(xr)} random images U[0,16]; LiteRT threads {args.threads}")
+    rows = []
+    for net in args.nets:
+        model = getattr(eq.models, net)(pretrained=True)
+        for recipe in args.recipes:
+            t = time.perf_counter()
+            q = eq.quantize(model, recipe, calib)
+            data = to_tflite(q)
+            for name, x, labels in (("test", xt, yt), ("random", xr, None)):
+                r = compare(q, data, x, labels, args.threads)
+                rows.append((net, recipe, name, r))
+            print(f"  {net} {recipe}: {len(data)} bytes, {time.perf_counter() - t:.1f} s", flush=True)
+
+    print("\nReference kernels (BUILTIN_REF) vs interpreter gemmlowp: identical outputs / samples")
+    hdr = f"{'net':<20}{'recipe':<9}{'inputs':<8}{'outputs same':>16}{'samples same':>14}{'max LSB':>8}"
+    print(hdr + "\n" + "-" * len(hdr))
+    for net, recipe, name, r in rows:
+        ref = r["reference"]
+        print(f"{net:<20}{recipe:<9}{name:<8}{ref['same_outputs']:>8}/{r['outputs']:<7}"
+              f"{ref['same_samples']:>7}/{r['n']:<6}{ref['max_lsb']:>8}")
+
+    for kernels, title in (("optimized", "Optimized kernels (builtin, no delegate)"),
+                           ("default", "LiteRT default (builtin + XNNPACK delegate)")):
+        print(f"\n{title} vs interpreter gemmlowp: LSB difference histogram of the logits")
+        hdr = (f"{'net':<20}{'recipe':<9}{'inputs':<8}{'same %':>8}{'samples same':>14}{'max':>5}{'top1 agree':>11}"
+               f"{'acc ours/this':>15}  histogram (LSB:count)")
+        print(hdr + "\n" + "-" * len(hdr))
+        for net, recipe, name, r in rows:
+            o = r[kernels]
+            acc = "-" if r["acc_ours"] is None else f"{r['acc_ours']:.2f}/{o['acc']:.2f}"
+            print(f"{net:<20}{recipe:<9}{name:<8}{100 * o['same_outputs'] / r['outputs']:>8.2f}"
+                  f"{o['same_samples']:>7}/{r['n']:<6}{o['max_lsb']:>5}{o['top1_agree']:>10.2f}%{acc:>15}  {o['hist']}")
+    exact = all(r["reference"]["max_lsb"] == 0 for *_, r in rows)
+    print(f"\nreference kernels bit-exact on every net, recipe and input: {'yes' if exact else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
