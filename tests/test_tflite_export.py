@@ -33,6 +33,32 @@ def tensor_types(data: bytes) -> dict[str, int]:
     return {sg.Tensors(i).Name().decode(): sg.Tensors(i).Type() for i in range(sg.TensorsLength())}
 
 
+def operators(data: bytes) -> tuple[set[str], set[int]]:
+    """The builtin operator names in the file and the fused activation codes of its CONV_2D,
+    DEPTHWISE_CONV_2D, ADD and FULLY_CONNECTED operators (1 = RELU, 3 = RELU6)."""
+    from tflite.BuiltinOperator import BuiltinOperator
+    from tflite.BuiltinOptions import BuiltinOptions
+    from tflite.Model import Model
+
+    names = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
+    model = Model.GetRootAsModel(data, 0)
+    sg = model.Subgraphs(0)
+    ops, acts = set(), set()
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        ops.add(names[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()])
+        kind = op.BuiltinOptionsType()
+        for tag, mod in ((BuiltinOptions.Conv2DOptions, "Conv2DOptions"), (BuiltinOptions.AddOptions, "AddOptions"),
+                         (BuiltinOptions.DepthwiseConv2DOptions, "DepthwiseConv2DOptions"),
+                         (BuiltinOptions.FullyConnectedOptions, "FullyConnectedOptions")):
+            if kind == tag:
+                opts = getattr(__import__(f"tflite.{mod}", fromlist=[mod]), mod)()
+                table = op.BuiltinOptions()
+                opts.Init(table.Bytes, table.Pos)
+                acts.add(opts.FusedActivationFunction())
+    return ops, acts
+
+
 @pytest.fixture(scope="module")
 def nets(digits):
     out = {}
@@ -42,24 +68,29 @@ def nets(digits):
     return out
 
 
-def test_digits_cnn_reference_kernels_bit_exact_on_test_split(nets, digits_test_x, tmp_path):
+def test_export_front_door_writes_the_file_litert_runs(nets, digits_test_x, tmp_path):
     q = nets["digits_cnn"][1]
     path = tmp_path / "digits.tflite"
     q.export(path, format="tflite")  # the public front door
     x = digits_test_x.numpy()
-    y = run_tflite(path, x, kernels="reference")
-    ref = interpreter.run(q.program, x, rounding="gemmlowp")
-    assert y.shape == ref.shape == (len(x), 10)
-    assert np.array_equal(y, ref)  # dequantize is injective, so the int8 outputs are equal too
+    assert np.array_equal(run_tflite(path, x, kernels="reference"), interpreter.run(q.program, x, rounding="gemmlowp"))
 
 
-@pytest.mark.parametrize("name", ["resnet_digits", "mobilenet_v2_digits"])
-def test_resnet_mobilenet_reference_kernels_bit_exact_on_random_inputs(nets, name):
+@pytest.mark.parametrize("inputs", ["test split", "random"])
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet_digits", "mobilenet_v2_digits"])
+def test_reference_kernels_bit_exact(nets, digits_test_x, name, inputs):
+    """LiteRT's BUILTIN_REF kernels == the interpreter's gemmlowp mode, on every output, for the
+    three nets on the digits test split and on random inputs (N(0, 6): negative pixels and values
+    past the calibrated range saturate the input quantizer, the rest spreads over it)."""
     q = nets[name][1]
-    x = np.random.default_rng(1).normal(0.0, 6.0, (200, 1, 8, 8)).astype(np.float32)
+    if inputs == "test split":
+        x = digits_test_x.numpy()
+    else:
+        x = np.random.default_rng(1).normal(0.0, 6.0, (200, 1, 8, 8)).astype(np.float32)
     ref = interpreter.run(q.program, x, rounding="gemmlowp")
     y = run_tflite(to_tflite(q), x, kernels="reference")
-    assert np.array_equal(y, ref)
+    assert y.shape == ref.shape == (len(x), 10)
+    assert np.array_equal(y, ref)  # DEQUANTIZE is injective, so the int8 outputs are equal too
 
 
 def test_optimized_kernels_within_a_few_lsb(nets, digits_test_x):
@@ -113,21 +144,33 @@ def test_every_op_bit_exact(coverage, recipe):
     ops = {i.op for i in q.program.instrs}
     assert {"conv", "linear", "add", "cat", "clamp", "maxpool", "avgpool", "mean", "reshape", "pad"} <= ops
     data = to_tflite(q)
+    ops, acts = operators(data)
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "MAX_POOL_2D",
+            "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "PAD", "PADV2"} <= ops
+    assert {1, 3} <= acts  # fused RELU and RELU6
+    if recipe == "w4a8":
+        types = tensor_types(data)
+        assert all(types[n] == 17 for n in types if n.endswith("/weight"))  # INT4, depthwise too
     assert np.array_equal(run_tflite(data, x, "reference"), interpreter.run(q.program, x))
 
 
-def test_int4_weights_are_stored_as_int4_and_run_bit_exact(digits, digits_test_x):
-    m = eq.models.digits_cnn(pretrained=True)
-    q4 = eq.quantize(m, "w4a8", digits[0])
+@pytest.mark.parametrize("recipe", ["w4a8", "w2a8-ternary"])
+def test_int4_weights_are_stored_as_int4_and_run_bit_exact(nets, digits, digits_test_x, recipe):
+    """<= 4-bit weights (ternary -1/0/+1 too) are packed INT4 tensors LiteRT runs, bit-exactly."""
+    m = nets["digits_cnn"][0]
+    q4 = eq.quantize(m, recipe, digits[0])
     data4 = to_tflite(q4)
     types = tensor_types(data4)
-    weights = [n for n in types if n.endswith("/weight")]
-    assert weights and all(types[n] == 17 for n in weights)  # TensorType.INT4
-    data8 = to_tflite(eq.quantize(m, "w8a8-pc", digits[0]))
-    n_weights = sum(i.arrays["weight"].size for i in q4.program.instrs if "weight" in i.arrays)
+    bits = {f"{i.output}/weight": i.attrs["weight_bits"] for i in q4.program.instrs if "weight" in i.arrays}
+    assert min(bits.values()) <= 4  # (the recipe may keep the first/last layer at 8 bits)
+    assert all(types[n] == (17 if b <= 4 else 9) for n, b in bits.items())  # TensorType.INT4 / INT8
+    data8 = to_tflite(nets["digits_cnn"][1])
+    n_weights = sum(i.arrays["weight"].size for i in q4.program.instrs if i.attrs.get("weight_bits", 8) <= 4)
     assert len(data8) - len(data4) >= 0.49 * n_weights  # packed two per byte
     x = digits_test_x.numpy()
-    assert np.array_equal(run_tflite(data4, x, "reference"), interpreter.run(q4.program, x))
+    ref = interpreter.run(q4.program, x)
+    assert np.array_equal(run_tflite(data4, x, "reference"), ref)
+    assert np.abs(lsb(run_tflite(data4, x, "optimized"), ref, q4)).max() <= 8
 
 
 def test_nhwc_layout_takes_nhwc_input(nets, digits_test_x):
@@ -142,8 +185,9 @@ def test_fully_connected_option_is_within_one_lsb(nets, digits_test_x):
     with gemmlowp's two), hence the default 1x1 CONV_2D; the FC form is off by at most one LSB."""
     q = nets["digits_cnn"][1]
     x = digits_test_x.numpy()
-    types_ops = to_tflite(q, linear="fully_connected")
-    d = lsb(run_tflite(types_ops, x, "reference"), interpreter.run(q.program, x), q)
+    data = to_tflite(q, linear="fully_connected")
+    assert "FULLY_CONNECTED" in operators(data)[0]
+    d = lsb(run_tflite(data, x, "reference"), interpreter.run(q.program, x), q)
     assert np.abs(d).max() <= 1
 
 

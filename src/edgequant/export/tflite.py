@@ -132,7 +132,10 @@ class _Emitter:
         """Fused activation reproducing ``act_min/act_max`` and, if none does, the explicit clamp."""
         qp = self.p.tensors[ins.output].qparams
         want = (int(ins.attrs.get("act_min", qp.qmin)), int(ins.attrs.get("act_max", qp.qmax)))
-        for act in ("NONE", "RELU", "RELU6", "RELU_N1_TO_1"):
+        # the lowering folds a ReLU (act_min only) or ReLU6/clamp (both bounds) into act_min/act_max,
+        # often equal to the output range; name it as TFLite's converter would when it is exact
+        first = ("RELU6",) if "act_max" in ins.attrs else ("RELU",) if "act_min" in ins.attrs else ()
+        for act in first + ("NONE", "RELU", "RELU6", "RELU_N1_TO_1"):
             if tflite_act_range(act, qp) == want:
                 return act, None
         return "NONE", want
@@ -161,16 +164,25 @@ class _Emitter:
             cur = dst
 
     def pad_op(self, src: int, name: str, like: str, shape_nhwc, pads_tblr, value) -> int:
-        """PADV2 of NHWC tensor ``src`` (program tensor ``like``) by (t, b, l, r) with ``value`` (raw,
+        """Pad NHWC tensor ``src`` (program tensor ``like``) by (t, b, l, r) with ``value`` (raw,
         in the tensor's own domain); the padded tensor keeps ``like``'s qparams."""
         t, b, l, r = pads_tblr
         n, h, w, c = shape_nhwc
         out = self.new(f"{name}/pad", (n, h + t + b, w + l + r, c), like=like)
-        paddings = np.array([[0, 0], [t, b], [l, r], [0, 0]], np.int32)
-        dt = self.dtype(like)
-        val = self.m.const(f"{name}/pad_value", np.array([value]), "int8" if dt == "int8" else "float32", self.quant(like))
-        self.m.op("PADV2", [src, self.m.const(f"{name}/paddings", paddings), val], [out])
+        self.pad(src, out, f"{name}/pad", like, [[0, 0], [t, b], [l, r], [0, 0]], value)
         return out
+
+    def pad(self, src: int, out: int, name: str, like: str, pads, value) -> None:
+        """PAD when ``value`` is real zero (TFLite pads int8 with the output zero point, float with
+        0.0), else PADV2 with the value as a constant."""
+        dt = self.dtype(like)
+        paddings = self.m.const(f"{name}/paddings", np.array(pads, np.int32))
+        zero = int(self.p.tensors[like].qparams.zero_point) if dt == "int8" else 0.0
+        if value == zero:
+            self.m.op("PAD", [src, paddings], [out])
+            return
+        val = self.m.const(f"{name}/value", np.array([value]), "int8" if dt == "int8" else "float32", self.quant(like))
+        self.m.op("PADV2", [src, paddings, val], [out])
 
     def window_padding(self, ins: Instr, name_in: str, src: int, kernel, stride, dilation, pads, pad_value):
         """SAME when the program's padding is TFLite's SAME, VALID when none, else PADV2 + VALID."""
@@ -429,10 +441,7 @@ def _pad(e: _Emitter, ins: Instr) -> None:
     if form == "nhwc":
         pads = [pads[i] for i in NHWC]
     out = e.define(ins.output, form)
-    dt = e.dtype(name_in)
-    val = e.m.const(f"{ins.output}/value", np.array([ins.attrs["value"]]), "int8" if dt == "int8" else "float32",
-                    e.quant(name_in))
-    e.m.op("PADV2", [x, e.m.const(f"{ins.output}/paddings", np.array(pads, np.int32)), val], [out])
+    e.pad(x, out, ins.output, name_in, pads, ins.attrs["value"])
 
 
 EMITTERS = {
