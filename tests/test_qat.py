@@ -2,6 +2,7 @@
 BatchNorm folding during training, the finetune loop and its errors. Small nets, few steps."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -90,6 +91,43 @@ def test_sign_ste_and_xnor_weights():
     assert fq.method == "xnor" and torch.allclose(out, alpha * torch.where(w >= 0, 1.0, -1.0))
 
 
+def test_lsq_activation_step_gradient_scale():
+    """Activation step: LSQ gradient sum(dy/ds) scaled by 1/sqrt(N * Q_P), N = features per
+    sample, Q_P = qmax - zero point (the positive levels of an asymmetric grid)."""
+    qp = qmath.compute_qparams(-1.0, 3.0, bits=4)
+    fq = ActFakeQuant(qp, "lsq")
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4) * 2
+    fq(x).sum().backward()
+    s, z = float(fq.scale.detach()), float(qp.zero_point)
+    v = x / s
+    q = torch.clamp(torch.round(v) + z, -8, 7)
+    inside = (torch.round(v) + z >= -8) & (torch.round(v) + z <= 7)
+    dstep = torch.where(inside, torch.round(v) - v, q - z).sum()
+    assert float(fq.scale.grad) == pytest.approx(float(dstep) / math.sqrt(12 * (7 - z)), rel=1e-4)
+
+
+def test_binary_activation_levels_threshold_and_ste():
+    """1-bit activations take the program's levels: {-s, s} (zp 0, sign) or {0, 2s} (zp -1,
+    high iff x >= s, the binarize midpoint); gradient only between the levels (clipped identity)."""
+    x = torch.tensor([[-3.0, -0.5, 0.0, 0.4, 0.5, 0.9, 1.2, 5.0]], requires_grad=True)  # one sample, 8 features
+    signed = ActFakeQuant(qmath.QParams(np.float32(1.0), np.int32(0), 1, True, False, None))
+    assert signed.method == "sign"
+    y = signed(x)
+    assert y.tolist() == [[-1, -1, 1, 1, 1, 1, 1, 1]]
+    y.sum().backward()
+    assert x.grad.tolist() == [[0, 1, 1, 1, 1, 1, 0, 0]]
+    assert float(signed.scale.grad) == pytest.approx(4 / math.sqrt(8))  # sum of levels (+-1), LSQ-scaled
+    x.grad = None
+    relu = ActFakeQuant(qmath.QParams(np.float32(0.5), np.int32(-1), 1, True, False, None))
+    y = relu(x)
+    assert y.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]  # {0, 2s}, threshold s = 0.5
+    y.sum().backward()
+    assert x.grad.tolist() == [[0, 0, 1, 1, 1, 1, 0, 0]]  # inside [0, 2s]
+    with pytest.raises(RecipeError, match="zero point"):
+        ActFakeQuant(qmath.QParams(np.float32(1.0), np.int32(-3), 1, True, False, None))
+
+
 def test_pact_clip_gets_gradient_of_clipped_values():
     qp = qmath.compute_qparams(0.0, 4.0, bits=4)
     fq = ActFakeQuant(qp, "pact")
@@ -133,19 +171,40 @@ def test_convert_minmax_untrained_is_the_ptq_program(data):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1 and (a == b).mean() > 0.99
 
 
-@pytest.mark.parametrize("model,recipe,steps", [("digits_cnn", "w2a2-qat", 6), ("resnet_digits", "w4a4-qat", 3)])
-def test_trained_module_and_program_agree_exactly(data, model, recipe, steps):
+@pytest.mark.parametrize("model,recipe,steps,roundings", [
+    ("digits_cnn", "w2a2-qat", 3, ("gemmlowp", "onnxruntime")),
+    ("digits_cnn", "w1a1-xnor-qat", 3, ("gemmlowp",)),
+    ("resnet_digits", "w4a4-qat", 2, ("gemmlowp",)),
+    ("resnet_digits", "w1a1-xnor-qat", 2, ("onnxruntime",)),  # binary add/mean outputs, residuals
+])
+def test_trained_module_and_program_agree_exactly(data, model, recipe, steps, roundings):
     calib, xs, ys = data
     m = getattr(eq.models, model)(pretrained=True)
-    for rounding in ("gemmlowp", "onnxruntime"):
+    for rounding in roundings:
         qm = eq.qat.prepare(m, recipe, calib, rounding=rounding)
         _train_steps(qm, steps)
         q = eq.qat.convert(qm)
         with torch.no_grad():
-            want = qm(torch.from_numpy(xs[:256])).numpy()
-        got = q.run(xs[:256], rounding=rounding)
+            want = qm(torch.from_numpy(xs[:160])).numpy()
+        got = q.run(xs[:160], rounding=rounding)
         assert np.allclose(want, got, atol=1e-4 * np.abs(want).max()), rounding
         assert (want.argmax(1) == got.argmax(1)).mean() == 1.0
+
+
+def test_w1a1_xnor_qat_is_an_xnor_popcount_program_with_8bit_edges(data):
+    """Binary weights and activations inside, first/last layers and the network edges at 8 bits,
+    the binary GEMMs lowered to the XNOR-popcount kernels; the module trains on those levels."""
+    calib, xs, _ = data
+    qm = eq.qat.prepare(eq.models.digits_cnn(pretrained=True), "w1a1-xnor-qat", calib)
+    bits = {name: g.wfq.bits for name, g in qm.gemms.items()}
+    names = list(bits)
+    assert bits[names[0]] == 8 and bits[names[-1]] == 8 and all(bits[n] == 1 for n in names[1:-1])
+    acts = [(fq.bits, fq.fixed_zp) for fq in qm.acts.values()]
+    assert acts[0][0] == 8 and acts[-1][0] == 8  # network input and logits
+    assert (1, -1.0) in acts  # post-ReLU binary tensors: levels {0, 2s}
+    ops = [i.op for i in eq.qat.convert(qm.eval()).program.instrs]
+    assert ops.count("conv_xnor") == 2 and ops.count("linear_xnor") == 1 and ops.count("binarize") == 4
+    assert ops[1] == "conv" and ops[-2] == "linear"
 
 
 def test_plain_fake_quant_differs_where_gemmlowp_rounds_twice(data):
@@ -222,6 +281,18 @@ def test_finetune_improves_w2a2_over_its_start_and_reports_progress(data):
     assert isinstance(q, eq.QuantizedModel) and acc > acc0 + 0.05, (acc0, acc)
 
 
+def test_finetune_defaults_come_from_the_recipe(data):
+    calib, _, _ = data
+    r = eq.get_recipe("w4a4-qat")
+    r = dataclasses.replace(r, name="w4a4-qat-2ep", options=r.options + (("qat_epochs", 2), ("qat_lr", 5e-4)))
+    tiny = torch.utils.data.DataLoader(torch.utils.data.Subset(eq.data.digits_train().dataset, range(32)), batch_size=32)
+    lines: list[str] = []
+    q = eq.qat.finetune(eq.models.digits_cnn(pretrained=True), r, tiny, calib, progress=lines.append)
+    assert len(lines) == 2 and isinstance(q, eq.QuantizedModel)
+    for name in ("w4a4-qat", "w2a2-qat", "w1a1-xnor-qat"):
+        assert eq.get_recipe(name).option("qat_epochs") >= 1 and eq.get_recipe(name).option("qat_lr") > 0
+
+
 def test_errors_are_typed_and_actionable(data):
     calib, _, _ = data
     m = eq.models.digits_cnn(pretrained=True)
@@ -251,3 +322,20 @@ def test_runs_on_the_models_device(data, device):
     with torch.no_grad():
         want = qm(torch.from_numpy(xs[:64]).to(device)).cpu().numpy()
     assert (want.argmax(1) == q.run(xs[:64]).argmax(1)).mean() == 1.0
+
+
+def test_forward_and_backward_follow_the_models_device_meta(data):
+    """On the ``meta`` device any tensor created on the CPU inside forward/backward fails, as it
+    would on CUDA: the fake-quant path (BN live, every range method) keeps to the model's device.
+    (The exact-integer path reads the grid as Python numbers and is checked on CPU/CUDA above.)"""
+    calib, _, _ = data
+    m = eq.models.digits_cnn(pretrained=True)
+    for recipe, act_range in (("w2a2-qat", "pact"), ("w4a4-qat", "ema"), ("w1a1-xnor-qat", "lsq")):
+        qm = eq.qat.prepare(m, recipe, calib, rounding=None, act_range=act_range, freeze_bn_step=None).to("meta")
+        y = qm(torch.randn(4, 1, 8, 8, device="meta"))
+        assert y.device.type == "meta" and y.shape == (4, 10)
+        y.sum().backward()
+        assert all(p.grad is None or p.grad.device.type == "meta" for p in qm.parameters())
+    acc = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    real = torch.full((1, 3), 0.3, dtype=torch.float64, device="meta")
+    assert twin.requantize(acc, real, real.float(), 0, -8, 7, "gemmlowp").device.type == "meta"

@@ -9,13 +9,14 @@ from dataclasses import dataclass, replace
 
 from ..errors import RecipeError
 from ..recipes import Recipe
-from .fake_quant import ACT_METHODS, WEIGHT_METHODS
+from .fake_quant import ACT_METHODS, WEIGHT_INITS, WEIGHT_METHODS
 
 
 @dataclass(frozen=True)
 class QATConfig:
     """``act_range``: "lsq" | "pact" | "ema"; ``weight_range``: "lsq" | "minmax" (1-bit tensors
-    always use sign/XNOR). BatchNorm uses batch statistics for ``freeze_bn_step`` training steps,
+    always use sign/XNOR); ``weight_init``: the LSQ weight step's start, "lsq" (2 mean|w|/sqrt(Q_P))
+    or "minmax" (max|w|/Q_P). BatchNorm uses batch statistics for ``freeze_bn_step`` training steps,
     then its running statistics (None: never freeze; 0: frozen from the start). ``rounding``: the
     program's requantization to reproduce in the forward ("gemmlowp", the default of
     ``QuantizedModel.run``, or "onnxruntime"); None trains with plain fake-quant (faster, but the
@@ -23,6 +24,7 @@ class QATConfig:
 
     act_range: str = "lsq"
     weight_range: str = "lsq"
+    weight_init: str = "lsq"
     freeze_bn_step: int | None = 0
     bn_momentum: float = 0.1
     ema_momentum: float = 0.01
@@ -33,6 +35,8 @@ class QATConfig:
             raise RecipeError(f"act_range={self.act_range!r}; use one of {ACT_METHODS}")
         if self.weight_range not in WEIGHT_METHODS:
             raise RecipeError(f"weight_range={self.weight_range!r}; use one of {WEIGHT_METHODS}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise RecipeError(f"weight_init={self.weight_init!r}; use one of {WEIGHT_INITS}")
         if self.freeze_bn_step is not None and self.freeze_bn_step < 0:
             raise RecipeError(f"freeze_bn_step={self.freeze_bn_step}; use a step count >= 0, or None to never freeze")
         if self.rounding not in ("gemmlowp", "onnxruntime", None):
@@ -43,7 +47,7 @@ class QATConfig:
     @staticmethod
     def from_recipe(recipe: Recipe, **overrides) -> "QATConfig":
         base = QATConfig(act_range=recipe.option("qat_act", "lsq"), weight_range=recipe.option("qat_weight", "lsq"),
-                         freeze_bn_step=recipe.option("freeze_bn_step", 0))
+                         weight_init=recipe.option("qat_weight_init", "lsq"), freeze_bn_step=recipe.option("freeze_bn_step", 0))
         unknown = set(overrides) - set(QATConfig.__dataclass_fields__)
         if unknown:
             raise RecipeError(f"unknown QAT settings {sorted(unknown)}; known: {sorted(QATConfig.__dataclass_fields__)}")

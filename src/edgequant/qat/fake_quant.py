@@ -5,7 +5,8 @@ straight through the rounding (Jacob et al. 2018; whitepaper arXiv 1806.08342), 
 value was clamped. Ranges are either learned or tracked:
 
 * ``"lsq"``  -- the step size is a parameter (Esser et al., LSQ, arXiv 1902.08153): its gradient is
-  scaled by ``1/sqrt(N * Q_P)`` and, for weights, it starts at ``2 * mean|v| / sqrt(Q_P)``.
+  scaled by ``1/sqrt(N * Q_P)`` and, for weights, it starts at ``2 * mean|v| / sqrt(Q_P)`` (LSQ's
+  init) or at the min/max step ``max|v| / Q_P`` (``init="minmax"``).
 * ``"pact"`` -- activations: learned clip range (Choi et al., PACT, arXiv 1805.06085); the clip
   gets the gradient of the values it clips, the grid follows the clip.
 * ``"ema"``  -- activations: exponential moving average of batch min/max (the whitepaper's
@@ -33,6 +34,7 @@ from ..qmath import QParams, qrange
 
 ACT_METHODS = ("lsq", "pact", "ema")
 WEIGHT_METHODS = ("lsq", "minmax")
+WEIGHT_INITS = ("lsq", "minmax")
 _EPS = 1e-8
 
 
@@ -110,7 +112,7 @@ class ActFakeQuant(nn.Module):
         if method == "sign" and z0 not in (-1.0, 0.0, 1.0):
             raise RecipeError(f"1-bit activation qparams with zero point {z0:g}; a binary tensor needs -1, 0 or 1")
         self.register_buffer("zero_point", torch.tensor(z0))
-        self.binary_zp = z0  # fixed for 1-bit tensors; a Python float, so forward never syncs a device
+        self.binary_zp = self.fixed_zp = z0  # fixed for lsq/sign: a Python float, so forward never reads a device
         if method in ("lsq", "sign"):
             self.scale = nn.Parameter(torch.tensor(s0, dtype=torch.float32))
         elif method == "pact":
@@ -177,7 +179,7 @@ class ActFakeQuant(nn.Module):
             return binary_ste(x, s.to(x.dtype), self.binary_zp)
         s, z = self.scale_zp()
         if self.method == "lsq":
-            qp = max(self.qmax - float(z), 1.0)
+            qp = max(self.qmax - self.fixed_zp, 1.0)
             s = grad_scale(s, 1.0 / math.sqrt(max(x[0].numel(), 1) * qp))
         return _fq(x, s.to(x.dtype), z.to(x.dtype), self.qmin, self.qmax)
 
@@ -188,7 +190,7 @@ class ActFakeQuant(nn.Module):
 class WeightFakeQuant(nn.Module):
     """Symmetric, narrow-range weight fake-quant, per output channel (axis 0) or per tensor."""
 
-    def __init__(self, w: torch.Tensor, bits: int, method: str = "lsq", per_channel: bool = True) -> None:
+    def __init__(self, w: torch.Tensor, bits: int, method: str = "lsq", per_channel: bool = True, init: str = "lsq") -> None:
         super().__init__()
         if bits == 1:
             method = "xnor"
@@ -200,10 +202,13 @@ class WeightFakeQuant(nn.Module):
         self.qmin, self.qmax = qrange(self.bits, True, True)
         self.channels = int(w.shape[0])
         if method == "lsq":
-            a = w.detach().abs()
-            mean_abs = a.reshape(self.channels, -1).mean(1) if per_channel else a.mean().reshape(1)
-            init = 2.0 * mean_abs / math.sqrt(self.qmax)
-            self.scale = nn.Parameter(torch.where(init > 0, init, torch.full_like(init, 1e-3)).float())
+            if init not in WEIGHT_INITS:
+                raise RecipeError(f"unknown LSQ weight step init {init!r}; use one of {WEIGHT_INITS}")
+            a = w.detach().abs().reshape(self.channels, -1) if per_channel else w.detach().abs().reshape(1, -1)
+            # LSQ's 2*mean|w|/sqrt(Q_P), or the min/max step max|w|/Q_P (from a pretrained net at 4+ bits
+            # the min/max grid starts closer: no weight is clipped, see bench/qat.py)
+            s0 = 2.0 * a.mean(1) / math.sqrt(self.qmax) if init == "lsq" else a.amax(1) / self.qmax
+            self.scale = nn.Parameter(torch.where(s0 > 0, s0, torch.full_like(s0, 1e-3)).float())
 
     def _view(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return s.reshape((-1,) + (1,) * (w.ndim - 1))

@@ -14,12 +14,13 @@ import torch.nn as nn
 
 from ..errors import CalibrationError, RecipeError
 from ..quantized import QuantizedModel
-from ..recipes import Recipe
+from ..recipes import Recipe, get_recipe
 from .convert import convert
 from .modules import QATModel
 from .prepare import model_device, prepare
 
 Progress = bool | Callable[[str], None]
+DEFAULT_EPOCHS, DEFAULT_LR = 5, 1e-3
 
 
 def _param_groups(qat_model: QATModel, weight_decay: float) -> list[dict]:
@@ -87,15 +88,21 @@ def train_qat(qat_model: QATModel, train: Iterable, epochs: int = 5, lr: float =
 
 
 def finetune(model: nn.Module, recipe: str | Recipe, train: Iterable, calib: Iterable | None = None, *,
-             epochs: int = 5, lr: float = 1e-3, weight_decay: float = 0.0, loss_fn: Callable | None = None,
-             progress: Progress = True, seed: int | None = 0, **settings) -> QuantizedModel:
+             epochs: int | None = None, lr: float | None = None, weight_decay: float = 0.0,
+             loss_fn: Callable | None = None, progress: Progress = True, seed: int | None = 0,
+             **settings) -> QuantizedModel:
     """Quantization-aware fine-tuning in one call: returns the converted ``QuantizedModel``.
 
-    ``calib`` initialises activation ranges (default: ``train``); ``settings`` are ``QATConfig``
+    ``epochs``/``lr`` default to the recipe's options ``qat_epochs``/``qat_lr`` (tuned per recipe on
+    the digits models, see bench/qat.py), else 5 and 1e-3. ``calib`` initialises activation
+    ranges (default: ``train``); ``settings`` are ``QATConfig``
     fields (``act_range``, ``weight_range``, ``freeze_bn_step``, ``rounding``, ...). The trained
     QAT module is kept as ``result.qat_model`` for inspection.
     """
-    qat_model = prepare(model, recipe, calib if calib is not None else train, **settings)
+    r = get_recipe(recipe)
+    epochs = int(r.option("qat_epochs", DEFAULT_EPOCHS)) if epochs is None else epochs
+    lr = float(r.option("qat_lr", DEFAULT_LR)) if lr is None else lr
+    qat_model = prepare(model, r, calib if calib is not None else train, **settings)
     if model_device(qat_model) != model_device(model):  # pragma: no cover - prepare moves it already
         qat_model.to(model_device(model))
     train_qat(qat_model, train, epochs, lr, weight_decay=weight_decay, loss_fn=loss_fn, progress=progress, seed=seed)

@@ -75,7 +75,7 @@ class QATGemm(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         with torch.no_grad():
             w0, _ = self.folded()
-        self.wfq = WeightFakeQuant(w0, bits, cfg.weight_range, per_channel)
+        self.wfq = WeightFakeQuant(w0, bits, cfg.weight_range, per_channel, cfg.weight_init)
 
     @property
     def bn_frozen(self) -> bool:
