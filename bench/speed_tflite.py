@@ -130,14 +130,16 @@ def print_table(rows: list[dict]) -> None:
     int4 = any(r["int4_ms"] is not None for r in rows)
     print("\nLiteRT latency, batch 1 (ms, median of interleaved repeats); x = fp32 / int8 (> 1: int8 faster);\n"
           "CPU = process CPU time per invoke (all threads), immune to other processes taking the cores")
-    hdr = (f"{'model':<20}{'input':<9}{'kernels':<10}{'thr':>4}{'fp32':>9}{'int8':>9}{'x int8':>8}"
+    hdr = (f"{'model':<20}{'input':<11}{'kernels':<10}{'thr':>4}{'fp32':>9}{'int8':>9}{'x int8':>8}"
            + (f"{'int4':>9}{'x int4':>8}" if int4 else "") + f"{'CPU fp32':>10}{'CPU int8':>10}{'x CPU':>7}"
+           + (f"{'CPU int4':>10}" if int4 else "")
            + f"{'fp32 MB':>9}{'int8 MB':>9}")
     print(hdr + "\n" + "-" * len(hdr))
     for r in rows:
-        print(f"{r['model']:<20}{r['input']:<9}{r['kernels']:<10}{r['threads']:>4}{r['fp32_ms']:>9.2f}{r['int8_ms']:>9.2f}"
+        print(f"{r['model']:<20}{r['input']:<11}{r['kernels']:<10}{r['threads']:>4}{r['fp32_ms']:>9.2f}{r['int8_ms']:>9.2f}"
               f"{r['speedup']:>8.2f}" + (f"{fmt(r['int4_ms']):>9}{fmt(r['speedup_int4']):>8}" if int4 else "")
               + f"{r['fp32_cpu_ms']:>10.2f}{r['int8_cpu_ms']:>10.2f}{r['speedup_cpu']:>7.2f}"
+              + (f"{fmt(r['int4_cpu_ms']):>10}" if int4 else "")
               + f"{r['fp32_bytes'] / 1e6:>9.2f}{r['int8_bytes'] / 1e6:>9.2f}")
 
 
