@@ -298,3 +298,5 @@ def test_w4a4_aciq_close_to_fp32(predictions, digits, digits_model, digits_test_
     assert np.mean(predictions["w4a8"][0] == y) >= fp - 0.01
     # 2 bits: the full method keeps most of the accuracy (naive min/max W2A4 falls to ~0.6)
     assert np.mean(predictions["w2a4-aciq"][0] == y) >= 0.85
+    # binary activations calibrated on the binarized upstream (float-calibrated: chance, 0.12)
+    assert np.mean(predictions["w1a1-xnor"][0] == y) >= 0.35
