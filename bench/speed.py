@@ -139,12 +139,17 @@ def ort_quantize(fp32_path: str, out_path: str, calib: np.ndarray, dynamic: bool
     return dt
 
 
+SPIN = True  # ORT worker threads spin while waiting (its default); --no-spin makes them block
+
+
 def session(model_bytes_or_path, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not SPIN:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
 
 
@@ -159,11 +164,13 @@ def ours(model: nn.Module, calib: np.ndarray, recipe: str = "w8a8-pc") -> tuple[
     return data, time.perf_counter() - t, ""
 
 
-def timed(fn, reps: int = 1) -> float:
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t) / reps
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds over all threads) of one call. CPU time does not count
+    time other processes hold the cores, so it stays comparable on a loaded machine (with
+    --no-spin: spinning worker threads would add their waiting to it)."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
@@ -201,18 +208,24 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
             fns = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in variants.items() if s is not None}
             fns["torch fp32"] = lambda: model(xt)
             times: dict[str, list[float]] = {k: [] for k in fns}
+            cpu: dict[str, list[float]] = {k: [] for k in fns}
             with torch.inference_mode():
                 for fn in fns.values():  # warm up (ORT allocates arenas on the first runs)
                     fn(), fn()
                 order = list(fns)
                 for r in range(args.repeats):
                     for k in (order if r % 2 == 0 else order[::-1]):  # alternate the order too
-                        times[k].append(timed(fns[k]))
+                        w, c = timed(fns[k])
+                        times[k].append(w)
+                        cpu[k].append(c)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            paired = {}  # median over rounds of (other / ours) in the same round
+            paired, paired_cpu = {}, {}  # median over rounds of (other / ours) in the same round
             if "ours int8" in times:
                 paired = {k: statistics.median(a / b for a, b in zip(v, times["ours int8"])) for k, v in times.items()}
-            rows.append({"model": name, "batch": batch, "threads": threads, **med, "paired": paired})
+                paired_cpu = {k: statistics.median(a / max(b, 1e-9) for a, b in zip(v, cpu["ours int8"]))
+                              for k, v in cpu.items()}
+            rows.append({"model": name, "batch": batch, "threads": threads, **med, "paired": paired,
+                         "cpu": {k: statistics.median(v) * 1e3 for k, v in cpu.items()}, "paired_cpu": paired_cpu})
             print(f"  {name} b{batch} t{threads}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
     return rows, info
 
@@ -231,12 +244,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="image side for the conv nets (ImageNet: 224)")
     ap.add_argument("--seq", type=int, default=128, help="sequence length for the BERT layer")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64x64, seq 32, batch 1, 1 thread, 2 repeats")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="ORT worker threads block instead of spinning (fairer on a loaded machine)")
     ap.add_argument("--tflite", action="store_true", help="afterwards run bench/speed_tflite.py (LiteRT) if present")
     args = ap.parse_args()
+    global SPIN
+    SPIN = not args.no_spin
     if args.quick:
         args.size, args.seq, args.batches, args.threads, args.repeats, args.calib = 64, 32, [1], [1], 2, 4
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, edgequant {eq.__version__}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats, median",
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats, median, "
+          f"ORT spinning {'on' if SPIN else 'off'}",
           flush=True)
     rows, infos = [], []
     with tempfile.TemporaryDirectory() as d:
@@ -260,6 +278,15 @@ def main() -> None:
         if o is None:
             best = min(r[k] for k in ("ORT qstatic", "ORT qdynamic") if r.get(k) is not None)
             print(f"{'':<20}(no edgequant export; best ORT int8 is {r['ORT fp32'] / best:.2f}x ORT fp32)")
+
+    print("\nProcess CPU time per run (ms, median, all threads) and ratios other / ours (same rounds)"
+          + ("" if not SPIN else "; ORT threads spin (use --no-spin for CPU times that mean work)"))
+    hdr = f"{'model':<13}{'b':>3}{'thr':>4}{'ORT fp32':>10}{'ours int8':>10}{'ORT qstat':>10}{'vs fp32':>9}{'vs qstat':>9}"
+    print(hdr + "\n" + "-" * len(hdr))
+    for r in rows:
+        c, pc = r["cpu"], r["paired_cpu"]
+        print(f"{r['model']:<13}{r['batch']:>3}{r['threads']:>4}{fmt(c.get('ORT fp32')):>10}{fmt(c.get('ours int8')):>10}"
+              f"{fmt(c.get('ORT qstatic')):>10}{fmt(pc.get('ORT fp32'), '.2f'):>9}{fmt(pc.get('ORT qstatic'), '.2f'):>9}")
 
     print("\nFile sizes and quantization time (same calibration batch for both quantizers)")
     print(f"{'model':<13}{'fp32 MB':>9}{'ours int8':>11}{'ratio':>7}{'ours int4w':>11}{'ratio':>7}{'qstatic':>9}{'ratio':>7}"
