@@ -7,6 +7,7 @@ and binarization, as recipe options that lower to the same integer program.
 * ``bias_correction`` -- norm restoration of quantized weights and expected-error bias folding.
 * ``edges``           -- "first and last layers stay 8-bit": which layers those are, their widths.
 * ``binary_act``      -- lowering of 1-bit (binary) activation tensors and XNOR-popcount GEMMs.
+* ``binary_calib``    -- 1-bit activations re-observed in order on the binarized upstream network.
 * ``steps``           -- the post-training step that ``api.quantize`` runs before lowering.
 
 Recipe options (``Recipe.options``): ``weight_method``, ``aciq_dist``, ``bit_alloc_min``,
