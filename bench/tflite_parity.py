@@ -13,7 +13,9 @@ on the digits test split (539 images) and on random images (uniform in the pixel
 Each int8 output is compared with the integer interpreter in its gemmlowp rounding mode
 (``interpreter.run(program, x, rounding="gemmlowp")``), in output LSBs. Printed per net and input
 set: how many outputs (logits) and how many samples (all 10 logits) are identical, the histogram of
-LSB differences, top-1 agreement and, on the test split, the accuracy of each engine.
+LSB differences, top-1 agreement and, on the test split, the accuracy of each engine. A last
+probe runs one operator at a time (after a 1x1 conv) to show which op the optimized kernels round
+differently.
 
     python bench/tflite_parity.py                            # both recipes, ~1-2 min on a quiet 2-core box
     python bench/tflite_parity.py --recipes w8a8-pc --random 200 --threads 2
@@ -64,12 +66,57 @@ def compare(q, data: bytes, x: np.ndarray, labels: np.ndarray | None, threads: i
     return out
 
 
+class _OneOp(torch.nn.Module):
+    """A 1x1 conv (so every op below gets a quantized input) then the op under test."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.op, self.pre = op, nn.Conv2d(4, 16, 1)
+        self.body = {"CONV_2D": nn.Conv2d(16, 8, 3, padding=1), "DEPTHWISE_CONV_2D": nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                     "ADD": nn.Conv2d(16, 16, 3, padding=1), "AVERAGE_POOL_2D": nn.AvgPool2d(2, 2),
+                     "MAX_POOL_2D": nn.MaxPool2d(2, 2), "FULLY_CONNECTED": nn.Linear(16 * 8 * 8, 10)}.get(op)
+
+    def forward(self, x):
+        y = self.pre(x)
+        if self.op == "ADD":
+            return self.body(y) + y
+        if self.op == "MEAN":
+            return y.mean((2, 3))
+        if self.op == "CONCATENATION":
+            return torch.cat([y, torch.relu(y)], 1)
+        if self.op == "FULLY_CONNECTED":
+            return self.body(torch.flatten(y, 1))
+        return self.body(y)
+
+
+def probe_ops(n: int = 400) -> None:
+    """Which operator the optimized kernels round differently: one op after a 1x1 conv, random data
+    (FULLY_CONNECTED is the emitter's 1x1 CONV_2D form, the default)."""
+    print(f"\nPer-operator probe (w8a8-pc, {n} random inputs, 1x1 conv + the op): outputs differing from the interpreter"
+          " (the 1x1 conv's own differences included)")
+    print(f"{'op':<20}{'reference':>10}{'optimized':>10}{'max LSB':>8}")
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN",
+               "FULLY_CONNECTED"):
+        torch.manual_seed(0)
+        m = _OneOp(op).eval()
+        x = torch.randn(2 * n, 4, 8, 8)
+        q = eq.quantize(m, "w8a8-pc", [x[:n]])
+        xs = x[n:].numpy()
+        ref = interpreter.run(q.program, xs, rounding="gemmlowp")
+        data, scale = to_tflite(q), float(q.program.output_qparams.scale)
+        d = {k: lsb(run_tflite(data, xs, k), ref, scale) for k in ("reference", "optimized")}
+        print(f"{op:<20}{100 * (d['reference'] != 0).mean():>9.2f}%{100 * (d['optimized'] != 0).mean():>9.2f}%"
+              f"{int(np.abs(d['optimized']).max()):>8}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=list(NETS))
     ap.add_argument("--recipes", nargs="+", default=["w8a8-pc", "w4a8"])
     ap.add_argument("--random", type=int, default=1000, help="random images per net (uniform [0, 16])")
     ap.add_argument("--threads", type=int, default=1, help="LiteRT threads (the kernels' rounding does not depend on it)")
+    ap.add_argument("--no-probe", action="store_true", help="skip the per-operator probe")
     args = ap.parse_args()
     torch.set_num_threads(2)
     from ai_edge_litert import __version__ as litert_version
@@ -111,6 +158,8 @@ def main() -> None:
             acc = "-" if r["acc_ours"] is None else f"{r['acc_ours']:.2f}/{o['acc']:.2f}"
             print(f"{net:<20}{recipe:<9}{name:<8}{100 * o['same_outputs'] / r['outputs']:>8.2f}"
                   f"{o['same_samples']:>7}/{r['n']:<6}{o['max_lsb']:>5}{o['top1_agree']:>10.2f}%{acc:>15}  {o['hist']}")
+    if not args.no_probe:
+        probe_ops()
     exact = all(r["reference"]["max_lsb"] == 0 for *_, r in rows)
     print(f"\nreference kernels bit-exact on every net, recipe and input: {'yes' if exact else 'NO'}")
 
