@@ -229,3 +229,31 @@ def test_bad_options_and_unsupported_layers(nets, tmp_path):
     x = torch.randn(16, 4, 6, 6)
     with pytest.raises(ExportError, match="grouped convolution"):
         to_tflite(eq.quantize(grouped, "w8a8-pc", [x]))
+
+
+def test_file_follows_the_tflite_int8_quantization_spec(nets):
+    """Read back from the flatbuffer: per-channel int8 weights in [-127, 127] with zero point 0,
+    int32 bias with zero point 0 and scale s_in * s_w[c], int8 activations in between."""
+    from tflite.Model import Model
+
+    data = to_tflite(nets["mobilenet_v2_digits"][1])
+    model = Model.GetRootAsModel(data, 0)
+    sg = model.Subgraphs(0)
+    n_checked = 0
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() not in (3, 4):  # CONV_2D, DEPTHWISE_CONV_2D
+            continue
+        x, w, b = (sg.Tensors(op.Inputs(k)) for k in range(3))
+        y = sg.Tensors(op.Outputs(0))
+        assert x.Type() == y.Type() == 9 and w.Type() == 9 and b.Type() == 2  # INT8, INT8, INT32
+        wq, bq = w.Quantization(), b.Quantization()
+        channels = w.ShapeAsNumpy()[wq.QuantizedDimension()]
+        assert wq.ScaleLength() == channels and not wq.ZeroPointAsNumpy().any()
+        buf = model.Buffers(w.Buffer()).DataAsNumpy().view(np.int8)
+        assert buf.size == np.prod(w.ShapeAsNumpy()) and buf.min() >= -127
+        assert not bq.ZeroPointAsNumpy().any()
+        s_in = np.float32(x.Quantization().ScaleAsNumpy()[0])
+        assert np.array_equal(bq.ScaleAsNumpy(), (s_in * wq.ScaleAsNumpy()).astype(np.float32))
+        n_checked += 1
+    assert n_checked >= 20
