@@ -143,7 +143,7 @@ def test_bit_allocation_keeps_the_budget_exactly(alphas, mean_bits) -> None:
     smaller = a[:, None] < a[None, :]  # (i, j): alpha_i < alpha_j  =>  M_i <= M_j
     assert np.all((m[:, None] <= m[None, :]) | ~smaller)
     real = (2 / 3) * np.log2(a)
-    free = (m > 1) & (m < 8)
+    free = (m >= 3) & (m <= 6)  # widths 1..2 / 7..8 may come from a real width clamped at 1 / 8
     if free.sum() >= 2:
         resid = m[free] - real[free]
         assert resid.max() - resid.min() < 2.0
