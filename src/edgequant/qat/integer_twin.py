@@ -7,7 +7,8 @@ step. Training through the program's exact values lets the network learn around 
 ``convert`` agree with the trained module. These are the torch twins (int64, any device) of
 ``qmath.quantize_multiplier``/``multiply_by_quantized_multiplier``/``requantize`` (the conv/linear
 hot path, on the model's device; tests check them bit-exactly against NumPy), and a bridge that
-runs the interpreter's own kernel for the other requantizing ops.
+runs the interpreter's own kernel for the other requantizing ops. A 1-bit output is written as
+``lower`` writes it: requantized onto its 8-bit carrier, then binarized at the levels' midpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..kernels.context import KernelContext
 from ..lower import STATIC, _Lowering, act_int_bounds
 from ..lowbit.binary_act import binary_threshold, carrier_qparams, is_binary_tensor, lower_binary_output
 from ..program import TensorInfo
+from .. import qmath
 from ..qmath import QParams
 from ..recipes import Recipe
 
@@ -66,16 +68,28 @@ def multiply_by_quantized_multiplier(x: torch.Tensor, m0: torch.Tensor, shift: t
     return (hi >> right) + (remainder > threshold).long()
 
 
+def multiply_by_quantized_multiplier_single(x: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``qmath.multiply_by_quantized_multiplier_single``: one rounding, ties away from zero."""
+    total = 31 - shift
+    x = torch.clamp(x, INT32_MIN, INT32_MAX)
+    q = torch.bitwise_right_shift(torch.abs(x) * m0 + torch.bitwise_left_shift(torch.ones_like(total), total - 1), total)
+    return torch.clamp(torch.where(x < 0, -q, q), INT32_MIN, INT32_MAX)
+
+
 def requantize(acc: torch.Tensor, real: torch.Tensor, real_f32: torch.Tensor, zero_point: int, lo: int, hi: int,
                rounding: str) -> torch.Tensor:
     """int64 accumulator -> int64 output integers: ``clamp(zp + acc * M, lo, hi)`` as the program does.
 
     ``real`` (float64) and ``real_f32`` (float32) are the multipliers ``lower`` stores,
-    broadcastable against ``acc``.
+    broadcastable against ``acc``. ``rounding="single"``: the once-rounded form ``lower`` records
+    on sub-8-bit outputs (``OutputGrid.rounding``).
     """
     if rounding == "gemmlowp":
         m0, shift = quantize_multiplier(real)
         y = multiply_by_quantized_multiplier(acc, m0, shift)
+    elif rounding == "single":
+        m0, shift = quantize_multiplier(real)
+        y = multiply_by_quantized_multiplier_single(acc, m0, shift)
     else:  # onnxruntime: float32 multiply, round half to even
         y = torch.round(acc.float() * real_f32.float()).long()
     return torch.clamp(y + zero_point, lo, hi)
@@ -92,6 +106,7 @@ class OutputGrid:
     hi: int
     binary: QParams | None = None
     threshold: int = 0
+    single: bool = False  # the program requantizes into this grid with single rounding (sub-8-bit)
 
     @staticmethod
     def of(qp: QParams, act) -> "OutputGrid":
@@ -100,7 +115,13 @@ class OutputGrid:
             qp = carrier_qparams(binary)
         b = act_int_bounds(act, qp)
         return OutputGrid(float(np.float32(qp.scale)), int(qp.zero_point), b.get("act_min", qp.qmin), b.get("act_max", qp.qmax),
-                          binary, binary_threshold(binary, qp) if binary is not None else 0)
+                          binary, binary_threshold(binary, qp) if binary is not None else 0,
+                          qmath.requant_rounding(qp.bits) == "single")
+
+    def rounding(self, mode: str) -> str:
+        """The requantization the program does into this grid in run mode ``mode``
+        (``KernelContext.requant_rounding``)."""
+        return "single" if mode == "gemmlowp" and self.single else mode
 
     def value(self, q: torch.Tensor) -> torch.Tensor:
         """Output integers (int64) -> the real values the program's tensor holds (float32)."""
