@@ -18,6 +18,12 @@ Codes: signed values are stored as ``b``-bit two's complement, range
 ``[-2^(b-1), 2^(b-1) - 1]``; unsigned values as themselves, ``[0, 2^b - 1]``. The 1-bit signed case
 is the binary (XNOR-Net) weight: values are ``-1`` or ``+1`` and the bit stores the sign,
 ``1 = +1``, ``0 = -1``; unsigned 1-bit stores ``{0, 1}``.
+
+Per-channel widths (bit allocation gives each output channel of a weight its own width):
+``pack_rows`` writes one byte per channel holding its width, then each channel's row (``q[c]``,
+C order) packed as above at its own width, rows concatenated in channel order; every row starts
+on a byte boundary. Its size is ``packed_rows_nbytes``: ``C + sum_c ceil(row_size * bits_c / 8)``
+bytes, what bit allocation records as ``packed_weight_bytes`` and ``size_bytes`` counts. Values are signed.
 """
 from __future__ import annotations
 
@@ -146,3 +152,57 @@ def unpack(packed: np.ndarray, bits: int, signed: bool, count_or_shape: int | tu
     else:
         vals = codes
     return vals.astype(unpacked_dtype(bits, signed)).reshape(shape)
+
+
+def packed_rows_nbytes(row_size: int, widths) -> int:
+    """Bytes ``pack_rows`` writes: one width byte per channel plus each row packed at its width."""
+    return len(widths) + sum(packed_nbytes(row_size, int(b)) for b in widths)
+
+
+def pack_rows(q: np.ndarray, widths) -> np.ndarray:
+    """Pack each output channel ``q[c]`` (signed) at its own width ``widths[c]`` (layout: module docstring)."""
+    q = np.asarray(q)
+    w = [_check_bits(b) for b in np.asarray(widths).reshape(-1).tolist()]
+    if q.ndim < 1 or len(w) != q.shape[0]:
+        raise ArtifactError(f"need one width per output channel: {len(w)} widths for a tensor of shape {q.shape}")
+    parts = [np.asarray(w, np.uint8)]
+    for c, bits in enumerate(w):
+        try:
+            parts.append(pack(q[c], bits, signed=True))
+        except ArtifactError as e:
+            raise ArtifactError(f"channel {c} ({bits}-bit): {e}") from None
+    return np.concatenate(parts)
+
+
+def unpack_rows(packed: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``pack_rows``: (int8 values of ``shape``, the per-channel widths read from the buffer).
+
+    ``ArtifactError`` if the buffer is not uint8, a width is outside 1..8, or the length is not
+    exactly what the widths need (a truncated, padded or mis-described buffer).
+    """
+    shape = tuple(int(d) for d in shape)
+    buf = np.asarray(packed)
+    if buf.dtype != np.uint8:
+        raise ArtifactError(f"packed data must be uint8 bytes, got dtype {buf.dtype}")
+    buf = buf.reshape(-1)
+    if len(shape) < 1 or any(d < 0 for d in shape):
+        raise ArtifactError(f"cannot unpack per-channel rows to shape {shape}")
+    C, row = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    if buf.size < C:
+        raise ArtifactError(f"packed buffer has {buf.size} bytes, fewer than the {C} per-channel width bytes")
+    widths = buf[:C].astype(np.int64)
+    bad = np.flatnonzero((widths < 1) | (widths > MAX_BITS))
+    if bad.size:
+        c = int(bad[0])
+        raise ArtifactError(f"channel {c} has width {int(widths[c])} in the packed header; widths are 1..{MAX_BITS} bits")
+    need = packed_rows_nbytes(row, widths)
+    if buf.size != need:
+        raise ArtifactError(f"packed buffer has {buf.size} bytes but {C} channels of {row} values at their widths "
+                            f"need {need}; the artifact is truncated or its widths/shape are wrong")
+    out = np.empty((C, row), np.int8)
+    pos = C
+    for c, bits in enumerate(widths.tolist()):
+        n = packed_nbytes(row, bits)
+        out[c] = unpack(buf[pos : pos + n], bits, True, row)
+        pos += n
+    return out.reshape(shape), widths

@@ -11,8 +11,14 @@ safetensors reader can open the tensors, and every file carries its own SHA-256 
                               qparams), instructions (op, inputs, output, attrs, array references), meta
       recipe.json             ``Recipe.to_dict()``
       tensors.safetensors     instruction arrays (sub-byte and int8 weights *packed* with
-                              ``packing.pack`` at ``attrs["weight_bits"]``, int32 bias, float scales)
-                              and the golden input/outputs
+                              ``packing.pack`` at ``attrs["weight_bits"]``, or, when bits were
+                              allocated per channel, ``packing.pack_rows`` at ``attrs["channel_bits"]``;
+                              int32 bias, float scales) and the golden input/outputs
+
+Every stored instruction array is what ``size_bytes`` counts, byte for byte: the payload of the
+instruction arrays, less the requantization multipliers/shifts (derived at load, not counted),
+plus 8 bytes per activation qparams, equals ``size_bytes``. Format versions: ``files.py``; version 1
+artifacts (bit-allocated weights packed whole at their widest channel) still load.
 
 Attrs and meta use ``program.to_jsonable`` (tuples, numpy scalars, inf are tagged), so the loaded
 program is the same Python data and ``run`` is bit-identical. JSON keys are sorted and nothing
@@ -217,7 +223,7 @@ def load(path, verify: bool = True):
         raise fail(RECIPE, "", f"malformed recipe ({e})") from None
     _need(manifest.get("recipe") == recipe.name, fail, "recipe", f"names {manifest.get('recipe')!r}, recipe.json {recipe.name!r}",
           file=MANIFEST)
-    program = program_from_files(_parse_json(data[PROGRAM], PROGRAM, fail), tensors, fail)
+    program = program_from_files(_parse_json(data[PROGRAM], PROGRAM, fail), tensors, fail, manifest["format_version"])
     if "recipe" in program.meta:  # the exact recipe (tuples kept); recipe.json is its readable copy
         _need(_plain(program.meta["recipe"]) == recipe_doc, fail, "meta.recipe", f"does not match {RECIPE}")
         try:

@@ -11,9 +11,13 @@ import numpy as np
 from ..errors import ArtifactError
 
 FORMAT = "edgequant-artifact"
-FORMAT_VERSION = 1
+# Version history (the program.json schema version moves with it; load reads every listed version):
+# 1: every weight packed whole at attrs.weight_bits (a bit-allocated tensor at its widest channel).
+# 2: bit-allocated weights (attrs.channel_bits) packed per channel (packing.pack_rows), array entry
+#    "packed_channel_bits"; the stored bytes equal attrs.packed_weight_bytes, the bytes size_bytes counts.
+FORMAT_VERSION = 2
 PROGRAM_SCHEMA = "edgequant-program"
-PROGRAM_VERSION = 1
+PROGRAM_VERSION = FORMAT_VERSION
 MANIFEST = "manifest.json"
 PROGRAM = "program.json"
 RECIPE = "recipe.json"

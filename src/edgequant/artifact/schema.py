@@ -7,10 +7,9 @@ from .. import packing
 from ..errors import ArtifactError, EdgequantError
 from ..program import Instr, Program, TensorInfo, from_jsonable, to_jsonable
 from ..qmath import QParams, qrange
-from .files import _ST_CODES, PROGRAM, TENSORS, _array_sha, _Fail, _int_list, _is_int, _need
+from .files import (_ST_CODES, PROGRAM, PROGRAM_SCHEMA, PROGRAM_VERSION, TENSORS, _array_sha, _Fail, _int_list, _is_int,
+                    _need)
 
-PROGRAM_SCHEMA = "edgequant-program"
-PROGRAM_VERSION = 1
 MAX_INPUT_ELEMENTS = 1 << 27  # per sample; a larger input shape in a file is corruption, not a model
 
 
@@ -36,10 +35,9 @@ def program_to_files(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
             bits = ins.attrs.get("weight_bits")
             if key == "weight" and arr.dtype == np.int8 and bits is not None:
                 try:
-                    tensors[name] = packing.pack(arr, int(bits), signed=True)
+                    tensors[name] = _pack_weight(ins, arr, entry)
                 except EdgequantError as e:
                     raise ArtifactError(f"cannot save instruction {idx} ({ins.op} from node '{ins.node}'): {e}") from e
-                entry["packed_bits"] = int(bits)
             else:
                 tensors[name] = arr
             arrays.append(entry)
@@ -59,6 +57,49 @@ def program_to_files(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
     doc = {"schema": PROGRAM_SCHEMA, "version": PROGRAM_VERSION, "input": program.input, "output": program.output,
            "tensors": infos, "instrs": instrs, "meta": meta}
     return doc, tensors
+
+
+def _pack_weight(ins: Instr, arr: np.ndarray, entry: dict) -> np.ndarray:
+    """Packed bytes of an int8 weight: per channel at ``attrs.channel_bits`` when bits were allocated
+    (exactly ``attrs.packed_weight_bytes``, what ``size_bytes`` counts), else whole at ``weight_bits``."""
+    widths = ins.attrs.get("channel_bits")
+    if widths is None:
+        entry["packed_bits"] = int(ins.attrs["weight_bits"])
+        return packing.pack(arr, entry["packed_bits"], signed=True)
+    entry["packed_channel_bits"] = [int(b) for b in widths]
+    buf = packing.pack_rows(arr, entry["packed_channel_bits"])
+    claimed = ins.attrs.get("packed_weight_bytes")
+    if claimed is not None and claimed != buf.size:
+        raise ArtifactError(f"attrs.packed_weight_bytes is {claimed} but the per-channel packed weight is {buf.size} bytes; "
+                            "size_bytes would not match the artifact")
+    return buf
+
+
+def _channel_rows(e: dict, attrs: dict, stored: np.ndarray, ver: int, fail: _Fail, fa: str) -> np.ndarray:
+    """Unpack a per-channel-packed weight after checking its widths against program.json (format 2)."""
+    cb, shape, f = e["packed_channel_bits"], e["shape"], fa.rsplit(".arrays.", 1)[0]
+    _need(ver >= 2, fail, f"{fa}.packed_channel_bits", f"per-channel packing needs program schema version 2, got {ver}")
+    _need("packed_bits" not in e and e["key"] == "weight" and e["dtype"] == "int8", fail, f"{fa}.packed_channel_bits",
+          "only an int8 'weight' without packed_bits can be packed per channel")
+    _need(_int_list(cb) and all(1 <= b <= packing.MAX_BITS for b in cb), fail, f"{fa}.packed_channel_bits",
+          f"widths must be integers 1..{packing.MAX_BITS}, got {cb if not isinstance(cb, list) else cb[:8]!r}")
+    _need(len(shape) >= 2 and shape[0] >= 1 and len(cb) == shape[0], fail, f"{fa}.packed_channel_bits",
+          f"{len(cb)} widths for {shape[0] if shape else '?'} output channels (shape {shape})")
+    acb = attrs.get("channel_bits")
+    _need(isinstance(acb, (list, tuple)) and list(acb) == cb, fail, f"{fa}.packed_channel_bits", "does not match attrs.channel_bits")
+    _need(attrs.get("weight_bits") == max(cb), fail, f"{f}.attrs.weight_bits",
+          f"{attrs.get('weight_bits')!r} is not the widest channel ({max(cb)} bits)")
+    _need(stored.dtype == np.uint8 and stored.ndim == 1, fail, fa, "packed data must be 1-D uint8")
+    _need(attrs.get("packed_weight_bytes") == stored.size, fail, f"{f}.attrs.packed_weight_bytes",
+          f"{attrs.get('packed_weight_bytes')!r} does not match the {stored.size} bytes stored in {e['tensor']!r}")
+    try:
+        vals, widths = packing.unpack_rows(stored, tuple(shape))
+    except EdgequantError as err:
+        raise fail(TENSORS, e["tensor"], str(err)) from None
+    _need(widths.tolist() == cb, fail, e["tensor"], "per-channel widths in the packed header "
+          f"differ from program.json's packed_channel_bits (first at channel {int(np.argmax(widths != np.asarray(cb)))})",
+          file=TENSORS)
+    return vals
 
 
 def _decode(v, fail: _Fail, field: str):
@@ -119,6 +160,9 @@ def _check_instr(k: int, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail
         wb = a["weight_bits"]
         _need(isinstance(wb, int) and not isinstance(wb, bool) and 1 <= wb <= 8, fail, f"{f}.attrs.weight_bits",
               f"bit width {wb!r} is not supported (1..8)")
+    if "rounding" in a:  # recorded requantization rounding (lower); absent = gemmlowp double rounding
+        _need(a["rounding"] == "single", fail, f"{f}.attrs.rounding", f"{a['rounding']!r} is not a known rounding; "
+              "the only recorded value is 'single' (absent means gemmlowp double rounding)")
     if out.qparams is not None:
         lo, hi = out.qparams.qmin, out.qparams.qmax
         for key in ("act_min", "act_max"):
@@ -167,14 +211,17 @@ def _check_instr(k: int, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail
                   f"shape {arr[key].shape} does not match {w.shape[0]} output channels")
 
 
-def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -> Program:
-    """Rebuild and validate a Program from program.json's object and the stored tensors."""
+def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail, format_version: int = PROGRAM_VERSION) -> Program:
+    """Rebuild and validate a Program from program.json's object and the stored tensors; the program
+    schema version must be the artifact's ``format_version`` (they move together)."""
     from ..kernels import RUN
 
     _need(doc.get("schema") == PROGRAM_SCHEMA, fail, "schema", f"expected {PROGRAM_SCHEMA!r}, got {doc.get('schema')!r}")
     ver = doc.get("version")
     _need(isinstance(ver, int) and not isinstance(ver, bool) and 1 <= ver <= PROGRAM_VERSION, fail, "version",
-          f"program schema version {ver!r} is not supported (this edgequant reads {PROGRAM_VERSION}; upgrade it if newer)")
+          f"program schema version {ver!r} is not supported (this edgequant reads 1..{PROGRAM_VERSION}; upgrade it if newer)")
+    _need(ver == format_version, fail, "version", f"program schema version {ver} does not match the manifest's "
+          f"format_version {format_version}")
     _need(set(doc) == {"schema", "version", "input", "output", "tensors", "instrs", "meta"}, fail, "", "unexpected or missing keys")
     infos: dict[str, TensorInfo] = {}
     _need(isinstance(doc["tensors"], list), fail, "tensors", "must be a list")
@@ -211,7 +258,7 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -
         _need(isinstance(d["arrays"], list), fail, f"{f}.arrays", "must be a list")
         for e in d["arrays"]:
             _need(isinstance(e, dict) and {"key", "tensor", "dtype", "shape", "sha256"} <= set(e)
-                  <= {"key", "tensor", "dtype", "shape", "sha256", "packed_bits"}
+                  <= {"key", "tensor", "dtype", "shape", "sha256", "packed_bits", "packed_channel_bits"}
                   and isinstance(e["key"], str) and isinstance(e["tensor"], str), fail, f"{f}.arrays", "malformed array entry")
             fa = f"{f}.arrays.{e['key']}"
             name = e["tensor"]
@@ -223,8 +270,12 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -
             shape = e["shape"]
             _need(_int_list(shape) and all(s >= 0 for s in shape), fail, f"{fa}.shape", f"invalid shape {shape!r}")
             stored = tensors[name]
-            if "packed_bits" in e:
+            if "packed_channel_bits" in e:
+                arrays[e["key"]] = _channel_rows(e, attrs, stored, ver, fail, fa)
+            elif "packed_bits" in e:
                 bits = e["packed_bits"]
+                _need(ver < 2 or "channel_bits" not in attrs, fail, f"{fa}.packed_bits", "a bit-allocated weight "
+                      "(attrs.channel_bits) must be packed per channel (packed_channel_bits) since format version 2")
                 _need(bits == attrs.get("weight_bits") and dt == np.int8 and e["key"] == "weight", fail, f"{fa}.packed_bits",
                       f"packed width {bits!r} does not match attrs.weight_bits {attrs.get('weight_bits')!r}")
                 _need(stored.dtype == np.uint8 and stored.ndim == 1, fail, f"{fa}", "packed data must be 1-D uint8")
@@ -238,6 +289,8 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail) -
                 arrays[e["key"]] = stored
             _need(_array_sha(arrays[e["key"]]) == e["sha256"], fail, f"{fa}.sha256",
                   f"the values of tensor {name!r} in {TENSORS} are not the ones this program was saved with")
+        _need(ver < 2 or "channel_bits" not in attrs or any("packed_channel_bits" in e for e in d["arrays"]), fail,
+              f"{f}.attrs.channel_bits", "set, but no weight is packed per channel (packed_channel_bits)")
         instr = Instr(op, list(ins_), out, attrs, arrays, node)
         _check_instr(k, instr, infos, fail)
         instrs.append(instr)

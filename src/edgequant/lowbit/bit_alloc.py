@@ -12,8 +12,8 @@ integer widths sum to it exactly.
 Channels are quantized symmetric, narrow range, at their own width inside the int8 container; a
 1-bit channel is binary (``mean|w| * sign w``). The instruction records ``channel_bits`` and
 ``packed_weight_bytes`` (each channel's row packed at its width, plus one byte per channel for
-the width itself), which ``size_bytes`` counts; ``weight_bits`` is the widest channel, the width
-that packs every value of the tensor.
+the width itself: ``packing.pack_rows``, the artifact's layout), which ``size_bytes`` counts;
+``weight_bits`` is the widest channel.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import RecipeError
 from ..ir import Node
 from ..observers import make_observer
-from ..packing import packed_nbytes
+from ..packing import packed_rows_nbytes  # the artifact's per-channel layout (packing.pack_rows)
 from ..qmath import quantize
 from ..recipes import Recipe
 from ..weight_quant import register_weight_method
@@ -95,11 +95,6 @@ def quantize_rows(w: np.ndarray, widths: np.ndarray, observer: str, **kw) -> tup
         q[rows] = quantize(w[rows], qp).astype(np.int8)
         scale[rows] = np.asarray(qp.scale, np.float32)
     return q, scale
-
-
-def packed_rows_nbytes(row_size: int, widths: np.ndarray) -> int:
-    """Bytes of the rows packed at their widths, plus one byte per channel for the width."""
-    return int(sum(packed_nbytes(row_size, int(b)) for b in widths)) + len(widths)
 
 
 @register_weight_method("bit_alloc")
