@@ -89,7 +89,8 @@ def main() -> None:
     print("\n| model | width | fp32 | best PTQ (recipe) | QAT | QAT - fp32 | QAT - best PTQ | agree | QAT wall s | QAT CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mname, width, fp32, (bname, bacc), acc, agree, wall, cpu in rows:
-        print(f"| {mname} | {width} | {fp32:.2f} | {bacc:.2f} ({bname}) | {acc:.2f} | {acc - fp32:+.2f} | {acc - bacc:+.2f} "
+        ptq, gain = (f"{bacc:.2f} ({bname})", f"{acc - bacc:+.2f}") if bacc == bacc else ("-", "-")
+        print(f"| {mname} | {width} | {fp32:.2f} | {ptq} | {acc:.2f} | {acc - fp32:+.2f} | {gain} "
               f"| {agree:.2f} | {wall:.0f} | {cpu:.0f} |")
     print(f"\ntorch threads {a.threads}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
