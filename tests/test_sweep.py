@@ -217,9 +217,23 @@ def test_presets():
     assert int8 == ["fp32", "fp16", "dyn8", "w8a8", "w8a8-pc"]
     low = presets.resolve(None, "lowbit", 0)
     assert all(min(presets.bits(RECIPES[p.recipe])) < 8 for p in low if p.recipe != "fp32")
-    every = [p.label for p in presets.resolve(None, None, 0)]  # default: all, QAT recipes left out
+    every = [p.label for p in presets.resolve(None, "all", 0)]  # QAT recipes left out without epochs
     assert every[0] == "fp32" and set(int8) <= set(every)
     assert not any(presets.is_qat_recipe(RECIPES[n]) for n in every)
+    assert set(every) == {n for n, r in RECIPES.items() if not presets.is_qat_recipe(r)}
+    # the default sweep: every family, reconstruction at the sweep budget, QAT only with a train set
+    default = presets.resolve(None, None, presets.default_qat_epochs(None, None))
+    assert presets.default_qat_epochs(None, None) == 1 and presets.default_qat_epochs("all", None) == 3
+    assert set(int8) | set(presets.LOWBIT_ORDER) <= {p.label for p in default}
+    recon = [p for p in default if presets.is_reconstruction(RECIPES[p.recipe])]
+    assert recon and all(p.resolved().option("iterations") == presets.DEFAULT_ITERATIONS for p in recon)
+    assert all(p.iterations is None for p in default if p not in recon)
+    qat = {p.label for p in default if p.qat}
+    assert qat == {n for n, r in RECIPES.items() if presets.is_qat_recipe(r)}
+    assert not any(p.qat for p in presets.resolve(None, None, 1, has_train=False))
+    assert [p.resolved().option("iterations") for p in presets.resolve(["w4a4-brecq"], None, 0, iterations=7)][1:] == [7]
+    with pytest.raises(RecipeError, match="--iterations 0"):
+        presets.resolve(None, None, 1, iterations=0)
     assert [p.label for p in presets.resolve(["w8a8", "fp32", "w8a8"], None, 0)] == ["fp32", "w8a8"]
     with pytest.raises(RecipeError, match="unknown recipe 'w9a9'"):
         presets.resolve(["w9a9"], None, 0)

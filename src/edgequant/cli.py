@@ -83,9 +83,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     from .sweep import SweepConfig, report, run_sweep, write_outputs
 
-    qat_epochs = a.qat_epochs if a.qat_epochs is not None else (3 if a.preset == "qat" else 0)
     cfg = SweepConfig(model=a.model, data=a.data, metric=a.metric, recipes=_csv(a.recipes) if a.recipes else None,
-                      preset=a.preset, budget=a.budget, out=a.out, qat_epochs=qat_epochs, qat_lr=a.qat_lr,
+                      preset=a.preset, budget=a.budget, out=a.out, qat_epochs=a.qat_epochs, iterations=a.iterations,
+                      qat_lr=a.qat_lr, threads=a.threads if a.threads > 0 else None,
                       calib_samples=a.calib_samples, eval_samples=a.eval_samples, latency_batch=a.latency_batch,
                       repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save)
     to_stdout_json = a.json == "-"
@@ -272,11 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "smallest and fastest recipe within --budget.", epilog=_PLUGIN_HELP)
     _plugin_args(s)
     s.add_argument("--recipes", metavar="A,B,...", help="comma-separated recipe names (suffix +qat for QAT)")
-    s.add_argument("--preset", choices=("all", "int8", "lowbit", "qat"), help="recipe set (default all)")
+    s.add_argument("--preset", choices=("default", "all", "int8", "lowbit", "qat"),
+                   help="recipe set (default: one row of every family, reconstruction at --iterations 100 and QAT "
+                        "for 1 epoch; all: every recipe at its own budget)")
     s.add_argument("--budget", type=float, default=1.0, help="allowed accuracy drop vs fp32, points (default 1.0)")
     s.add_argument("--out", default="edgequant-sweep", help="output folder (default ./edgequant-sweep)")
     s.add_argument("--json", metavar="PATH", help="also write report.json to PATH ('-' = stdout)")
-    s.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default 0; 3 with --preset qat)")
+    s.add_argument("--qat-epochs", type=int, default=None,
+                   help="QAT fine-tuning epochs (default 1 in the default sweep, else 3; 0 leaves QAT rows out)")
+    s.add_argument("--iterations", type=int, default=None,
+                   help="reconstruction (AdaRound/BRECQ) iterations per layer or block for every reconstruction row "
+                        "(default 100 in the default sweep, else each recipe's own)")
     s.add_argument("--qat-lr", type=float, default=1e-3)
     s.add_argument("--calib-samples", type=int, default=512, help="calibration samples used (default 512)")
     s.add_argument("--eval-samples", type=int, default=None, help="cap on evaluation samples (default all)")
@@ -284,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5, help="latency repeats, median reported (default 5)")
     s.add_argument("--layer-samples", type=int, default=256,
                    help="eval samples for per-layer SQNR and the integer-vs-simulation check (default 256)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the sweep (default 1: small models train and time best on one; "
+                        "0 = torch's default)")
     s.add_argument("--rounding", choices=("gemmlowp", "onnxruntime"), default="gemmlowp")
     s.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time study")
     s.add_argument("--no-save", action="store_true", help="do not save the answer's artifact")

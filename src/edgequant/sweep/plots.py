@@ -43,15 +43,17 @@ def _size(v: float) -> str:
     return f"{v / 1024:g} KiB" if v >= 1024 else f"{v:g} B"
 
 
-def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7.5, avoid=()) -> None:
-    """Label every point where its text overlaps no other label or marker (greedy, display space)."""
+def _place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: float = 7.5, avoid=()) -> list[str]:
+    """Label every point with its name where that overlaps no other label or marker (greedy, display
+    space); where every spot is taken, with its short number instead. Returns the numbered ones as
+    ``"n name"`` for a key under the panel."""
     fig = ax.figure
     fig.canvas.draw()  # settle the layout so that data -> display transforms are final
     to_pt = 72.0 / fig.dpi
     box = ax.get_window_extent()
     ax_box = (box.x0 * to_pt, box.y0 * to_pt, box.x1 * to_pt, box.y1 * to_pt)
-    anchors = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for x, y, _ in points]
-    taken = [(px - 5, py - 5, px + 5, py + 5) for px, py in anchors]  # the markers themselves
+    anchors = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for x, y, *_ in points]
+    taken = [(px - 6, py - 6, px + 6, py + 6) for px, py in anchors]  # the markers themselves
     for artist in avoid:
         e = artist.get_window_extent()
         taken.append((e.x0 * to_pt, e.y0 * to_pt, e.x1 * to_pt, e.y1 * to_pt))
@@ -63,7 +65,7 @@ def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 
         h = min(b1[3], b2[3]) - max(b1[1], b2[1])
         return w * h if w > 0 and h > 0 else 0.0
 
-    for (x, y, text), (px, py) in zip(points, anchors):
+    def place(text: str, px: float, py: float):
         w, h = 0.56 * fontsize * len(text), fontsize
         best, best_cost = None, None
         for dx, dy in candidates:
@@ -75,11 +77,22 @@ def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 
                 best, best_cost = (dx, dy, b), cost
             if cost == 0:
                 break
+        return best, best_cost
+
+    keyed = []
+    for (x, y, text, num), (px, py) in zip(points, anchors):
+        best, cost = place(text, px, py)
+        if cost > 0 or abs(best[1]) > 12:  # crowded: a number (listed in the key) reads better than
+            # overlapping names or names on long leader lines
+            best, cost_num = place(num, px, py)
+            keyed.append(f"{num} {text}")
+            text = num
         dx, dy, b = best
         taken.append(b)
         ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                     ha="left" if dx > 0 else "right", va="bottom",
                     arrowprops=dict(arrowstyle="-", color="#999999", linewidth=0.5) if abs(dy) > 12 else None)
+    return keyed
 
 
 def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str, report: dict) -> list:
@@ -101,12 +114,14 @@ def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str,
         return r["accuracy"] if r["accuracy"] >= floor else edge
 
     labels = []
+    number = {r["recipe"]: str(i) for i, r in enumerate(rows, 1)}  # the same in both panels
     for r in ok:
         below = r["accuracy"] < floor
         marker = "v" if below else (_RUNTIME_MARKERS.get(r["runtime"], "D") if cost == "latency_ms" else "o")
         ax.scatter([r[cost]], [y_of(r)], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5,
                    zorder=3, marker=marker)
-        labels.append((r[cost], y_of(r), f"{r['recipe']} ({r['accuracy']:.1f}%)" if below else r["recipe"]))
+        labels.append((r[cost], y_of(r), f"{r['recipe']} ({r['accuracy']:.1f}%)" if below else r["recipe"],
+                       number[r["recipe"]]))
     front = sorted((r for r in ok if r.get(front_key)), key=lambda r: r[cost])
     if front:
         ax.plot([r[cost] for r in front], [y_of(r) for r in front], drawstyle="steps-post", color="black",
@@ -160,8 +175,18 @@ def frontier(report: dict, path: Path) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     fig.suptitle(f"edgequant sweep: {report['model']['spec']} ({report['data']['eval_samples']} eval samples)")
     for ax, pts in zip(axes, labels):
-        _place_labels(ax, pts, avoid=[t for t in ax.texts if t.get_gid() == "band"])
-    fig.savefig(path, dpi=110)
+        keyed = _place_labels(ax, pts, avoid=[t for t in ax.texts if t.get_gid() == "band"])
+        if keyed:  # the crowded points' numbers, under the panel's x label
+            lines, line = [], "labels: "
+            for k in keyed:
+                if len(line) + len(k) > 95:
+                    lines.append(line.rstrip(", "))
+                    line = ""
+                line += k + ", "
+            lines.append(line.rstrip(", "))
+            ax.annotate("\n".join(lines), (0.0, 0.0), xycoords="axes fraction", xytext=(0, -42),
+                        textcoords="offset points", va="top", ha="left", fontsize=7.5, color="#333333")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -61,6 +61,12 @@ def _front(r: dict) -> str:
     return "+".join(k for k, key in (("size", "pareto_size"), ("lat", "pareto_latency")) if r.get(key))
 
 
+def _budget(r: dict) -> str:
+    """'100 iterations' / '1 QAT epoch': how long a row's training ran."""
+    words = {"iterations": ("iteration", "iterations"), "qat_epochs": ("QAT epoch", "QAT epochs")}
+    return ", ".join(f"{v} {words.get(k, (k, k))[v != 1]}" for k, v in r["budget"].items())
+
+
 def answer_line(report: dict) -> str:
     """One sentence: the smallest and the fastest recipe within the budget, and where they are."""
     a, b = report["answer"], report["baseline"]
@@ -116,6 +122,11 @@ def print_summary(report: dict, console: Console) -> None:
         if worst is not None:
             console.print(f"Most sensitive layer under {sens['recipe']}: {worst['layer']} ({worst['module'] or worst['op']}) "
                           f"alone costs {worst['drop']:+.2f} points.")
+    for n in report.get("notes", []):
+        console.print(f"note: {n}")
+    budgets = [f"{r['recipe']} ({_budget(r)})" for r in report["rows"] if r.get("budget")]
+    if budgets:
+        console.print(f"[dim]training budgets: {'; '.join(budgets)}[/dim]")
     console.print()
     console.print(f"[bold]Answer:[/bold] {report['answer']['line']}")
     for n in report["answer"].get("notes", []):
@@ -144,6 +155,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['recipe']} | {_bits(r)} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {fmt_bytes(r['size_bytes'])} | "
                      f"{r['size_ratio']:.3f} | {r['latency_ms']:.2f} | {r['runtime']} | {_num(r['sim_agreement_pct'], '.1f')} | "
                      f"{_num(r['quantize_s'], '.2f')} | {_front(r)} |")
+    budgets = [f"- {r['recipe']}: {_budget(r)}" for r in report["rows"] if r.get("budget")]
+    if budgets:
+        lines += ["", "Training budgets (reconstruction iterations per layer/block, QAT epochs):", ""] + budgets
+    lines += [f"- note: {n}" for n in report.get("notes", [])]
     notes = [(r["recipe"], k, v) for r in report["rows"] for k, v in r.get("runtime_notes", {}).items()]
     if notes:
         lines += ["", "Runtimes not used:", ""] + [f"- {rec}: {k}: {v}" for rec, k, v in notes]

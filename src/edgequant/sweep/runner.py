@@ -15,7 +15,7 @@ import importlib.util
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpErr
 from ..quantized import QuantizedModel
 from ..recipes import RECIPES
 from . import layers, plugins, timing
-from .presets import Plan, bits, resolve
+from .presets import Plan, bits, default_qat_epochs, resolve
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, int], None]  # (what is happening, steps done, steps total)
@@ -42,10 +42,11 @@ class SweepConfig:
     data: str | None = None  # FILE.py:FUNC or "digits"
     metric: str | None = None  # top1 | top5 | FILE.py:FUNC
     recipes: list[str] | None = None
-    preset: str | None = None  # all | int8 | lowbit | qat (default all)
+    preset: str | None = None  # default | all | int8 | lowbit | qat (None = default)
     budget: float = 1.0  # accuracy drop allowed, in points
     out: str = "edgequant-sweep"
-    qat_epochs: int = 0
+    qat_epochs: int | None = None  # None = the preset's (presets.default_qat_epochs)
+    iterations: int | None = None  # reconstruction budget for every reconstruction row; None = the preset's
     qat_lr: float = 1e-3
     calib_samples: int | None = 512
     eval_samples: int | None = None
@@ -56,6 +57,10 @@ class SweepConfig:
     rounding: str = "gemmlowp"
     save: bool = True
     fast_backends: tuple[str, ...] = ("onnxruntime",)
+    # torch intra-op threads while the sweep runs (None = leave torch's setting). One by default: on
+    # small models the training steps (reconstruction, QAT) ran ~10x slower with 2 threads on a busy
+    # 2-core machine (synchronisation, not work), and one-thread latencies compare like for like
+    threads: int | None = 1
 
 
 @dataclass
@@ -117,7 +122,7 @@ def _fast_path(q: QuantizedModel, xb: np.ndarray, ref: np.ndarray, cfg: SweepCon
 
 
 def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor], cfg: SweepConfig) -> QuantizedModel:
-    recipe = RECIPES[plan.recipe]
+    recipe = plan.resolved()
     if not plan.qat:
         return quantize(model, recipe, calib_x)
     if data.train is None:
@@ -125,7 +130,8 @@ def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor]
     from .. import qat  # present: presets.resolve checked it
 
     if hasattr(qat, "finetune"):
-        res = qat.finetune(copy.deepcopy(model), recipe, data.train, calib_x, epochs=cfg.qat_epochs, lr=cfg.qat_lr)
+        res = qat.finetune(copy.deepcopy(model), recipe, data.train, calib_x, epochs=cfg.qat_epochs, lr=cfg.qat_lr,
+                           progress=False)
     else:  # the documented prepare -> your loop -> convert path, with the library's plain loop
         from ..training import train_classifier
 
@@ -140,9 +146,11 @@ def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor]
 
 def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, score: _Scorer, baseline: dict,
              xb: np.ndarray, layer_x: torch.Tensor, graph) -> tuple[dict, QuantizedModel | None]:
-    r = RECIPES[plan.recipe]
+    r = plan.resolved()
     wb, ab = bits(r)
-    row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "mode": r.mode,
+    budget = ({"qat_epochs": cfg.qat_epochs} if plan.qat else {}) | (
+        {"iterations": r.option("iterations")} if r.option("iterations") is not None else {})
+    row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "budget": budget, "mode": r.mode,
                  "weight_bits": wb, "act_bits": ab, "description": r.description, "status": "ok", "error": None,
                  "latency_by_runtime": {}, "runtime_notes": {}, "runtime_agreement_pct": {}}
     t_row = time.perf_counter()
@@ -210,16 +218,36 @@ def choose(rows: list[dict], budget: float) -> tuple[dict | None, dict | None]:
 
 
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
-    """Run the whole sweep in memory (no files written; see ``report.write_all``)."""
+    """Run the whole sweep in memory (no files written; see ``write_outputs``)."""
+    if cfg.threads is not None and cfg.threads < 1:
+        raise PluginError(f"--threads {cfg.threads}: use 1 or more torch threads")
+    before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_sweep(cfg, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
     t0 = time.perf_counter()
     say = progress or (lambda *_: None)
     if cfg.budget < 0:
         raise PluginError(f"--budget {cfg.budget}: the allowed accuracy drop must be >= 0 points")
-    plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs)
+    cfg = replace(cfg, preset=cfg.preset or (None if cfg.recipes else "default"),  # the effective values, for the report
+                  qat_epochs=default_qat_epochs(cfg.preset, cfg.recipes) if cfg.qat_epochs is None else cfg.qat_epochs)
+    plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs, cfg.iterations)
     total = len(plans) + 2 + int(cfg.sensitivity)
     say("loading model and data", 0, total)
     model = plugins.load_model(cfg.model)
     data = plugins.load_data(cfg.data, cfg.calib_samples, cfg.eval_samples, want_train=any(p.qat for p in plans))
+    notes = []
+    if data.train is None and any(p.qat for p in plans) and not cfg.recipes and cfg.preset in (None, "default", "all"):
+        # QAT rows the preset added on its own: leave them out rather than fail the whole sweep
+        plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs, cfg.iterations, has_train=False)
+        total = len(plans) + 2 + int(cfg.sensitivity)
+        notes.append("QAT rows left out: --data returned no training set; return (calib, eval, train) to include them")
     metric_name, metric_fn = plugins.load_metric(cfg.metric)
     calib_x = [x for x, _ in data.calib]
     graph = _capture(model, calib_x[0][:2], cfg.model)
@@ -296,6 +324,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult
         "rows": rows,
         "layers": {"sqnr": sqnr, "sensitivity": sens},
         "answer": {"budget_points": cfg.budget, "smallest": _pick(smallest), "fastest": _pick(fastest)},
+        "notes": notes,
         "wall_s": None,
         "timings": timings,
     }
