@@ -42,7 +42,8 @@ def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], data: Iterable, to
     """Top-k accuracy in percent of ``predict(x) -> logits`` over (x, y) batches."""
     correct, total = 0, 0
     for x, y in data:
-        logits = torch.as_tensor(np.asarray(predict(x)) if not isinstance(predict(x), torch.Tensor) else predict(x))
+        out = predict(x)
+        logits = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
         top = logits.topk(topk, dim=1).indices
         correct += int((top == y.view(-1, 1)).any(dim=1).sum())
         total += len(y)
