@@ -241,3 +241,19 @@ def test_presets():
         presets.resolve(["w8a8"], "int8", 0)
     with pytest.raises(RecipeError, match="unknown preset"):
         presets.resolve(None, "everything", 0)
+
+
+def test_preset_qat_rows_are_left_out_with_a_note_when_data_has_no_train_split(plugin, tmp_path, monkeypatch):
+    """Presets add QAT rows on their own; a user's (calib, eval) data must not make the sweep fail."""
+    keep = {"fp32", "w8a8", "w4a4-qat"}
+    if "w4a4-qat" not in RECIPES:
+        pytest.skip("no QAT recipes in this build")
+    for name in [n for n in RECIPES if n not in keep]:
+        monkeypatch.delitem(RECIPES, name)
+    res = runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:loaders", preset="all",
+                                              repeats=1, latency_batch=8, sensitivity=False, out=str(tmp_path)))
+    assert [r["recipe"] for r in res.report["rows"]] == ["fp32", "w8a8"]
+    assert res.report["config"]["qat_epochs"] == 3 and "no training set" in res.report["notes"][0]
+    with pytest.raises(eq.errors.PluginError, match="needs a training set"):  # asked for by name: an error
+        runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:loaders", recipes=["w4a4-qat"],
+                                            repeats=1, latency_batch=8, sensitivity=False, out=str(tmp_path)))
