@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, default=None,
                    help="reconstruction (AdaRound/BRECQ) iterations per layer or block for every reconstruction row "
                         "(default 100 in the default sweep, else each recipe's own)")
-    s.add_argument("--qat-lr", type=float, default=1e-3)
+    s.add_argument("--qat-lr", type=float, default=None,
+                   help="QAT learning rate (default: each QAT recipe's tuned rate)")
     s.add_argument("--calib-samples", type=int, default=512, help="calibration samples used (default 512)")
     s.add_argument("--eval-samples", type=int, default=None, help="cap on evaluation samples (default all)")
     s.add_argument("--latency-batch", type=int, default=64, help="batch size for latency (default 64)")

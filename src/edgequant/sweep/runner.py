@@ -47,7 +47,7 @@ class SweepConfig:
     out: str = "edgequant-sweep"
     qat_epochs: int | None = None  # None = the preset's (presets.default_qat_epochs)
     iterations: int | None = None  # reconstruction budget for every reconstruction row; None = the preset's
-    qat_lr: float = 1e-3
+    qat_lr: float | None = None  # None = each QAT recipe's tuned learning rate
     calib_samples: int | None = 512
     eval_samples: int | None = None
     latency_batch: int = 64
@@ -136,7 +136,7 @@ def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor]
         from ..training import train_classifier
 
         res = train_classifier(qat.prepare(copy.deepcopy(model), recipe, calib_x), data.train, epochs=cfg.qat_epochs,
-                               lr=cfg.qat_lr, log=None)
+                               lr=cfg.qat_lr or 1e-3, log=None)
     if isinstance(res, QuantizedModel):
         return res
     if isinstance(res, torch.nn.Module):
