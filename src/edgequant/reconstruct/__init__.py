@@ -22,7 +22,7 @@ from .pipeline import LEARNED, METHODS, config_from_recipe, learned_weights, qua
 if reconstruct_step not in PTQ_STEPS:
     PTQ_STEPS.append(reconstruct_step)
 
-DEFAULT_ITERATIONS = {"adaround": 300, "brecq": 500}
+DEFAULT_ITERATIONS = {"adaround": 100, "brecq": 200}
 
 
 def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: float = 0.0, name: str | None = None,

@@ -15,6 +15,10 @@ compensated downstream, as in both papers):
   float value with probability ``p`` during training, which flattens the loss landscape the
   rounding is fitted to.
 
+The sim is the integer program's arithmetic in float: biases on the program's int32 grid and, with
+``requant="gemmlowp"``, the double rounding of gemmlowp requantization (``requant_shifts``), so the
+rounding is learned for what ``q.run`` computes (per layer bit-exact up to float32 ties; tests/test_reconstruct.py).
+
 Loss normalisation follows BRECQ's reference code: squared error summed over channels and averaged
 over samples and positions; regulariser weight ``lambda`` (0.01) on the sum over weights.
 """
@@ -27,10 +31,11 @@ import numpy as np
 import torch
 
 from ..calibrate import iter_batches
-from ..errors import CalibrationError
+from ..errors import CalibrationError, RecipeError
 from ..graph_exec import run_node
 from ..ir import Graph, Node
-from ..qmath import QParams, fake_quantize
+from .. import qmath
+from ..qmath import QParams, quantize_multiplier, round_half_away
 from .adaround import LAMBDA, AdaRoundWeight, BetaSchedule
 from .blocks import GEMM_OPS, Unit, find_units
 from .cache import StoreSpace, TensorStore, map_stores
@@ -51,6 +56,7 @@ class ReconConfig:
     memory_mb: int = 256              # RAM for boundary tensors; beyond it they go to disk
     cache_dir: str | None = None
     seed: int = 0
+    requant: str = "gemmlowp"         # how the sim rounds conv/linear outputs: as q.run's default, or "exact"
 
 
 @dataclass
@@ -80,22 +86,79 @@ class WeightGrid:
     lo: np.ndarray      # (O,)
     hi: np.ndarray      # (O,)
     bits: int
+    extra: dict = field(default_factory=dict)  # the base method's instruction attrs (bit allocation)
+
+
+def _double_rounds(qp: QParams) -> bool:
+    """Whether the program's gemmlowp requantization into this tensor rounds twice: the engine's
+    rule (``qmath.requant_rounding``: outputs narrower than 8 bits round once); an engine without
+    the rule rounds twice everywhere."""
+    rule = getattr(qmath, "requant_rounding", None)
+    return rule is None or rule(int(qp.bits)) != "single"
+
+
+def requant_shifts(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, "WeightGrid"]) -> dict[str, torch.Tensor]:
+    """Per conv/linear in ``grids`` (and global mean), the right shift ``R`` (per output channel) of the program's
+    gemmlowp requantization ``RoundingDivideByPOT(SRDHM(acc, M0), R)``: it rounds twice, first to
+    ``1/2^R`` of an output step, then to the step. With 8-bit activations ``R`` is large and the
+    first rounding is invisible; at 4 bits the multiplier ``s_in s_w / s_out`` is near 1/2..1/8, so
+    ``R`` is 1..3 and the first rounding moves up to a quarter of the outputs by one step. The sim
+    reproduces it where the program does it (``_double_rounds``) so that the rounding is learned for
+    the arithmetic ``q.run`` really does (the same ``real`` as ``lower._s_gemm``)."""
+    out = {}
+    by = graph.by_name()
+    for n in graph.nodes:
+        if not n.inputs or n.inputs[0] not in act_qp or n.name not in act_qp:
+            continue
+        s_in, s_out = np.float32(act_qp[n.inputs[0]].scale), np.float32(act_qp[n.name].scale)
+        if n.name in grids:
+            real = float(s_in) * grids[n.name].scale.astype(np.float64) / float(s_out)
+            shape = (1, -1) + (1,) * (len(n.shape) - 2)
+        elif n.op == "mean":  # lower._s_mean: sum(q - zp) * s_in / (count * s_out)
+            real = np.array([float(s_in) / (int(np.prod(by[n.inputs[0]].shape[2:])) * float(s_out))])
+            shape = (1,)
+        else:
+            continue
+        if not _double_rounds(act_qp[n.name]):
+            continue
+        _, shift = quantize_multiplier(real)
+        r = np.maximum(-np.asarray(shift, np.int64), 0).reshape(-1)
+        if r.any():
+            out[n.name] = torch.as_tensor(np.exp2(r), dtype=torch.float32).reshape(shape)
+    return out
 
 
 class _Sim:
     """Float execution of graph nodes with optional fake-quantized activations (the program's
-    grid, ties away from zero as in the gemmlowp program) and per-node weight substitutes."""
+    grid, ties away from zero as in the gemmlowp program, and its double rounding where
+    ``shifts`` says so) and per-node weight substitutes."""
 
-    def __init__(self, graph: Graph, act_qp: dict[str, QParams]) -> None:
+    def __init__(self, graph: Graph, act_qp: dict[str, QParams], shifts: dict[str, torch.Tensor] | None = None,
+                 grids: dict[str, "WeightGrid"] | None = None) -> None:
         self.act_qp = act_qp
+        self.shifts = shifts or {}
         self.params = {n.name: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in n.params.items()}
                        for n in graph.nodes if n.params}
+        self.qparams = {}  # quantized-model params: the bias on the program's int32 grid s_in * s_w
+        for n in graph.nodes:
+            if grids and n.name in grids and n.inputs[0] in act_qp and "bias" in n.params:
+                step = np.float32(act_qp[n.inputs[0]].scale) * grids[n.name].scale.astype(np.float32)
+                b = np.round(n.params["bias"].astype(np.float64) / step) * step
+                self.qparams[n.name] = {**self.params[n.name], "bias": torch.as_tensor(b, dtype=torch.float32)}
 
     def fq(self, name: str, y: torch.Tensor, drop: float, gen: torch.Generator | None) -> torch.Tensor:
         qp = self.act_qp.get(name)
         if qp is None:
             return y
-        q = fake_quantize(y, float(qp.scale), float(qp.zero_point), qp.qmin, qp.qmax, half_away=True)
+        s, z = float(qp.scale), float(qp.zero_point)
+        v = y / s
+        if name in self.shifts:  # first rounding of the gemmlowp requantization, to 1/2^R of a step
+            p = self.shifts[name]
+            v = v + (round_half_away(v * p) / p - v).detach()
+        q = round_half_away(v) + z  # in the integer domain: 14.5 * s / s must stay a tie
+        inside = (q >= qp.qmin) & (q <= qp.qmax)
+        out = (torch.clamp(q, qp.qmin, qp.qmax) - z) * s
+        q = torch.where(inside, y + (out - y).detach(), out.detach())  # STE inside the range (as fake_quantize)
         if drop > 0:
             keep_float = torch.rand(y.shape, generator=gen) < drop
             q = torch.where(keep_float, y, q)
@@ -105,7 +168,7 @@ class _Sim:
             drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True) -> dict[str, torch.Tensor]:
         env = {entry: x}
         for k, n in enumerate(nodes):
-            p = self.params.get(n.name, {})
+            p = (self.qparams if quant else self.params).get(n.name) or self.params.get(n.name, {})
             if weights and n.name in weights:
                 p = {**p, "weight": weights[n.name]}
             y = run_node(n, [env[i] for i in n.inputs], p)
@@ -164,10 +227,10 @@ class _Trainer:
             loss.backward()
             opt.step()
             if it == 0:
-                first = float(rec)
+                first = rec.item()
             if it >= cfg.iterations - 50:
-                tail.append(float(rec))
-            self.progress.advance(label, float(rec))
+                tail.append(rec.item())
+            self.progress.advance(label, rec.item())
         return first, float(np.mean(tail)) if tail else first
 
     def unit_brecq(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore, yf: TensorStore) -> tuple[float, float]:
@@ -218,7 +281,10 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
 
     t0 = time.perf_counter()
     units = find_units(graph, max_layers=cfg.max_layers)
-    sim = _Sim(graph, act_qp)
+    if cfg.requant not in ("gemmlowp", "exact"):
+        raise RecipeError(f"reconstruction option requant={cfg.requant!r}; use 'gemmlowp' (as q.run rounds by "
+                          "default) or 'exact' (single rounding, as rounding='onnxruntime')")
+    sim = _Sim(graph, act_qp, requant_shifts(graph, act_qp, grids) if cfg.requant == "gemmlowp" else None, grids)
     result = ReconResult()
     space = StoreSpace(cfg.memory_mb << 20, cfg.cache_dir)
     per_unit = [sum(1 for n in u.layers if n.name in grids) for u in units]

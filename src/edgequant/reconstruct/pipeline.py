@@ -14,7 +14,11 @@
 
 Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound, per block for
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
-``memory_mb``, ``cache_dir``, ``seed``, ``progress`` (None = when stderr is a terminal).
+``memory_mb``, ``cache_dir``, ``seed``, ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
+outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
+``rounding="onnxruntime"``), ``progress`` (None = when stderr is a terminal).
+
+``bias_correction`` is rejected: it would change the float targets the rounding is fitted to.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 
 from ..errors import RecipeError
 from ..ir import Graph, Node
+from ..lowbit.edges import node_bits
 from ..qmath import QParams
 from ..recipes import Recipe, get_recipe
 from ..weight_quant import WEIGHT_METHODS, register_weight_method
@@ -63,9 +68,11 @@ def _base_method(recipe: Recipe) -> str:
 
 def weight_grid(node: Node, recipe: Recipe, bits: int) -> WeightGrid:
     """The base method's scale, and per-channel bounds ``+-max|q_base|`` (its range per channel)."""
-    q0, scale = WEIGHT_METHODS[_base_method(recipe)](node, recipe, bits)
+    res = WEIGHT_METHODS[_base_method(recipe)](node, recipe, bits)
+    q0, scale = res[0], res[1]
     hi = np.abs(q0.astype(np.int64)).reshape(q0.shape[0], -1).max(axis=1).astype(np.float32)
-    return WeightGrid(np.asarray(scale, np.float32).reshape(-1), -hi, hi, bits)
+    extra = dict(res[2]) if len(res) > 2 else {}  # e.g. bit allocation's channel_bits / packed size
+    return WeightGrid(np.asarray(scale, np.float32).reshape(-1), -hi, hi, bits, extra)
 
 
 @register_weight_method(LEARNED)
@@ -76,7 +83,7 @@ def learned_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, 
     if node.attrs["learned_bits"] != bits:
         raise RecipeError(f"{node.describe()}: rounding was learned at {node.attrs['learned_bits']} bits but the recipe "
                           f"{recipe.name!r} lowers it at {bits}; quantize again with this recipe")
-    return node.attrs["learned_weight"], node.attrs["learned_scale"]
+    return node.attrs["learned_weight"], node.attrs["learned_scale"], dict(node.attrs.get("learned_extra", {}))
 
 
 def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None, calib: Iterable | None) -> Graph:
@@ -90,19 +97,23 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
     if recipe.option("weight_method", "observer") != LEARNED:
         raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs option weight_method={LEARNED!r} so the "
                           "program gets the learned integers")
+    if recipe.option("bias_correction") not in (None, False, "none"):
+        raise RecipeError(f"recipe {recipe.name!r}: bias_correction with reconstruction would fit the rounding to "
+                          "corrected biases and then rescale it; reconstruction already fits each output, so drop "
+                          "the bias_correction option")
     g = graph.copy()
     grids = {}
     for n in g.nodes:
         if n.op not in GEMM_OPS:
             continue
-        wb, _ = recipe.layer_bits(n.module)
+        wb, _ = node_bits(g, recipe, n)  # overrides and the first/last-layer rule, as lowering does
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
     res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
     for n in g.nodes:
         if n.name in res.weights:
             q, scale, bits = res.weights[n.name]
-            n.attrs.update(learned_weight=q, learned_scale=scale, learned_bits=bits)
+            n.attrs.update(learned_weight=q, learned_scale=scale, learned_bits=bits, learned_extra=grids[n.name].extra)
     LAST_RESULT = res
     return g
 
@@ -127,6 +138,7 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable, exam
     if LAST_RESULT is not None and r.option("reconstruct"):
         q.program.meta["reconstruct"] = {
             "seconds": LAST_RESULT.seconds,
+            "disk_bytes_peak": LAST_RESULT.disk_bytes_peak,
             "units": [dataclasses.asdict(u) for u in LAST_RESULT.units],
         }
     return q
