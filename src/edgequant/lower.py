@@ -22,6 +22,11 @@ from .lowbit.edges import node_bits
 from .weight_quant import quantize_weight_ex
 
 
+# integer instructions that requantize into their output (gemmlowp M0/shift); a sub-8-bit
+# output gets ``attrs["rounding"] = "single"`` (qmath.requant_rounding)
+REQUANT_OPS = frozenset({"conv", "linear", "conv_xnor", "linear_xnor", "add", "cat", "mean"})
+
+
 class _Lowering:
     def __init__(self, graph: Graph, recipe: Recipe, act_qp: dict[str, QParams]) -> None:
         self.g = graph
@@ -34,7 +39,11 @@ class _Lowering:
     def emit(self, op: str, node: Node, inputs: list[str], attrs=None, arrays=None, out: str | None = None,
              info: TensorInfo | None = None) -> str:
         out = out or node.name
-        self.instrs.append(Instr(op, inputs, out, attrs or {}, arrays or {}, node.name))
+        attrs = dict(attrs or {})
+        rounding = qmath.requant_rounding(info.qparams.bits) if op in REQUANT_OPS and info and info.qparams else None
+        if rounding:  # recorded on the instruction, so saved programs keep the arithmetic they had
+            attrs["rounding"] = rounding
+        self.instrs.append(Instr(op, inputs, out, attrs, arrays or {}, node.name))
         if info is not None:
             self.tensors[out] = info
         self.where[node.name] = out

@@ -6,6 +6,11 @@ multiplier and a power-of-two shift. Rounding is always an explicit mode:
 
 * ``"gemmlowp"`` -- SaturatingRoundingDoublingHighMul then RoundingDivideByPOT (TFLite/LiteRT).
 * ``"onnxruntime"`` -- float32 multiply then round-half-even (ONNX Runtime's MLAS requantize).
+
+Inside the gemmlowp mode an instruction may ask for ``"single"`` rounding (``requantize``'s
+``rounding="single"``): TFLite's ``TFLITE_SINGLE_ROUNDING`` form, one rounding of the exact int64
+product. ``lower`` records it on requantizations whose output is narrower than 8 bits, where the
+double rounding moves a few percent of outputs by a whole step (see ``requant_rounding``).
 """
 from __future__ import annotations
 
@@ -243,6 +248,30 @@ def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.nd
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, m0), right)
 
 
+def multiply_by_quantized_multiplier_single(x: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``x * M0 * 2^(shift-31)`` rounded once: TFLite's ``TFLITE_SINGLE_ROUNDING`` form
+    ``(x * M0 + 2^(s-1)) >> s`` with ``s = 31 - shift``, computed on ``|x|`` so that ties go away
+    from zero (TFLite's form rounds them toward +inf) -- the tie rule of the rest of the gemmlowp
+    program and of its fake-quant simulation. Exact: ``|x| M0 < 2^62`` fits int64."""
+    shift = np.asarray(shift, np.int64)
+    total = np.int64(31) - shift  # in [1, 62]: quantize_multiplier keeps shift in [-31, 30]
+    x = np.clip(np.asarray(x, np.int64), INT32_MIN, INT32_MAX)  # the int32 accumulator TFLite takes
+    p = np.abs(x) * np.asarray(m0, np.int64)
+    q = (p + (np.int64(1) << (total - 1))) >> total
+    return np.clip(np.where(x < 0, -q, q), INT32_MIN, INT32_MAX)
+
+
+def requant_rounding(bits: int) -> str | None:
+    """The recorded rounding of a gemmlowp requantization writing a ``bits``-wide tensor.
+
+    8 bits and wider keep gemmlowp's double rounding (what TFLite runs; the exporter's parity
+    depends on it): ``None``, nothing recorded. Narrower outputs have accumulators of a few
+    hundred and multipliers near 1/2, where SaturatingRoundingDoublingHighMul's first rounding
+    lands on a half step often enough to move 3-9% of outputs: ``"single"``.
+    """
+    return "single" if bits < 8 else None
+
+
 def requantize(
     acc: np.ndarray,
     *,
@@ -256,11 +285,14 @@ def requantize(
 ) -> np.ndarray:
     """int32 accumulator -> output integers: ``clamp(zp + acc * M, qmin, qmax)``.
 
-    ``gemmlowp`` uses (m0, shift); ``onnxruntime`` multiplies in float32 by ``real_multiplier``
-    and rounds half to even, exactly as MLAS does.
+    ``gemmlowp`` uses (m0, shift) with double rounding, ``single`` the same (m0, shift) rounded
+    once; ``onnxruntime`` multiplies in float32 by ``real_multiplier`` and rounds half to even,
+    exactly as MLAS does.
     """
     if rounding == "gemmlowp":
         y = multiply_by_quantized_multiplier(acc, m0, shift)
+    elif rounding == "single":
+        y = multiply_by_quantized_multiplier_single(acc, m0, shift)
     elif rounding == "onnxruntime":
         y = np.rint(np.asarray(acc).astype(np.float32) * np.asarray(real_multiplier, np.float32))
         y = y.astype(np.int64)

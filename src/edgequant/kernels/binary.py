@@ -99,7 +99,7 @@ def _xnor_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     y = qmath.requantize(
         acc, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
         real_multiplier=instr.arrays["multiplier"].reshape(cs), zero_point=int(ctx.qp(instr.output).zero_point),
-        qmin=lo, qmax=hi, rounding=ctx.rounding,
+        qmin=lo, qmax=hi, rounding=ctx.requant_rounding(instr),
     )
     return y.astype(np.int8)
 

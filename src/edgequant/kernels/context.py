@@ -21,6 +21,15 @@ class KernelContext:
     def half_away(self) -> bool:
         return self.rounding == "gemmlowp"
 
+    def requant_rounding(self, instr: Instr) -> str:
+        """The rounding a requantizing instruction uses: the run's mode, except that in the
+        gemmlowp mode an instruction lowered with ``rounding: "single"`` (an output narrower than
+        8 bits, ``qmath.requant_rounding``) rounds once. Programs saved without the attr keep
+        double rounding."""
+        if self.rounding == "gemmlowp" and instr.attrs.get("rounding") == "single":
+            return "single"
+        return self.rounding
+
     def fq(self, x: torch.Tensor, name: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
         """Fake-quantize ``x`` with tensor ``name``'s qparams, optionally to a narrower int range."""
         qp = self.qp(name)

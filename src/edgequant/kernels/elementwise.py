@@ -42,10 +42,12 @@ def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     xa = inputs[0].astype(np.int64) - int(a_qp.zero_point)
     xb = inputs[1].astype(np.int64) - int(b_qp.zero_point)
     lo, hi = act_bounds(instr, ctx)
-    if ctx.rounding == "gemmlowp":
-        sa = qmath.multiply_by_quantized_multiplier(xa << at["left_shift"], at["m0_a"], at["shift_a"])
-        sb = qmath.multiply_by_quantized_multiplier(xb << at["left_shift"], at["m0_b"], at["shift_b"])
-        y = qmath.multiply_by_quantized_multiplier(sa + sb, at["m0_out"], at["shift_out"])
+    if ctx.rounding == "gemmlowp":  # all three rescalings round once where the instruction says so
+        mul = (qmath.multiply_by_quantized_multiplier_single if ctx.requant_rounding(instr) == "single"
+               else qmath.multiply_by_quantized_multiplier)
+        sa = mul(xa << at["left_shift"], at["m0_a"], at["shift_a"])
+        sb = mul(xb << at["left_shift"], at["m0_b"], at["shift_b"])
+        y = mul(sa + sb, at["m0_out"], at["shift_out"])
     else:
         y = _ort_qlinear_add(inputs[0], inputs[1], int(a_qp.zero_point), int(b_qp.zero_point),
                              np.float32(at["ratio_a"]), np.float32(at["ratio_b"]), int(y_qp.zero_point))
@@ -94,7 +96,7 @@ def cat_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
         parts.append(qmath.requantize(
             x.astype(np.int64) - zx, m0=instr.arrays["m0"][k], shift=instr.arrays["shift"][k],
             real_multiplier=instr.arrays["multiplier"][k], zero_point=int(y_qp.zero_point),
-            qmin=y_qp.qmin, qmax=y_qp.qmax, rounding=ctx.rounding).astype(np.int8))
+            qmin=y_qp.qmin, qmax=y_qp.qmax, rounding=ctx.requant_rounding(instr)).astype(np.int8))
     return np.concatenate(parts, axis=instr.attrs["axis"])
 
 

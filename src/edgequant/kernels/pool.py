@@ -118,7 +118,7 @@ def mean_run(instr, inputs, ctx: KernelContext):
     acc = x.sum(axis=_spatial_axes(x), keepdims=instr.attrs["keepdim"])
     y = qmath.requantize(acc, m0=instr.arrays["m0"], shift=instr.arrays["shift"],
                          real_multiplier=instr.arrays["multiplier"], zero_point=int(qp.zero_point),
-                         qmin=qp.qmin, qmax=qp.qmax, rounding=ctx.rounding)
+                         qmin=qp.qmin, qmax=qp.qmax, rounding=ctx.requant_rounding(instr))
     return y.astype(np.int8)
 
 
