@@ -207,7 +207,9 @@ def test_w1a1_xnor_qat_is_an_xnor_popcount_program_with_8bit_edges(data):
     assert ops[1] == "conv" and ops[-2] == "linear"
 
 
-def test_plain_fake_quant_differs_where_gemmlowp_rounds_twice(data):
+def test_plain_fake_quant_matches_sub8bit_program_in_both_modes(data):
+    """2-bit outputs are requantized with single rounding (lower records it; gemmlowp's double
+    rounding used to move a few percent of them), so plain fake-quant is the program's value."""
     calib, xs, _ = data
     m = eq.models.digits_cnn(pretrained=True)
     qm = eq.qat.prepare(m, "w2a2-qat", calib, rounding=None).eval()
@@ -215,7 +217,8 @@ def test_plain_fake_quant_differs_where_gemmlowp_rounds_twice(data):
     with torch.no_grad():
         plain = qm(torch.from_numpy(xs[:256])).numpy()
     assert np.allclose(plain, q.run(xs[:256], rounding="onnxruntime"), atol=1e-4 * np.abs(plain).max())
-    assert not np.allclose(plain, q.run(xs[:256], rounding="gemmlowp"), atol=1e-3)
+    assert all(i.attrs.get("rounding") == "single" for i in q.program.instrs if i.op in ("conv", "linear"))
+    assert np.allclose(plain, q.run(xs[:256], rounding="gemmlowp"), atol=1e-4 * np.abs(plain).max())
 
 
 class _OddOps(nn.Module):

@@ -128,7 +128,7 @@ class QATGemm(nn.Module):
             real = si * s_w32.double() / g.scale
             real_f32 = (torch.tensor(si, dtype=torch.float32, device=x.device) * s_w32) / torch.tensor(g.scale, dtype=torch.float32, device=x.device)
             q = twin.requantize(acc, _per_channel(real, acc.ndim), _per_channel(real_f32, acc.ndim), g.zero_point, g.lo, g.hi,
-                                rounding)
+                                g.rounding(rounding))
             exact = g.value(q).to(y_fq.dtype)
         return y_fq + (exact - y_fq).detach()
 
