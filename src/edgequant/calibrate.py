@@ -18,7 +18,7 @@ from .qmath import QParams
 from .recipes import Recipe
 
 # Nodes whose output gets its own activation qparams; the others inherit their input's.
-OBSERVED_OPS = ("input", "conv", "linear", "add", "cat", "mean")
+OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean")
 
 
 class CalibrationWarning(UserWarning):

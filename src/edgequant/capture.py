@@ -164,12 +164,83 @@ def _clamp_op(ctx, fx, args):
                 {"lo": float(lo) if lo is not None else float("-inf"), "hi": float(hi) if hi is not None else float("inf")})
 
 
+def _unary(fn: str, **defaults) -> Callable:
+    """An element-wise function of one activation (lowered to a lookup table); ``defaults`` name
+    the op's extra positional arguments in order, with their defaults."""
+    def f(ctx, fx, args):
+        attrs = {"fn": fn}
+        for k, (key, default) in enumerate(defaults.items()):
+            v = args[1 + k] if len(args) > 1 + k else fx.kwargs.get(key, default)
+            attrs[key] = v if isinstance(v, str) else float(v)
+        if fn == "gelu":
+            attrs["approximate"] = str(fx.kwargs.get("approximate", args[1] if len(args) > 1 else "none"))
+        return Node(fx.name, "unary", [ctx.ref(args[0], fx)], attrs)
+    return f
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _affine(ctx, fx, x, mul: float, add: float) -> Node:
+    """``x * mul + add`` with constant scalars: one more element-wise function (a lookup table)."""
+    if not (np.isfinite(mul) and np.isfinite(add)):
+        raise UnsupportedOpError(f"node '{fx.name}' ({fx.target}): a non-finite constant ({mul}, {add})")
+    return Node(fx.name, "unary", [ctx.ref(x, fx)], {"fn": "affine", "mul": float(mul), "add": float(add)})
+
+
+def _broadcast_ok(fx, a, b) -> None:
+    sa, sb, so = _shape(a), _shape(b), _shape(fx)
+    if len(sa) != len(so) or len(sb) != len(so) or sa[0] != so[0] or sb[0] != so[0]:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' ({fx.target}): {sa} with {sb}; broadcasting is supported between tensors of the "
+            "same rank and batch (e.g. (N, C, 1, 1) * (N, C, H, W))")
+
+
+def _mul(ctx, fx, args):
+    a, b = args[0], args[1]
+    if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and not (ctx.is_param(a) or ctx.is_param(b)):
+        _broadcast_ok(fx, a, b)
+        return Node(fx.name, "mul", [ctx.ref(a, fx), ctx.ref(b, fx)])
+    if _scalar(b):
+        return _affine(ctx, fx, a, float(b), 0.0)
+    if _scalar(a):
+        return _affine(ctx, fx, b, float(a), 0.0)
+    raise UnsupportedOpError(
+        f"node '{fx.name}': multiply by a constant tensor or parameter is not supported; "
+        "only activation * activation and activation * scalar")
+
+
+def _div(ctx, fx, args):
+    a, b = args[0], args[1]
+    if fx.kwargs.get("rounding_mode") is not None or not _scalar(b) or float(b) == 0.0:
+        raise UnsupportedOpError(f"node '{fx.name}': only division of an activation by a non-zero scalar is supported")
+    return _affine(ctx, fx, a, 1.0 / float(b), 0.0)
+
+
+def _sub(ctx, fx, args):
+    a, b = args[0], args[1]
+    alpha = float(fx.kwargs.get("alpha", args[2] if len(args) > 2 else 1))
+    if fx.target == aten.rsub.Scalar:  # b - alpha * a
+        return _affine(ctx, fx, a, -alpha, float(b))
+    if _scalar(b):
+        return _affine(ctx, fx, a, 1.0, -alpha * float(b))
+    if _scalar(a):
+        return _affine(ctx, fx, b, -alpha, float(a))
+    raise UnsupportedOpError(f"node '{fx.name}': subtraction of two tensors is not supported yet; only tensor - scalar")
+
+
 def _add(ctx, fx, args):
     a, b = args[0], args[1]
-    alpha = fx.kwargs.get("alpha", 1)
+    alpha = fx.kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+    if _scalar(b) and isinstance(a, torch.fx.Node):
+        return _affine(ctx, fx, a, 1.0, float(alpha) * float(b))
+    if _scalar(a) and isinstance(b, torch.fx.Node) and alpha == 1:
+        return _affine(ctx, fx, b, 1.0, float(a))
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
         raise UnsupportedOpError(
-            f"node '{fx.name}': add of a constant (or with alpha) is not supported yet; only tensor + tensor"
+            f"node '{fx.name}': add of a constant tensor (or with alpha) is not supported yet; "
+            "only tensor + tensor and tensor + scalar"
         )
     if _shape(a) != _shape(b):
         raise UnsupportedOpError(f"node '{fx.name}': add with broadcasting {_shape(a)} + {_shape(b)} is not supported yet")
@@ -270,7 +341,19 @@ HANDLERS: dict = {
     aten.relu.default: _clamp(0.0, float("inf")), aten.relu_.default: _clamp(0.0, float("inf")),
     aten.relu6.default: _clamp(0.0, 6.0), aten.hardtanh.default: _hardtanh, aten.hardtanh_.default: _hardtanh,
     aten.clamp.default: _clamp_op, aten.clip.default: _clamp_op,
-    aten.add.Tensor: _add, aten.add_.Tensor: _add,
+    aten.add.Tensor: _add, aten.add_.Tensor: _add, aten.add.Scalar: _add,
+    aten.sub.Tensor: _sub, aten.sub.Scalar: _sub, aten.rsub.Scalar: _sub,
+    aten.mul.Tensor: _mul, aten.mul_.Tensor: _mul, aten.mul.Scalar: _mul,
+    aten.div.Tensor: _div, aten.div.Scalar: _div,
+    aten.sigmoid.default: _unary("sigmoid"), aten.sigmoid_.default: _unary("sigmoid"),
+    aten.tanh.default: _unary("tanh"), aten.tanh_.default: _unary("tanh"),
+    aten.hardsigmoid.default: _unary("hardsigmoid"), aten.hardsigmoid_.default: _unary("hardsigmoid"),
+    aten.hardswish.default: _unary("hardswish"), aten.hardswish_.default: _unary("hardswish"),
+    aten.silu.default: _unary("silu"), aten.silu_.default: _unary("silu"),
+    aten.gelu.default: _unary("gelu"), aten.mish.default: _unary("mish"),
+    aten.leaky_relu.default: _unary("leaky_relu", alpha=0.01), aten.leaky_relu_.default: _unary("leaky_relu", alpha=0.01),
+    aten.elu.default: _unary("elu", alpha=1.0, scale=1.0, input_scale=1.0),
+    aten.elu_.default: _unary("elu", alpha=1.0, scale=1.0, input_scale=1.0),
     aten.cat.default: _cat, aten.concat.default: _cat,
     aten.max_pool2d.default: _maxpool, aten.max_pool2d_with_indices.default: _maxpool,
     aten.avg_pool2d.default: _avgpool,
@@ -343,7 +426,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
             raise UnsupportedOpError(
                 f"node '{fx.name}'{where} uses {target}, which edgequant cannot run as integer "
                 "arithmetic yet. Supported: Conv1d/2d, Linear, BatchNorm, ReLU, ReLU6/Hardtanh, clamp, "
-                "add, cat, max/avg pooling, global mean, flatten/reshape, constant pad, dropout. "
+                "add, mul (with (N,C,1,1) broadcasting), sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, Mish, "
+                "LeakyReLU, ELU, arithmetic with scalar constants, cat, max/avg pooling, global mean, flatten/reshape, constant pad, dropout. "
                 "Replace the op, or keep that part of the model outside the quantized module."
             )
         node = HANDLERS[target](ctx, fx, list(fx.args))

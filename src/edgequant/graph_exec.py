@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .ir import Graph, Node
+from .unary import apply as apply_unary
 
 Hook = Callable[[Node, torch.Tensor], torch.Tensor]
 
@@ -64,6 +65,10 @@ def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tenso
         return torch.clamp(args[0], min=None if lo == float("-inf") else lo, max=None if hi == float("inf") else hi)
     if op == "add":
         return _act(args[0] + args[1], node)
+    if op == "mul":
+        return args[0] * args[1]
+    if op == "unary":
+        return apply_unary(a["fn"], a, args[0])
     if op == "cat":
         return torch.cat(args, a["axis"])
     if op in ("maxpool", "avgpool"):

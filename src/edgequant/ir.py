@@ -10,6 +10,9 @@ Ops (attrs in brackets):
   batchnorm [eps]                         params weight, bias, mean, var (folded away by passes)
   clamp     [lo, hi]                      ReLU (0, inf), ReLU6/Hardtanh (lo, hi)
   add                                     two tensors, same shape (broadcast-free)
+  mul                                     two tensors, same rank, size-1 dims broadcast ((N,C,1,1) * (N,C,H,W))
+  unary     [fn, fn's constants]          element-wise function of one tensor (``unary.FUNCTIONS``:
+                                          sigmoid, hardswish, ..., affine x*mul+add); a lookup table
   cat       [axis]
   maxpool   [kernel, stride, padding(t,b,l,r), dilation, ceil_mode]
   avgpool   [kernel, stride, padding(t,b,l,r), ceil_mode, count_include_pad]
@@ -27,7 +30,7 @@ import numpy as np
 
 from .errors import CaptureError
 
-OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "cat", "maxpool", "avgpool", "mean", "reshape", "pad"}
+OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad"}
 
 
 @dataclass

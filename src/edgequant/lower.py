@@ -255,3 +255,6 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
         out = "output"
     meta = {"recipe": recipe.to_dict()}
     return Program(L.instrs, inp.name, out, L.tensors, meta)
+
+
+from . import lower_elementwise  # noqa: E402,F401  (registers the unary/mul lowerings into the tables)

@@ -12,12 +12,12 @@ import onnx
 
 from ..errors import ExportError
 from ..program import Program
-from . import onnx_float, onnx_qdq, onnx_qop
+from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop
 from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
 
 STYLES = {
-    "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS},
-    "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS},
+    "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
+    "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
 }
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 

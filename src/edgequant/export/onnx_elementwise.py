@@ -1,0 +1,63 @@
+"""ONNX emitters for element-wise functions (``lut`` / ``unary_f``) and products (``mul`` / ``mul_f``).
+
+A lookup table is the integer *implementation* of a float function, so the file carries the
+function itself between DequantizeLinear and QuantizeLinear (Sigmoid, HardSwish, Gelu, ...): every
+runtime knows it, and ONNX Runtime fuses ``DQ -> Sigmoid -> Q`` into its own table kernel
+(QLinearSigmoid) and ``DQ -> Mul -> Q`` into QLinearMul. The interpreter's "onnxruntime" mode uses
+the table built the way ORT computes (float32 dequantize, function, QuantizeLinear), see
+``kernels.lut``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ExportError
+from ..program import Instr
+from .onnx_graph import OnnxBuilder
+
+_SIMPLE = {"sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish", "mish": "Mish"}
+
+
+def float_function(b: OnnxBuilder, ins: Instr, x: str, out: str | None = None) -> str:
+    """The ONNX form of ``unary.FUNCTIONS[fn]`` on float tensor ``x``."""
+    a, fn, name = ins.attrs, ins.attrs["fn"], ins.output
+    if fn in _SIMPLE:
+        return b.node(_SIMPLE[fn], [x], out, name=name)[0]
+    if fn == "hardsigmoid":  # max(0, min(1, x/6 + 1/2)), PyTorch's constants
+        return b.node("HardSigmoid", [x], out, name=name, alpha=1.0 / 6.0, beta=0.5)[0]
+    if fn == "silu":
+        s = b.node("Sigmoid", [x], name=f"{name}_sigmoid")[0]
+        return b.node("Mul", [x, s], out, name=name)[0]
+    if fn == "gelu":
+        return b.node("Gelu", [x], out, name=name, approximate=str(a.get("approximate", "none")))[0]
+    if fn == "leaky_relu":
+        return b.node("LeakyRelu", [x], out, name=name, alpha=float(a["alpha"]))[0]
+    if fn == "elu":
+        if a.get("scale", 1.0) != 1.0 or a.get("input_scale", 1.0) != 1.0:
+            raise ExportError(f"layer '{ins.node}': ELU with scale/input_scale has no ONNX export yet")
+        return b.node("Elu", [x], out, name=name, alpha=float(a["alpha"]))[0]
+    if fn == "affine":
+        y = b.node("Mul", [x, b.const("mul", np.float32(a["mul"]))], name=f"{name}_mul")[0]
+        return b.node("Add", [y, b.const("add", np.float32(a["add"]))], out, name=name)[0]
+    raise ExportError(f"layer '{ins.node}': element-wise function {fn!r} has no ONNX export")
+
+
+def lut(b: OnnxBuilder, ins: Instr) -> None:
+    y = float_function(b, ins, b.dq(ins.inputs[0]))
+    b.quantize_into(y, ins.output)
+
+
+def mul(b: OnnxBuilder, ins: Instr) -> None:
+    y = b.node("Mul", [b.dq(ins.inputs[0]), b.dq(ins.inputs[1])], name=ins.output)[0]
+    b.quantize_into(y, ins.output, *b.out_bounds(ins))
+
+
+def unary_f(b: OnnxBuilder, ins: Instr) -> None:
+    float_function(b, ins, ins.inputs[0], ins.output)
+
+
+def mul_f(b: OnnxBuilder, ins: Instr) -> None:
+    b.node("Mul", list(ins.inputs), ins.output, name=ins.output)
+
+
+EMITTERS = {"lut": lut, "mul": mul, "unary_f": unary_f, "mul_f": mul_f}
