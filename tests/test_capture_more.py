@@ -175,6 +175,19 @@ def test_run_matches_simulate(random_nets, act, rounding):
     assert float((q.run(x) - ref).abs().max() / ref.abs().max()) < 0.2
 
 
+def test_low_bit_recipe_tables_and_single_rounding_mul(random_nets):
+    """4-bit activations: 16-entry tables; the SE product requantizes with single rounding like every
+    sub-8-bit requantization, so the program and its twin agree."""
+    model, _ = random_nets["silu"]
+    torch.manual_seed(2)
+    q = eq.quantize(model, "w4a4", [torch.rand(64, 1, 8, 8)])
+    assert {i.arrays["table"].shape[0] for i in q.program.instrs if i.op == "lut"} == {16}
+    assert {i.attrs.get("rounding") for i in q.program.instrs if i.op == "mul"} == {"single"}
+    x = torch.rand(64, 1, 8, 8)
+    assert int((q.run(x, return_int=True).int() - q.simulate(x, return_int=True).int()).abs().max()) <= 1
+    assert float((q.run(x).argmax(1) == q.simulate(x).argmax(1)).float().mean()) >= 0.99
+
+
 # -- the lookup table is the definition, on every code -----------------------------------------------
 def _erf_gelu(v):
     return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))

@@ -24,7 +24,7 @@ from .weight_quant import quantize_weight_ex
 
 # integer instructions that requantize into their output (gemmlowp M0/shift); a sub-8-bit
 # output gets ``attrs["rounding"] = "single"`` (qmath.requant_rounding)
-REQUANT_OPS = frozenset({"conv", "linear", "conv_xnor", "linear_xnor", "add", "cat", "mean"})
+REQUANT_OPS = frozenset({"conv", "linear", "conv_xnor", "linear_xnor", "add", "cat", "mean", "mul"})
 
 
 class _Lowering:

@@ -2,8 +2,10 @@
 Squeeze-and-Excitation gate: (N, C, 1, 1) * (N, C, H, W)).
 
 Integer form (TFLite MUL, int8): ``acc = (a - za) * (b - zb)`` exactly in int32, requantized by
-``M = s_a * s_b / s_y`` as (Q31 M0, shift) -- gemmlowp rounding -- or by the float32 multiplier
-and round-half-even in the onnxruntime mode, plus the output zero point, saturated.
+``M = s_a * s_b / s_y`` as (Q31 M0, shift) -- gemmlowp rounding, rounded once for outputs narrower
+than 8 bits like every requantization (``qmath.requant_rounding``) -- or by the float32 multiplier
+and round-half-even in the onnxruntime mode (ONNX Runtime's QLinearMul), plus the output zero
+point, saturated.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def mul_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     lo, hi = act_bounds(instr, ctx)
     a = instr.arrays
     y = qmath.requantize(acc, m0=a["m0"][0], shift=a["shift"][0], real_multiplier=a["multiplier"][0],
-                         zero_point=int(ctx.qp(instr.output).zero_point), qmin=lo, qmax=hi, rounding=ctx.rounding)
+                         zero_point=int(ctx.qp(instr.output).zero_point), qmin=lo, qmax=hi,
+                         rounding=ctx.requant_rounding(instr))
     return y.astype(np.int8)
 
 
