@@ -59,8 +59,9 @@ def allocate_bits(alphas: np.ndarray, mean_bits: float, lo: int = 1, hi: int = 8
     m = np.floor(t + 1e-9).astype(np.int64)
     frac = t - m
     rem = total - int(m.sum())
-    # largest remainder first; ties -> larger alpha, then lower channel index (deterministic)
-    order = np.lexsort((np.arange(C), -np.nan_to_num(g, neginf=-1e300), -frac))
+    # largest remainder first; ties -> larger alpha (compared as alpha: log2 can merge close ones), then index
+    # (remainders equal up to bisection noise count as ties, so a larger alpha never gets fewer bits)
+    order = np.lexsort((np.arange(C), -a, -np.round(frac, 9)))
     while rem != 0:
         step = 1 if rem > 0 else -1
         cands = [i for i in (order if step > 0 else order[::-1]) if lo <= m[i] + step <= hi]
