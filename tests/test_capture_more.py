@@ -347,3 +347,28 @@ class _MulParam(nn.Module):
 def test_unsupported_ops_still_name_the_node(model, match):
     with pytest.raises(UnsupportedOpError, match=match):
         eq.quantize(model, "w8a8-pc", [torch.rand(4, 3, 4, 4)])
+
+
+@pytest.mark.parametrize("act", [a for a, _ in VARIANTS])
+def test_qat_quantizes_lookup_tables_and_mul_like_the_program(random_nets, act):
+    """QAT on SE/hardswish nets: the trained module's forward is the converted program's arithmetic."""
+    model, _ = random_nets[act]
+    calib = [torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    qm = eq.qat.prepare(model, "w4a4-qat", calib)
+    opt = torch.optim.SGD(qm.parameters(), lr=1e-3)
+    qm.train()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x = torch.rand(32, 1, 8, 8, generator=g)
+        loss = torch.nn.functional.cross_entropy(qm(x), model(x).argmax(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    qm.eval()
+    q = eq.qat.convert(qm)
+    x = torch.rand(256, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        trained = qm(x).numpy()
+    program = np.asarray(q.run(x))
+    assert np.mean(trained.argmax(1) == program.argmax(1)) >= 0.99
+    np.testing.assert_allclose(trained, program, atol=1e-5)

@@ -206,7 +206,7 @@ class QATModel(nn.Module):
             elif n.op == "pad":
                 v, _ = self.act_quantizer(n.inputs[0]).real_bounds(n.attrs["value"], n.attrs["value"])
                 y = F.pad(args[0], [p for pr in reversed(n.attrs["pads"]) for p in pr], value=v)
-            elif n.op in ("add", "cat", "mean", "avgpool"):
+            elif n.op in ("add", "cat", "mean", "avgpool", "unary", "mul"):
                 y = self._requantizing(n, args, rounding)
             else:  # maxpool, reshape: exact on the input grid
                 y = run_node(n, args, {})
@@ -231,7 +231,7 @@ class QATModel(nn.Module):
         return y + (g.value(q).to(y.dtype) - y).detach()
 
     def _requantizing(self, n: Node, args: list[torch.Tensor], rounding: str | None) -> torch.Tensor:
-        """add, cat, mean, avgpool: float op + fake-quant, valued as the integer kernel computes."""
+        """add, cat, mean, avgpool, lookup tables, mul: float op + fake-quant, valued as the integer kernel computes."""
         if n.op == "avgpool":
             out_q = self.act_quantizer(n.name)
             y_fq = out_q.requant(run_node(n, args, {}))
