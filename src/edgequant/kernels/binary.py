@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import qmath
 from ..errors import UnsupportedOpError
 from . import RUN, SIM, gemm, register
-from .context import KernelContext, act_bounds
+from .context import KernelContext
+from .conv import requantize_accumulator
 
 _WORD_BYTES = 8
 _CHUNK_BYTES = 1 << 24  # scratch per popcount block
@@ -92,16 +92,7 @@ def xnor_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
 
 def _xnor_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     zx = int(ctx.qp(instr.inputs[0]).zero_point)
-    acc = xnor_accumulate(instr, inputs[0], zx)
-    cs = (1, -1) + (1,) * (acc.ndim - 2)
-    acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
-    lo, hi = act_bounds(instr, ctx)
-    y = qmath.requantize(
-        acc, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
-        real_multiplier=instr.arrays["multiplier"].reshape(cs), zero_point=int(ctx.qp(instr.output).zero_point),
-        qmin=lo, qmax=hi, rounding=ctx.requant_rounding(instr),
-    )
-    return y.astype(np.int8)
+    return requantize_accumulator(instr, xnor_accumulate(instr, inputs[0], zx), ctx)
 
 
 for _op in ("conv", "linear"):

@@ -62,7 +62,11 @@ def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
 
 def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     zx = int(ctx.qp(instr.inputs[0]).zero_point)
-    acc = int_accumulate(instr, inputs[0], zx)
+    return requantize_accumulator(instr, int_accumulate(instr, inputs[0], zx), ctx)
+
+
+def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext) -> np.ndarray:
+    """int32 accumulator (N, C_out, ...) + bias -> the output int8 tensor, per-channel requantization."""
     cs = _channel_shape(acc)
     acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
     lo, hi = act_bounds(instr, ctx)
