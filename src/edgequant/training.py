@@ -31,7 +31,7 @@ def train_classifier(model: nn.Module, train: Iterable, epochs: int = 20, lr: fl
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             n += len(y)
         if log:
             log(f"epoch {ep + 1}/{epochs}  loss {total / max(n, 1):.4f}")
