@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from edgequant import artifact, interpreter, qmath
 from edgequant.errors import ArtifactError
 from edgequant.kernels.conv import int_accumulate
 from edgequant.qat import integer_twin as twin
+from test_artifact import reseal
 
 INT32 = st.integers(qmath.INT32_MIN, qmath.INT32_MAX)
 
@@ -183,16 +183,6 @@ def test_attr_round_trips_and_old_artifacts_keep_double_rounding(programs, x, tm
     assert not np.array_equal(y_old, q.run(x, return_int=True))
 
 
-def _reseal(root: Path) -> None:
-    m = json.loads((root / artifact.MANIFEST).read_text())
-    for name in artifact.FILES:
-        data = (root / name).read_bytes()
-        m["files"][name] = {"sha256": artifact._sha256(data), "bytes": len(data)}
-    m.pop("manifest_sha256")
-    m["manifest_sha256"] = artifact._sha256(artifact._json_bytes(m))
-    (root / artifact.MANIFEST).write_bytes(artifact._json_bytes(m))
-
-
 def test_unknown_recorded_rounding_is_rejected(programs, tmp_path):
     root = tmp_path / "m"
     programs["w2a4-aciq"].save(root)
@@ -200,6 +190,6 @@ def test_unknown_recorded_rounding_is_rejected(programs, tmp_path):
     k = next(k for k, i in enumerate(doc["instrs"]) if i["attrs"].get("rounding") == "single")
     doc["instrs"][k]["attrs"]["rounding"] = "double"
     (root / artifact.PROGRAM).write_text(json.dumps(doc))
-    _reseal(root)
+    reseal(root)
     with pytest.raises(ArtifactError, match=rf"instrs\[{k}\]\.attrs\.rounding"):
         eq.load(root)
