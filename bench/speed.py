@@ -10,9 +10,11 @@ folded by edgequant's capture) and a BERT-base encoder layer (seq 128, built fro
 * ORT qdyn   -- ``quantize_dynamic`` (int8 weights; BERT only, the usual recipe for transformers)
 * torch      -- PyTorch fp32 eager
 
-Latency is the median of interleaved repeats (every variant once per round, order alternating,
-so machine noise hits all of them alike); a speedup is the median over rounds of
-(other / ours) timed in the same round -- robust on a shared machine.
+Latency is the median of interleaved rounds: every round runs each variant in a fresh random
+order, as one untimed call (it absorbs the switch: the previous variant's ORT/OpenMP threads
+still spinning, cold caches) then ``--burst`` timed calls (median), so machine noise hits all
+variants alike and no variant always follows the same neighbour; a speedup is the median over
+rounds of (other / ours) timed in the same round -- robust on a shared machine.
 Batch 1 and 8, 1 and 2 threads. Also file sizes and quantization time (ours vs quantize_static).
 
     python bench/speed.py                      # everything (~10 min on a 2-core box)
@@ -217,11 +219,15 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
                 for fn in fns.values():  # warm up (ORT allocates arenas on the first runs)
                     fn(), fn()
                 order = list(fns)
+                shuffle = np.random.default_rng(1)
                 for r in range(args.repeats):
-                    for k in (order if r % 2 == 0 else order[::-1]):  # alternate the order too
-                        w, c = timed(fns[k])
-                        times[k].append(w)
-                        cpu[k].append(c)
+                    for k in shuffle.permutation(order):  # a fresh random order every round
+                        # a burst of calls; the first absorbs the switch from the previous variant
+                        # (its threads still spinning, caches cold) and is not counted
+                        fns[k]()
+                        burst = [timed(fns[k]) for _ in range(args.burst)]
+                        times[k].append(statistics.median(w for w, _ in burst))
+                        cpu[k].append(statistics.median(c for _, c in burst))
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             paired, paired_cpu = {}, {}  # median over rounds of (other / ours) in the same round
             if "ours int8" in times:
@@ -248,6 +254,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="image side for the conv nets (ImageNet: 224)")
     ap.add_argument("--seq", type=int, default=128, help="sequence length for the BERT layer")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64x64, seq 32, batch 1, 1 thread, 2 repeats")
+    ap.add_argument("--burst", type=int, default=3,
+                    help="timed calls per variant per round after one untimed switch-over call (median)")
     ap.add_argument("--no-spin", action="store_true",
                     help="ORT worker threads block instead of spinning (fairer on a loaded machine)")
     ap.add_argument("--tflite", action="store_true", help="afterwards run bench/speed_tflite.py (LiteRT) if present")
@@ -257,7 +265,7 @@ def main() -> None:
     if args.quick:
         args.size, args.seq, args.batches, args.threads, args.repeats, args.calib = 64, 32, [1], [1], 2, 4
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, edgequant {eq.__version__}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats, median, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved rounds x burst {args.burst}, median, "
           f"ORT spinning {'on' if SPIN else 'off'}",
           flush=True)
     rows, infos = [], []
