@@ -198,3 +198,13 @@ def test_bad_options_are_export_errors(nets, tmp_path):
     with pytest.raises(ExportError, match="format"):
         q.export(tmp_path / "x.onnx", format="coreml")
     assert ort_session(q) is ort_session(q)
+
+
+def test_sweep_fast_runner_uses_the_sweeps_thread_count(nets, digits_test_x):
+    from edgequant.sweep import timing
+
+    q, ref = nets["digits_cnn"]
+    fn = timing.fast_runner(q, "onnxruntime", threads=1)
+    assert_parity(fn(digits_test_x[:32].numpy()), ref[:32], q)
+    assert ort_session(q, 1).get_session_options().intra_op_num_threads == 1
+    assert any(k[1] == 1 for k in q.__dict__["_ort_sessions"])

@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-samples", type=int, default=256,
                    help="eval samples for per-layer SQNR and the integer-vs-simulation check (default 256)")
     s.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the sweep (default 1: small models train and time best on one; "
-                        "0 = torch's default)")
+                   help="torch and ONNX Runtime intra-op threads for the sweep (default 1: small models train and time best on one; "
+                        "0 = the libraries' defaults)")
     s.add_argument("--rounding", choices=("gemmlowp", "onnxruntime"), default="gemmlowp")
     s.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time study")
     s.add_argument("--no-save", action="store_true", help="do not save the answer's artifact")

@@ -57,7 +57,8 @@ class SweepConfig:
     rounding: str = "gemmlowp"
     save: bool = True
     fast_backends: tuple[str, ...] = ("onnxruntime",)
-    # torch intra-op threads while the sweep runs (None = leave torch's setting). One by default: on
+    # torch and ONNX Runtime intra-op threads while the sweep runs (None = leave torch's setting and
+    # ORT's default, all cores). One by default: on
     # small models the training steps (reconstruction, QAT) ran ~10x slower with 2 threads on a busy
     # 2-core machine (synchronisation, not work), and one-thread latencies compare like for like
     threads: int | None = 1
@@ -111,7 +112,7 @@ def _fast_path(q: QuantizedModel, xb: np.ndarray, ref: np.ndarray, cfg: SweepCon
     """Time each fast runtime that runs this recipe; note why the others were skipped."""
     for b in cfg.fast_backends:
         try:
-            fn = timing.fast_runner(q, b)
+            fn = timing.fast_runner(q, b, cfg.threads)
             y = fn(xb)
         except Exception as e:  # a runtime that cannot take this recipe is reported, not fatal
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
