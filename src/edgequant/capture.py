@@ -47,15 +47,28 @@ class _Ctx:
         self.nodes: list[Node] = []
         self.alias: dict[str, str] = {}  # fx node name -> IR node name (identity ops)
         self.batch = batch
+        self.consts: dict[str, object] = {}  # fx node name -> value computed from constants only (capture_shape)
+        self.splits: dict[str, tuple] = {}  # chunk/split/unbind fx node -> its slices (capture_shape)
+        self.const_nodes: set[str] = set()
 
     def is_param(self, a) -> bool:
-        return isinstance(a, torch.fx.Node) and a.name in self.param_of
+        """A parameter, buffer, lifted constant, or a value computed from those alone."""
+        return isinstance(a, torch.fx.Node) and (a.name in self.param_of or a.name in self.consts)
+
+    is_const = is_param
+
+    def const_tensor(self, a) -> torch.Tensor:
+        return self.consts[a.name] if a.name in self.consts else self.state[self.param_of[a.name]]
 
     def param(self, a) -> np.ndarray:
-        t = self.state[self.param_of[a.name]]
+        t = self.const_tensor(a)
+        if not isinstance(t, torch.Tensor):
+            raise UnsupportedOpError(f"'{a.name}' is a {type(t).__name__} of constants, not one tensor")
         return t.detach().cpu().float().numpy().copy()
 
     def param_module(self, a) -> str:
+        if a.name not in self.param_of:
+            return ""
         return self.param_of[a.name].rsplit(".", 1)[0] if "." in self.param_of[a.name] else ""
 
     def ref(self, a, fx: torch.fx.Node) -> str:
@@ -414,6 +427,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         if fx.op != "call_function":
             raise UnsupportedOpError(f"node '{fx.name}': fx op {fx.op} is not supported")
         target = fx.target
+        if capture_shape.intercept(ctx, fx):  # constants folded, chunk/split and their items
+            continue
         if target in _IDENTITY or target is operator.getitem:
             if target is operator.getitem and fx.args[1] != 0:
                 raise UnsupportedOpError(f"node '{fx.name}': uses output {fx.args[1]} of {fx.args[0].target}; only the first output is supported")
@@ -431,10 +446,18 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
                 "Replace the op, or keep that part of the model outside the quantized module."
             )
         node = HANDLERS[target](ctx, fx, list(fx.args))
+        if node is None:  # the handler aliased fx to an existing node (e.g. a slice of the whole batch)
+            continue
         node.shape = _shape(fx)
         if not node.module:
             node.module = _module_path(fx)
         ctx.nodes.append(node)
     if out_name is None:
         raise CaptureError("the traced graph has no output")
+    if out_name in ctx.splits or out_name not in {n.name for n in ctx.nodes}:
+        raise CaptureError(f"the model's output '{out_name}' is not computed from the input (a constant, or the tuple of a "
+                           "split); return one tensor that depends on the input")
     return Graph(ctx.nodes, inputs[0].name, out_name).validate()
+
+
+from . import capture_shape  # noqa: E402  (registers slicing/upsampling/constant handlers into HANDLERS)

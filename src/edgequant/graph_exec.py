@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,8 +53,42 @@ def mean_float(x: torch.Tensor, keepdim: bool) -> torch.Tensor:
     return x.mean(dim=dims, keepdim=keepdim)
 
 
+def batch_broadcast(xs: list) -> list:
+    """Inputs of batch 1 (constants) expanded to the batch of the others (``cat``); torch or NumPy."""
+    n = max(int(x.shape[0]) for x in xs)
+    out = []
+    for x in xs:
+        if int(x.shape[0]) == 1 and n != 1:
+            shape = (n,) + tuple(x.shape[1:])
+            x = np.broadcast_to(x, shape) if isinstance(x, np.ndarray) else x.expand(shape)
+        out.append(x)
+    return out
+
+
+def upsample_float(x: torch.Tensor, a: dict) -> torch.Tensor:
+    if a["mode"] == "nearest":
+        return F.interpolate(x, size=tuple(a["size"]), mode="nearest")
+    return F.interpolate(x, size=tuple(a["size"]), mode="bilinear", align_corners=bool(a["align_corners"]))
+
+
+def _slice_float(node, args, params):
+    a = node.attrs
+    idx = [slice(None)] * args[0].ndim
+    idx[a["axis"]] = slice(a["start"], a["stop"], a["step"])
+    return args[0][tuple(idx)]
+
+
+SHAPE_OPS = {
+    "slice": _slice_float,
+    "upsample": lambda node, args, params: upsample_float(args[0], node.attrs),
+    "const": lambda node, args, params: params["value"],
+}
+
+
 def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
     op, a = node.op, node.attrs
+    if op in SHAPE_OPS:
+        return SHAPE_OPS[op](node, args, params)
     if op == "conv":
         return _act(conv_float(args[0], params["weight"], params.get("bias"), a), node)
     if op == "linear":
@@ -70,7 +105,7 @@ def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tenso
     if op == "unary":
         return apply_unary(a["fn"], a, args[0])
     if op == "cat":
-        return torch.cat(args, a["axis"])
+        return torch.cat(batch_broadcast(args), a["axis"])
     if op in ("maxpool", "avgpool"):
         return pool_float(op, args[0], a)
     if op == "mean":

@@ -9,7 +9,7 @@ Ops (attrs in brackets):
   linear                                  params weight (O, I), bias
   batchnorm [eps]                         params weight, bias, mean, var (folded away by passes)
   clamp     [lo, hi]                      ReLU (0, inf), ReLU6/Hardtanh (lo, hi)
-  add                                     two tensors, same shape (broadcast-free)
+  add                                     two tensors, same shape; a ``const`` operand broadcasts
   mul                                     two tensors, same rank, size-1 dims broadcast ((N,C,1,1) * (N,C,H,W))
   unary     [fn, fn's constants]          element-wise function of one tensor (``unary.FUNCTIONS``:
                                           sigmoid, hardswish, ..., affine x*mul+add); a lookup table
@@ -19,6 +19,10 @@ Ops (attrs in brackets):
   mean      []                            global average over H, W, keepdim per ``keepdim``
   reshape   [shape]                       shape without the batch dim (batch is kept)
   pad       [pads ((before, after) per dim, batch dim (0,0)), value]
+  slice     [axis (!= 0), start, stop, step]  data movement: x[..., start:stop:step, ...] along ``axis``
+  upsample  [mode (nearest|bilinear), size (H, W), align_corners]  2-D resize of (N, C, H, W); nearest by
+                                          whole factors only
+  const     params value (1, ...)         a constant tensor, broadcast over the batch (no inputs)
 After ``fuse_activations`` a conv/linear/add may carry ``act=(lo, hi)``: its output is clamped.
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from .errors import CaptureError
 
 OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad"}
+OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture_shape)
 
 
 @dataclass

@@ -258,3 +258,4 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
 
 
 from . import lower_elementwise  # noqa: E402,F401  (registers the unary/mul lowerings into the tables)
+from . import lower_shape  # noqa: E402,F401  (slice/upsample/const lowerings)

@@ -12,13 +12,14 @@ import onnx
 
 from ..errors import ExportError
 from ..program import Program
-from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop
+from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_shape
 from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
 
 STYLES = {
     "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
     "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
 }
+onnx_shape.install(STYLES)  # slice, upsample, constants; cat with a constant input
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 
 

@@ -24,3 +24,4 @@ def run_kernel(op: str) -> Callable:
 
 
 from . import conv, elementwise, pool, quant, binary, lut, mul  # noqa: E402,F401  (fill the tables)
+from . import shape  # noqa: E402,F401  (slice, upsample, const)

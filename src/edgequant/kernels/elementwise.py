@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .. import qmath
 from . import RUN, SIM, register
+from ..graph_exec import batch_broadcast
 from .context import KernelContext, act_bounds
 
 
@@ -81,6 +82,7 @@ def add_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
 
 @register("cat", RUN)
 def cat_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    inputs = batch_broadcast(inputs)  # a constant (batch 1), e.g. ViT's class token, joins every sample
     y_qp = ctx.qp(instr.output)
     parts = []
     for k, (name, x) in enumerate(zip(instr.inputs, inputs)):
@@ -102,6 +104,7 @@ def cat_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
 
 @register("cat", SIM)
 def cat_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    inputs = batch_broadcast(inputs)
     return torch.cat([x if same else ctx.fq(x, instr.output) for x, same in zip(inputs, instr.attrs["same"])],
                      instr.attrs["axis"])
 
@@ -125,12 +128,12 @@ def add_f_sim(instr, inputs, ctx):
 
 @register("cat_f", RUN)
 def cat_f_run(instr, inputs, ctx):
-    return np.concatenate(inputs, axis=instr.attrs["axis"])
+    return np.concatenate(batch_broadcast(inputs), axis=instr.attrs["axis"])
 
 
 @register("cat_f", SIM)
 def cat_f_sim(instr, inputs, ctx):
-    return torch.cat(inputs, instr.attrs["axis"])
+    return torch.cat(batch_broadcast(inputs), instr.attrs["axis"])
 
 
 # -- dtype-generic: attrs hold bounds/values in the tensor's own domain; *_real for the sim --------
