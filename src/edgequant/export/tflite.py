@@ -503,3 +503,4 @@ def export_tflite(q, path, **options) -> Path:
 
 
 __all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
+from . import tflite_shape  # noqa: E402,F401  (slice, upsample, const, mul emitters)
