@@ -23,4 +23,4 @@ def run_kernel(op: str) -> Callable:
     return RUN[op]
 
 
-from . import conv, elementwise, pool, quant, binary, lut, mul  # noqa: E402,F401  (fill the tables)
+from . import conv, elementwise, pool, quant, binary, lut, mul, transformer  # noqa: E402,F401  (fill the tables)
