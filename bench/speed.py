@@ -83,17 +83,6 @@ def make_model(name: str, size: int = 224, seq: int = 128) -> tuple[nn.Module, t
     raise SystemExit(f"unknown model {name!r}")
 
 
-def missing_ops(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """The aten ops of ``model`` that edgequant's capture has no handler for (why 'ours' is absent)."""
-    from edgequant.capture import _IDENTITY, HANDLERS
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g = torch.export.export(model, (x,), strict=False).run_decompositions({}).graph
-    seen = {n.target for n in g.nodes if n.op == "call_function"}
-    return sorted(str(t) for t in seen if t not in HANDLERS and t not in _IDENTITY and "getitem" not in str(t))
-
-
 def optimized_ops(model_bytes_or_path) -> dict[str, int]:
     """Op histogram of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
     with tempfile.TemporaryDirectory() as d:
@@ -159,15 +148,31 @@ def session(model_bytes_or_path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
 
 
-def ours(model: nn.Module, calib: np.ndarray, recipe: str = "w8a8-pc") -> tuple[bytes | None, float, str]:
-    """(ONNX bytes or None, seconds to quantize+export, why not) for edgequant."""
+def ours(model: nn.Module, calib: np.ndarray, recipe: str = "w8a8-pc") -> tuple[bytes | None, float, str, object]:
+    """(ONNX bytes or None, seconds to quantize+export, why not, the QuantizedModel) for edgequant."""
     t = time.perf_counter()
     try:
         q = eq.quantize(model, recipe, torch.from_numpy(calib))
         data = to_onnx(q).SerializeToString()
     except eq.EdgequantError as e:
-        return None, 0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
-    return data, time.perf_counter() - t, ""
+        return None, 0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:150]}", None
+    return data, time.perf_counter() - t, "", q
+
+
+def sqnr_db(ref: np.ndarray, y: np.ndarray) -> float:
+    ref, y = np.asarray(ref, np.float64), np.asarray(y, np.float64)
+    return float(10 * np.log10((ref**2).sum() / max(((ref - y) ** 2).sum(), 1e-300)))
+
+
+def bert_accuracy(model: nn.Module, q, int8: bytes, qs_path: Path, shape: tuple[int, ...], n: int = 8) -> dict:
+    """Output SQNR (dB) vs the fp32 model on fresh inputs drawn like the calibration batch (standard
+    normal): our integer program (q.run, the reference), our export in ORT, and quantize_static's file."""
+    x = np.random.default_rng(1).standard_normal((n, *shape)).astype(np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    run = lambda m: (lambda s: s.run(None, {s.get_inputs()[0].name: x})[0])(session(m, 2))  # noqa: E731
+    return {"ours q.run": sqnr_db(ref, q.run(x)), "ours ORT": sqnr_db(ref, run(int8)),
+            "ORT qstatic": sqnr_db(ref, run(str(qs_path)))}
 
 
 def timed(fn) -> tuple[float, float]:
@@ -186,10 +191,7 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
     fp32 = torch_onnx(model, torch.from_numpy(calib[:2]))
     fp32_path = tmp / f"{name}_fp32.onnx"
     fp32_path.write_bytes(fp32)
-    int8, t_ours, why = ours(model, calib)
-    if int8 is None:
-        ops = missing_ops(model, torch.from_numpy(calib[:2]))
-        why += f" [ops with no capture handler: {', '.join(ops)}]" if ops else ""
+    int8, t_ours, why, q_ours = ours(model, calib)
     int4 = ours(model, calib, "w4a8")[0] if int8 is not None else None
     qs_path = tmp / f"{name}_qstatic.onnx"
     t_qs = ort_quantize(str(fp32_path), str(qs_path), calib)
@@ -198,7 +200,8 @@ def bench_model(name: str, args, tmp: Path) -> tuple[list[dict], dict]:
     qd_path = tmp / f"{name}_qdynamic.onnx"
     if name == "bert_layer":
         ort_quantize(str(fp32_path), str(qd_path), calib, dynamic=True)
-    info = {"model": name, "fp32_bytes": len(fp32), "ours_bytes": len(int8) if int8 else None,
+    acc = bert_accuracy(model, q_ours, int8, qs_path, shape) if name == "bert_layer" and int8 else None
+    info = {"model": name, "accuracy": acc, "fp32_bytes": len(fp32), "ours_bytes": len(int8) if int8 else None,
             "ours_int4_bytes": len(int4) if int4 else None, "qstatic_bytes": qs_path.stat().st_size,
             "t_ours": min(t_ours, t_ours_2) if int8 else None, "t_qstatic": min(t_qs, t_qs_2), "why": why,
             "ops_ours": optimized_ops(int8) if int8 else None, "ops_qstatic": optimized_ops(str(qs_path))}
@@ -311,7 +314,11 @@ def main() -> None:
               f"{fmt(ratio(i['ours_int4_bytes']), '.3f'):>7}{mb(i['qstatic_bytes']):>9.2f}{ratio(i['qstatic_bytes']):>7.3f}"
               f"{fmt(i['t_ours'], '.2f'):>8}{i['t_qstatic']:>10.2f}")
         if i["why"]:
-            print(f"  {i['model']}: edgequant cannot capture it yet -- {i['why']}")
+            print(f"  {i['model']}: no edgequant export -- {i['why']}")
+    for i in infos:
+        if i.get("accuracy"):
+            print(f"\n{i['model']} output SQNR vs fp32 (dB, 8 fresh standard-normal inputs, like the calibration batch): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in i["accuracy"].items()))
 
     print("\nGraphs ONNX Runtime runs after its optimizer (op histograms)")
     for i in infos:
@@ -334,7 +341,8 @@ def run_tflite_bench(args) -> None:
         return
     models = [m for m in args.models if m in getattr(speed_tflite, "MODELS", ())]
     if not models:
-        print("\n--tflite: none of this run's models has a TFLite export (the BERT layer cannot be captured)")
+        print("\n--tflite: none of this run's models has a TFLite export (the BERT layer's matmul/softmax/layernorm "
+              "have no TFLite emitter yet)")
         return
     print(f"\nLiteRT (bench/speed_tflite.py), load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = speed_tflite.tflite_rows(models, tuple(args.threads), args.size, args.repeats, max(2, min(args.calib, 8)))

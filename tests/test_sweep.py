@@ -36,6 +36,10 @@ PLUGIN = textwrap.dedent('''
         ev = ((x[i:i + 100], y[i:i + 100]) for i in range(256, 456, 100))  # a generator: read once
         return calib, ev
 
+    def wrong_labels():  # labels that do not belong to the inputs (a preprocessing/label mix-up)
+        calib, ev = loaders()
+        return calib, [(x, (y + 1 + torch.arange(len(y)) % 9) % 10) for x, y in ev]
+
     def fraction_top1(logits, y):
         return float((logits.argmax(1) == y).float().mean())
 ''')
@@ -257,3 +261,13 @@ def test_preset_qat_rows_are_left_out_with_a_note_when_data_has_no_train_split(p
     with pytest.raises(eq.errors.PluginError, match="needs a training set"):  # asked for by name: an error
         runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:loaders", recipes=["w4a4-qat"],
                                             repeats=1, latency_batch=8, sensitivity=False, out=str(tmp_path)))
+
+
+def test_fp32_near_chance_gets_a_note(plugin, tmp_path, swept):
+    """A baseline near chance means the data does not fit the model; the report says so."""
+    res = runner.run_sweep(runner.SweepConfig(model=f"{plugin}:build", data=f"{plugin}:wrong_labels", recipes=["w8a8"],
+                                              repeats=1, latency_batch=8, sensitivity=False, out=str(tmp_path)))
+    assert res.report["baseline"]["accuracy"] < 20
+    assert any("close to chance" in n and "10 classes" in n for n in res.report["notes"])
+    report = json.loads((swept[1] / "report.json").read_text())
+    assert report["baseline"]["accuracy"] == 100.0 and not any("chance" in n for n in report["notes"])

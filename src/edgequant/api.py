@@ -31,6 +31,18 @@ def float_param_bytes(graph: Graph) -> int:
     return int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
 
 
+def _check_reconstruction_ops(r: Recipe, graph: Graph) -> None:
+    """Reconstruction (AdaRound/BRECQ) handles conv nets; refuse transformer layers by name up front."""
+    if r.option("reconstruct") is None:
+        return
+    from .errors import UnsupportedOpError
+
+    for n in graph.nodes:
+        if n.op in ("matmul", "softmax", "layernorm", "transpose") or (n.op == "linear" and len(n.shape) > 2):
+            raise UnsupportedOpError(f"recipe {r.name!r}: reconstruction does not support {n.describe()} yet; "
+                                     "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8' for this model")
+
+
 def capture_prepared(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     return prepare(capture(model, example))
 
@@ -108,6 +120,7 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
 
             raise CalibrationError(f"recipe {r.name!r} quantizes activations statically and needs calibration data")
         act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples, nonfinite=nonfinite, summary=summary)
+    _check_reconstruction_ops(r, graph)
     for step in PTQ_STEPS:
         graph = step(graph, r, act_qp, calib)
     program = lower(graph, r, act_qp)

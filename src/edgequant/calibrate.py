@@ -18,7 +18,8 @@ from .qmath import QParams
 from .recipes import Recipe
 
 # Nodes whose output gets its own activation qparams; the others inherit their input's.
-OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean")
+# softmax is not observed: its output qparams are fixed (scale 1/2^bits, zero point qmin, TFLite's).
+OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean", "matmul", "layernorm")
 
 
 class CalibrationWarning(UserWarning):

@@ -131,10 +131,10 @@ def _linear(ctx: _Ctx, fx, args) -> Node:
     weight = ctx.param(w)
     bias = ctx.param(b) if (b is not None and ctx.is_param(b)) else np.zeros(weight.shape[0], np.float32)
     xs = _shape(x) if isinstance(x, torch.fx.Node) else ()
-    if len(xs) != 2:
+    if len(xs) < 2:
         raise UnsupportedOpError(
             f"node '{fx.name}' (module '{ctx.param_module(w)}'): Linear on a {len(xs)}-D input {xs}; "
-            "only (N, features) inputs are supported yet -- flatten first"
+            "the input needs a batch dim and a feature dim (N, ..., features)"
         )
     return Node(fx.name, "linear", [ctx.ref(x, fx)], {}, {"weight": weight, "bias": bias}, module=ctx.param_module(w))
 
@@ -211,7 +211,7 @@ def _broadcast_ok(fx, a, b) -> None:
 
 
 def _mul(ctx, fx, args):
-    a, b = args[0], args[1]
+    a, b = _const_scalar(ctx, args[0]), _const_scalar(ctx, args[1])
     if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and not (ctx.is_param(a) or ctx.is_param(b)):
         _broadcast_ok(fx, a, b)
         return Node(fx.name, "mul", [ctx.ref(a, fx), ctx.ref(b, fx)])
@@ -224,8 +224,17 @@ def _mul(ctx, fx, args):
         "only activation * activation and activation * scalar")
 
 
+def _const_scalar(ctx: _Ctx, v):
+    """A one-element constant tensor (``x / torch.tensor(8.0)``) as a Python float; else ``v``."""
+    if ctx.is_param(v):
+        t = ctx.param(v)
+        if t.size == 1:
+            return float(t.reshape(-1)[0])
+    return v
+
+
 def _div(ctx, fx, args):
-    a, b = args[0], args[1]
+    a, b = args[0], _const_scalar(ctx, args[1])
     if fx.kwargs.get("rounding_mode") is not None or not _scalar(b) or float(b) == 0.0:
         raise UnsupportedOpError(f"node '{fx.name}': only division of an activation by a non-zero scalar is supported")
     return _affine(ctx, fx, a, 1.0 / float(b), 0.0)
@@ -347,6 +356,63 @@ def _pad(ctx, fx, args):
     return Node(fx.name, "pad", [ctx.ref(args[0], fx)], {"pads": [tuple(pr) for pr in pads], "value": float(value or 0.0)})
 
 
+def _matmul(ctx, fx, args):
+    """Product of two activations (attention scores, attention-weighted values)."""
+    a, b = args[0], args[1]
+    if ctx.is_param(a) or ctx.is_param(b):
+        raise UnsupportedOpError(f"node '{fx.name}': matmul with a parameter; use nn.Linear for activation x weight")
+    sa, sb, so = _shape(a), _shape(b), _shape(fx)
+    if len(sa) < 3 or len(sa) != len(sb) or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' ({fx.target}): matmul of {sa} and {sb}; edgequant supports (N, ..., M, K) @ (N, ..., K, N') "
+            "with equal leading dims (no broadcasting) -- expand/reshape the operands first")
+    return Node(fx.name, "matmul", [ctx.ref(a, fx), ctx.ref(b, fx)], {"alpha": 1.0})
+
+
+def _softmax(ctx, fx, args):
+    nd = len(_shape(fx))
+    axis = int(args[1] if len(args) > 1 else fx.kwargs.get("dim", -1)) % nd
+    if axis != nd - 1:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' in module '{_module_path(fx)}': softmax over axis {axis} of a {nd}-D tensor; "
+            "edgequant's integer softmax runs over the last axis only -- transpose so the axis is last")
+    return Node(fx.name, "softmax", [ctx.ref(args[0], fx)], {"axis": -1})
+
+
+def _layer_norm(ctx, fx, args):
+    x, shape = args[0], list(args[1])
+    w = args[2] if len(args) > 2 else None
+    b = args[3] if len(args) > 3 else None
+    eps = float(args[4]) if len(args) > 4 else float(fx.kwargs.get("eps", 1e-5))
+    if len(shape) != 1:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' in module '{_module_path(fx)}': LayerNorm over the last {len(shape)} dims {tuple(shape)}; "
+            "edgequant normalises over the last dim only -- reshape so the normalised features are one dim")
+    d = int(shape[0])
+    for p, what in ((w, "weight"), (b, "bias")):
+        if p is not None and not ctx.is_param(p):
+            raise UnsupportedOpError(f"node '{fx.name}': LayerNorm with a computed {what} is not supported")
+    params = {"weight": ctx.param(w) if w is not None else np.ones(d, np.float32),
+              "bias": ctx.param(b) if b is not None else np.zeros(d, np.float32)}
+    return Node(fx.name, "layernorm", [ctx.ref(x, fx)], {"eps": eps}, params,
+                module=ctx.param_module(w) if w is not None else "")
+
+
+def _permute(ctx, fx, args):
+    nd = len(_shape(args[0]))
+    if fx.target == aten.permute.default:
+        perm = [int(p) % nd for p in args[1]]
+    else:  # transpose(d0, d1)
+        perm = list(range(nd))
+        d0, d1 = int(args[1]) % nd, int(args[2]) % nd
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    if sorted(perm) != list(range(nd)) or perm[0] != 0:
+        raise UnsupportedOpError(
+            f"node '{fx.name}' in module '{_module_path(fx)}': permutation {tuple(perm)} moves the batch dim; "
+            "edgequant needs dim 0 to stay the batch")
+    return Node(fx.name, "transpose", [ctx.ref(args[0], fx)], {"perm": tuple(perm)})
+
+
 HANDLERS: dict = {
     aten.conv1d.default: _conv, aten.conv2d.default: _conv, aten.convolution.default: _conv,
     aten.linear.default: _linear,
@@ -376,6 +442,10 @@ HANDLERS: dict = {
     aten._unsafe_view.default: _reshape, aten.squeeze.dim: _reshape, aten.squeeze.dims: _reshape,
     aten.unsqueeze.default: _reshape,
     aten.pad.default: _pad, aten.constant_pad_nd.default: _pad,
+    aten.matmul.default: _matmul, aten.bmm.default: _matmul,
+    aten.softmax.int: _softmax, aten._softmax.default: _softmax,
+    aten.layer_norm.default: _layer_norm,
+    aten.transpose.int: _permute, aten.permute.default: _permute,
 }
 
 

@@ -115,6 +115,15 @@ def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tenso
     if op == "pad":
         flat = [v for pr in reversed(a["pads"]) for v in pr]
         return F.pad(args[0], flat, value=a["value"])
+    if op == "matmul":
+        y = torch.matmul(args[0], args[1])
+        return y * a["alpha"] if a.get("alpha", 1.0) != 1.0 else y
+    if op == "softmax":
+        return torch.softmax(args[0], dim=-1)
+    if op == "layernorm":
+        return F.layer_norm(args[0], (args[0].shape[-1],), params["weight"], params["bias"], a["eps"])
+    if op == "transpose":
+        return args[0].permute(*a["perm"])
     raise KeyError(op)
 
 

@@ -6,7 +6,7 @@ A node's name is also the name of the tensor it produces. Shapes carry the examp
 Ops (attrs in brackets):
   input                                   the model input
   conv      [stride, padding(t,b,l,r), dilation, groups, dims(1|2)]  params weight (O,C/g,kh,kw), bias
-  linear                                  params weight (O, I), bias
+  linear                                  params weight (O, I), bias; input rank >= 2, acts on the last dim
   batchnorm [eps]                         params weight, bias, mean, var (folded away by passes)
   clamp     [lo, hi]                      ReLU (0, inf), ReLU6/Hardtanh (lo, hi)
   add                                     two tensors, same shape; a ``const`` operand broadcasts
@@ -19,6 +19,11 @@ Ops (attrs in brackets):
   mean      []                            global average over H, W, keepdim per ``keepdim``
   reshape   [shape]                       shape without the batch dim (batch is kept)
   pad       [pads ((before, after) per dim, batch dim (0,0)), value]
+  matmul    [alpha]                       a (..., M, K) @ b (..., K, N), two activations, equal leading dims;
+                                          ``alpha`` (default 1) a constant scale folded in by ``passes``
+  softmax   [axis]                        over the last axis only
+  layernorm [eps]                         params weight, bias (D,); normalises over the last dim only
+  transpose [perm]                        full permutation with the batch dim fixed (perm[0] == 0)
   slice     [axis (!= 0), start, stop, step]  data movement: x[..., start:stop:step, ...] along ``axis``
   upsample  [mode (nearest|bilinear), size (H, W), align_corners]  2-D resize of (N, C, H, W); nearest by
                                           whole factors only
@@ -34,7 +39,8 @@ import numpy as np
 
 from .errors import CaptureError
 
-OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad"}
+OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad",
+       "matmul", "softmax", "layernorm", "transpose"}
 OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture_shape)
 
 

@@ -24,7 +24,7 @@ from .weight_quant import quantize_weight_ex
 
 # integer instructions that requantize into their output (gemmlowp M0/shift); a sub-8-bit
 # output gets ``attrs["rounding"] = "single"`` (qmath.requant_rounding)
-REQUANT_OPS = frozenset({"conv", "linear", "conv_xnor", "linear_xnor", "add", "cat", "mean", "mul"})
+REQUANT_OPS = frozenset({"conv", "linear", "conv_xnor", "linear_xnor", "add", "cat", "mean", "mul", "matmul", "layernorm"})
 
 
 class _Lowering:
@@ -257,5 +257,5 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
     return Program(L.instrs, inp.name, out, L.tensors, meta)
 
 
-from . import lower_elementwise  # noqa: E402,F401  (registers the unary/mul lowerings into the tables)
+from . import lower_elementwise, lower_transformer  # noqa: E402,F401  (register unary/mul and transformer lowerings)
 from . import lower_shape  # noqa: E402,F401  (slice/upsample/const lowerings)

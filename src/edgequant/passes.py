@@ -1,4 +1,5 @@
-"""Graph passes (``Graph -> Graph``, validated after each): fold BatchNorm, fuse activations.
+"""Graph passes (``Graph -> Graph``, validated after each): fold BatchNorm, fuse activations,
+fold a constant scale into the matmul before it.
 
 Folding follows the TFLite converter and the whitepaper: W' = W * g/sqrt(v+eps) per output
 channel, b' = (b - mean) * g/sqrt(v+eps) + beta. A BatchNorm that does not follow a conv/linear
@@ -73,6 +74,25 @@ def fuse_activations(graph: Graph) -> Graph:
     return g.validate()
 
 
+def fold_matmul_scale(graph: Graph) -> Graph:
+    """matmul followed by its only consumer ``x * c`` (c > 0, e.g. attention's 1/sqrt(d_head)) ->
+    one matmul with ``alpha = c``: the constant joins the requantization multiplier, so the scores
+    are rounded once instead of going through a second (lookup-table) requantization."""
+    g = graph.copy()
+    by = g.by_name()
+    keep: list[Node] = []
+    for n in g.nodes:
+        if n.op == "unary" and n.attrs.get("fn") == "affine" and n.attrs.get("add", 0.0) == 0.0 and n.attrs["mul"] > 0:
+            prev = by[n.inputs[0]]
+            if prev.op == "matmul" and len(g.consumers(prev.name)) == 1 and prev.name != g.output:
+                prev.attrs["alpha"] = float(prev.attrs.get("alpha", 1.0)) * float(n.attrs["mul"])
+                _replace_uses(g, n.name, prev.name)
+                continue
+        keep.append(n)
+    g.nodes = keep
+    return g.validate()
+
+
 def prepare(graph: Graph) -> Graph:
     """The standard pipeline every recipe starts from."""
-    return fuse_activations(fold_batchnorm(graph))
+    return fold_matmul_scale(fuse_activations(fold_batchnorm(graph)))

@@ -6,19 +6,21 @@ is checked with ``onnx.checker`` (full check, shape inference) before it is writ
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
 
 from ..errors import ExportError
 from ..program import Program
-from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_shape
+from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_shape, onnx_transformer
 from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
 
 STYLES = {
     "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
     "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
 }
+onnx_transformer.install(STYLES)  # matmul/softmax/layernorm/transpose; Linear on (N, ..., I) inputs
 onnx_shape.install(STYLES)  # slice, upsample, constants; cat with a constant input
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 
@@ -66,7 +68,8 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
-    b = OnnxBuilder(program, activation_type, int4_weights, align_channels)
+    # the builder may add tensor infos for export-only reshapes; keep them out of the caller's program
+    b = OnnxBuilder(dataclasses.replace(program, tensors=dict(program.tensors)), activation_type, int4_weights, align_channels)
     for ins in program.instrs:
         table[ins.op](b, ins)
     meta = {"edgequant.recipe": recipe.get("name", ""), "edgequant.style": style,

@@ -23,5 +23,5 @@ def run_kernel(op: str) -> Callable:
     return RUN[op]
 
 
-from . import conv, elementwise, pool, quant, binary, lut, mul  # noqa: E402,F401  (fill the tables)
+from . import conv, elementwise, pool, quant, binary, lut, mul, transformer  # noqa: E402,F401  (fill the tables)
 from . import shape  # noqa: E402,F401  (slice, upsample, const)

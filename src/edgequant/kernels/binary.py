@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from . import RUN, SIM, gemm, register
 from .context import KernelContext
-from .conv import requantize_accumulator
+from .conv import requantize_accumulator, rows
 
 _WORD_BYTES = 8
 _CHUNK_BYTES = 1 << 24  # scratch per popcount block
@@ -96,7 +96,7 @@ def _xnor_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
 
 
 for _op in ("conv", "linear"):
-    register(f"{_op}_xnor", RUN)(_xnor_run)
+    register(f"{_op}_xnor", RUN)(rows(_xnor_run))  # rows: Linear on (N, ..., I) inputs
     register(f"{_op}_xnor", SIM)(SIM[_op])  # the float twin is the plain GEMM's: same arithmetic
 
 

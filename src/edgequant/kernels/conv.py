@@ -65,10 +65,12 @@ def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     return requantize_accumulator(instr, int_accumulate(instr, inputs[0], zx), ctx)
 
 
-def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext) -> np.ndarray:
-    """int32 accumulator (N, C_out, ...) + bias -> the output int8 tensor, per-channel requantization."""
-    cs = _channel_shape(acc)
-    acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
+def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext, axis: int = 1) -> np.ndarray:
+    """int32 accumulator (N, C_out, ...) + bias (if the instruction has one) -> the output int8
+    tensor, per-channel requantization along ``axis`` (1; -1 for channels-last, e.g. layernorm)."""
+    cs = _channel_shape(acc) if axis == 1 else (1,) * (acc.ndim - 1) + (-1,)
+    if "bias" in instr.arrays:
+        acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
     lo, hi = act_bounds(instr, ctx)
     y = qmath.requantize(
         acc, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
@@ -99,8 +101,20 @@ def _gemm_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
     return ctx.fq(_float_op(instr, inputs[0], w, b), instr.output, lo, hi)
 
 
+def rows(fn):
+    """Linear on (N, ..., I): run ``fn`` on the (rows, I) view and restore the leading dims (the
+    channel axis of every linear kernel is then dim 1, as for 2-D inputs)."""
+    def wrapped(instr, inputs, ctx):
+        x = inputs[0]
+        if not instr.op.startswith("linear") or x.ndim <= 2:
+            return fn(instr, inputs, ctx)
+        y = fn(instr, [x.reshape(-1, x.shape[-1])], ctx)
+        return y.reshape(x.shape[:-1] + (y.shape[-1],))
+    return wrapped
+
+
 for _op in ("conv", "linear"):
-    register(_op, RUN)(_gemm_run)
+    register(_op, RUN)(rows(_gemm_run))
     register(_op, SIM)(_gemm_sim)
 
 
@@ -148,7 +162,7 @@ def _dyn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
 
 
 for _op in ("conv_dyn", "linear_dyn"):
-    register(_op, RUN)(_dyn_run)
+    register(_op, RUN)(rows(_dyn_run))
     register(_op, SIM)(_dyn_sim)
 
 

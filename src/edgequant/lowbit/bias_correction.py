@@ -93,8 +93,8 @@ def mean_inputs(graph: Graph, nodes: list[Node], calib) -> dict[str, np.ndarray]
 
 def expected_error(node: Node, err_w: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
     """Per output channel, the average over output positions of ``(W - Wq) * E[x]``."""
-    if node.op == "linear":
-        return err_w @ mean_x.reshape(-1)
+    if node.op == "linear":  # an (N, ..., I) input: E[x] over every position of the last dim
+        return err_w @ mean_x.reshape(-1, err_w.shape[1]).mean(axis=0)
     x = torch.from_numpy(mean_x[None].astype(np.float64))
     y = conv_float(x, torch.from_numpy(err_w.astype(np.float64)), None, node.attrs)[0]  # (O, ...)
     return y.reshape(y.shape[0], -1).mean(dim=1).numpy()

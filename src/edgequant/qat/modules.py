@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..calibrate import OBSERVED_OPS
+from ..errors import UnsupportedOpError
 from ..graph_exec import _act, conv_float, run_node
 from ..ir import Graph, Node
 from ..lowbit.edges import node_bits
@@ -158,6 +159,9 @@ class QATGemm(nn.Module):
                 self.wfq.scale_for(w).detach().cpu().numpy().astype(np.float32))
 
 
+NO_QAT_OPS = ("matmul", "softmax", "layernorm", "transpose")  # transformer ops: post-training recipes only
+
+
 class QATModel(nn.Module):
     """A prepared graph with fake-quant, trainable with any ordinary loop; ``eq.qat.convert`` lowers it."""
 
@@ -171,6 +175,11 @@ class QATModel(nn.Module):
         self._key: dict[str, str] = {}
         self._grid: dict[str, str] = {}  # node -> the node whose quantizer defines its integer grid
         raw_by = raw.by_name()
+        for n in prepared.nodes:
+            if n.op in NO_QAT_OPS or (n.op == "linear" and len(n.shape) > 2):
+                raise UnsupportedOpError(f"{n.describe()}: quantization-aware training does not support {n.op} "
+                                         f"{'on a ' + str(len(n.shape)) + '-D tensor ' if n.op == 'linear' else ''}yet; "
+                                         "quantize this model with a post-training recipe such as 'w8a8-pc'")
         for i, n in enumerate(prepared.nodes):
             self._key[n.name] = f"n{i}_{n.name.replace('.', '_')}"
             if n.op in GEMM_OPS:

@@ -108,6 +108,20 @@ def _capture(model: torch.nn.Module, example: torch.Tensor, spec: str | None):
     return graph
 
 
+def _chance_note(metric_name: str, logits: torch.Tensor, accuracy: float) -> list[str]:
+    """A note when the fp32 model scores near chance on --data: the usual cause is preprocessing
+    or labels that differ from training, and every drop in the table is measured against it."""
+    if metric_name not in ("top1", "top5") or logits.ndim != 2 or logits.shape[1] < 2:
+        return []
+    k = int(logits.shape[1])
+    chance = 100.0 * min(1 if metric_name == "top1" else 5, k) / k
+    if chance >= 100.0 or accuracy > 2 * chance:
+        return []
+    return [f"the fp32 model scores {accuracy:.2f}% {metric_name} on --data, close to chance ({chance:.2f}% for {k} "
+            "classes): check that the data's labels and preprocessing (normalization, channel order, size) match "
+            "what the model was trained with -- every drop below is measured against this baseline"]
+
+
 def _fast_path(q: QuantizedModel, xb: np.ndarray, ref: np.ndarray, cfg: SweepConfig, row: dict) -> None:
     """Time each fast runtime that runs this recipe; note why the others were skipped."""
     for b in cfg.fast_backends:
@@ -273,6 +287,7 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
     fp32_bytes = int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
     baseline = {"recipe": "fp32 (torch)", "accuracy": score(base_logits), "size_bytes": fp32_bytes,
                 "latency_ms": torch_ms, "runtime": "torch"}
+    notes += _chance_note(metric_name, base_logits, baseline["accuracy"])
 
     rows, models = [], {}
     t_rows = time.perf_counter()

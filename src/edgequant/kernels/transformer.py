@@ -1,0 +1,206 @@
+"""Transformer ops: matmul of two activations, softmax and layernorm over the last axis, transpose.
+
+Integer forms (the "gemmlowp" mode, integer-only):
+
+* ``matmul``: ``acc = sum_k (a - za)(b - zb)`` exactly (int32 range), requantized by
+  ``M = alpha * s_a * s_b / s_y`` with the shared ``requantize_accumulator`` (per tensor).
+* ``softmax`` (TFLite's int8 convention: output scale ``1/2^bits``, zero point ``qmin``): per row
+  ``d = x - max(x)`` in ``[-(qmax - qmin), 0]``; ``e = exp_table[-d]`` with
+  ``exp_table[k] = round(2^20 * exp(-k * s_x))`` built at lowering; ``S = sum(e)`` in int64;
+  ``y = qmin + floor((2 * e * 2^bits + S) / (2 * S))`` (round half up of ``p * 2^bits``), clamped.
+* ``layernorm`` (see ``layernorm_int``): integer mean/variance, integer square root, Q12 normalised
+  value, per-channel int8 gamma and int32 beta, per-channel requantization.
+* ``transpose``: data movement only.
+
+The "onnxruntime" mode computes what ONNX Runtime runs for the exported ``DQ -> op -> Q``:
+ORT fuses ``DQ -> MatMul -> Q`` into QLinearMatMul (int32 accumulator, float32 multiplier,
+round half even: the shared requantization's onnxruntime branch) and ``DQ -> Softmax -> Q`` into
+its QLinearSoftmax (a float32 exp table and float32 row sums, reproduced in ``_ort_softmax``);
+it runs ``DQ -> LayerNormalization -> Q`` in float32 (``_ort_layernorm``, its formula and
+summation order). ``SIM`` is the float64 fake-quant twin of every instruction.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import RUN, SIM, gemm, register
+from .context import KernelContext
+from .conv import requantize_accumulator
+
+EXP_FRAC_BITS = 20  # softmax exp table in Q20: sum of up to 2^43 rows' entries fits int64
+LN_SQRT_FRAC_BITS = 16  # F: the integer square root carries 16 fractional bits
+LN_FRAC_BITS = 12  # G: the normalised value is Q12 (|n| <= sqrt(D), n_q * gamma_q fits int32)
+
+
+# -- matmul ---------------------------------------------------------------------------------------
+@register("matmul", RUN)
+def matmul_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    za, zb = int(ctx.qp(instr.inputs[0]).zero_point), int(ctx.qp(instr.inputs[1]).zero_point)
+    a = inputs[0].astype(np.int16) - za  # (..., M, K) in [-255, 255]
+    b = inputs[1].astype(np.int16) - zb  # (..., K, N)
+    acc = gemm.exact_matmul(a, b)  # (..., M, N) int64, exact
+    return requantize_accumulator(instr, acc, ctx)
+
+
+@register("matmul", SIM)
+def matmul_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    return ctx.fq(torch.matmul(inputs[0], inputs[1]) * float(instr.attrs.get("alpha", 1.0)), instr.output)
+
+
+@register("matmul_f", RUN)
+def matmul_f_run(instr, inputs, ctx) -> np.ndarray:
+    y = np.matmul(inputs[0].astype(np.float32), inputs[1].astype(np.float32))
+    alpha = float(instr.attrs.get("alpha", 1.0))
+    return (y * np.float32(alpha) if alpha != 1.0 else y).astype(np.float32)
+
+
+@register("matmul_f", SIM)
+def matmul_f_sim(instr, inputs, ctx) -> torch.Tensor:
+    return torch.matmul(inputs[0], inputs[1]) * float(instr.attrs.get("alpha", 1.0))
+
+
+# -- softmax --------------------------------------------------------------------------------------
+def softmax_exp_table(s_x: float, levels: int) -> np.ndarray:
+    """int64 ``round(2^20 * exp(-k * s_x))`` for k = 0 .. levels-1 (k = max - x)."""
+    k = np.arange(levels, dtype=np.float64)
+    return np.round(np.exp(-k * float(np.float32(s_x))) * (1 << EXP_FRAC_BITS)).astype(np.int64)
+
+
+def ort_softmax_table(s_x: float, d: int) -> np.ndarray:
+    """ONNX Runtime's QLinearSoftmax table (contrib_ops/cpu/quantization/qlinear_softmax.cc, float
+    variant): entry i = float32(exp((i - 255 + shift) * s_x)), shift = max(0, ln(FLT_MAX / D) - 5) / s_x,
+    so one row's float32 sum cannot overflow."""
+    s = float(np.float32(s_x))
+    shift = max(0.0, math.log(float(np.finfo(np.float32).max) / d) - 5.0) / s
+    return np.array([math.exp((i - 255 + shift) * s) for i in range(256)], np.float64).astype(np.float32)
+
+
+def _ort_softmax(x: np.ndarray, table: np.ndarray, s_y: float, zy: int, qmin: int, qmax: int) -> np.ndarray:
+    """QLinearSoftmax on the uint8 export (values x + 128): per row, the table shifted so the row
+    max sits at 255, a float32 sum in element order, ``nearbyint(e * floor(1/s_y) / sum)`` + zp."""
+    d = x.astype(np.int64) - x.max(axis=-1, keepdims=True).astype(np.int64)  # (..., D) <= 0
+    e = table[255 + d]  # float32
+    total = np.cumsum(e, axis=-1, dtype=np.float32)[..., -1:]  # sequential float32 sum, like the C loop
+    y_scale = np.float32(np.floor(np.float32(1.0) / np.float32(s_y)))
+    q = np.rint((e * y_scale) / total).astype(np.int64) + (zy + 128)  # uint8 zero point
+    return np.clip(np.minimum(q, 255) - 128, qmin, qmax).astype(np.int8)
+
+
+@register("softmax", RUN)
+def softmax_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    x = inputs[0]
+    qy = ctx.qp(instr.output)
+    zy = int(qy.zero_point)
+    if ctx.rounding == "onnxruntime":
+        return _ort_softmax(x, instr.arrays["table_ort"], float(qy.scale), zy, qy.qmin, qy.qmax)
+    k = x.max(axis=-1, keepdims=True).astype(np.int64) - x.astype(np.int64)  # (..., D) in [0, qmax - qmin]
+    e = instr.arrays["exp_table"].astype(np.int64)[k]  # Q20
+    total = e.sum(axis=-1, keepdims=True)  # >= 2^20 (the max entry is exp(0))
+    steps = int(instr.attrs["out_levels"])  # 2^bits = 1 / s_y
+    q = (2 * e * steps + total) // (2 * total)  # round half up of p * 2^bits (p >= 0)
+    return np.clip(q + zy, qy.qmin, qy.qmax).astype(np.int8)
+
+
+@register("softmax", SIM)
+def softmax_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    return ctx.fq(torch.softmax(inputs[0], dim=-1), instr.output)
+
+
+@register("softmax_f", RUN)
+def softmax_f_run(instr, inputs, ctx) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(np.ascontiguousarray(inputs[0], np.float32)), dim=-1).numpy()
+
+
+@register("softmax_f", SIM)
+def softmax_f_sim(instr, inputs, ctx) -> torch.Tensor:
+    return torch.softmax(inputs[0], dim=-1)
+
+
+# -- layernorm ------------------------------------------------------------------------------------
+def layernorm_normalised(xc: np.ndarray, eps_fixed: int) -> np.ndarray:
+    """Q12 normalised value of integer rows ``xc = x - zx`` (int64, (..., D)), integer-only.
+
+    With ``s = sum(xc)``, ``u = D * xc - s`` (= D * (xc - mean), exact) and ``V = sum(u^2)``
+    (= D^3 * var_q), the normalised value is ``n = u / sqrt(V / D + D^2 * eps_q)`` where
+    ``eps_q = eps / s_x^2``. In integers, F = 16, G = 12:
+    ``R = isqrt(floor(V * 2^(2F) / D) + eps_fixed)`` with ``eps_fixed = round(D^2 eps_q 2^(2F))``
+    (so ``R ~ 2^F * sqrt(V / D + D^2 eps_q)``; Python integers, exact), then
+    ``n_q = round_half_away(u * 2^(F+G) / R)`` by integer division.
+    """
+    d = xc.shape[-1]
+    u = d * xc - xc.sum(axis=-1, keepdims=True)  # |u| <= D * 255 * 2
+    v = (u * u).sum(axis=-1, keepdims=True)  # < 2^63 for D < 2^14
+    two_f = 2 * LN_SQRT_FRAC_BITS
+    r = np.array([math.isqrt((int(vi) << two_f) // d + eps_fixed) for vi in v.reshape(-1)], dtype=object)
+    r = r.astype(np.int64).reshape(v.shape)  # < 2^47
+    r = np.maximum(r, 1)
+    num = np.abs(u) << (LN_SQRT_FRAC_BITS + LN_FRAC_BITS)  # < 2^47
+    n = (2 * num + r) // (2 * r)  # round half away of |u| * 2^(F+G) / R
+    return np.where(u < 0, -n, n)
+
+
+@register("layernorm", RUN)
+def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    """Integer layer norm: ``layernorm_normalised`` (Q12 ``n_q``), then per channel c
+    ``acc = n_q * gamma_q[c] + beta_q[c]`` (int8 gamma with scale ``g_scale[c]``, int32 beta with
+    scale ``g_scale[c] * 2^-12``) requantized by ``M_c = g_scale[c] * 2^-12 / s_y`` to the
+    calibrated output qparams (the shared per-channel requantization along the last axis)."""
+    x = inputs[0]
+    qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
+    if ctx.rounding == "onnxruntime":
+        return _ort_layernorm(x, qx, qy, instr)
+    n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]))
+    acc = n_q * instr.arrays["gamma"].astype(np.int64)  # bias (beta_q) is added by the requantization
+    return requantize_accumulator(instr, acc, ctx, axis=-1)
+
+
+def _ort_layernorm(x: np.ndarray, qx, qy, instr) -> np.ndarray:
+    """ONNX Runtime's float32 LayerNormalization on the dequantized input (its CPU kernel: sums of
+    x and x*x in element order, ``sqrt(E[x^2] - mean^2 + eps)``, ``(x - mean) / std * g + b``), then
+    QuantizeLinear (round half to even)."""
+    xf = (x.astype(np.int32) - int(qx.zero_point)).astype(np.float32) * np.float32(qx.scale)
+    d = np.float32(x.shape[-1])
+    mean = np.cumsum(xf, axis=-1, dtype=np.float32)[..., -1:] / d
+    msq = np.cumsum(xf * xf, axis=-1, dtype=np.float32)[..., -1:]
+    std = np.sqrt(msq / d - mean * mean + np.float32(instr.attrs["eps"])).astype(np.float32)
+    y = (xf - mean) / std * instr.arrays["gamma_f"] + instr.arrays["beta_f"]
+    q = np.rint(y.astype(np.float32) / np.float32(qy.scale)).astype(np.int64) + int(qy.zero_point)
+    return np.clip(q, qy.qmin, qy.qmax).astype(np.int8)
+
+
+@register("layernorm", SIM)
+def layernorm_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
+    x = inputs[0]
+    g = torch.as_tensor(instr.arrays["gamma_f"], dtype=x.dtype)
+    b = torch.as_tensor(instr.arrays["beta_f"], dtype=x.dtype)
+    return ctx.fq(F.layer_norm(x, (x.shape[-1],), g, b, float(instr.attrs["eps"])), instr.output)
+
+
+@register("layernorm_f", RUN)
+def layernorm_f_run(instr, inputs, ctx) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(inputs[0], np.float32))
+    return layernorm_f_sim(instr, [x], ctx).numpy().astype(np.float32)
+
+
+@register("layernorm_f", SIM)
+def layernorm_f_sim(instr, inputs, ctx) -> torch.Tensor:
+    x = inputs[0]
+    g = torch.as_tensor(instr.arrays["gamma_f"].astype(np.float32), dtype=x.dtype)
+    b = torch.as_tensor(instr.arrays["beta_f"].astype(np.float32), dtype=x.dtype)
+    return F.layer_norm(x, (x.shape[-1],), g, b, float(instr.attrs["eps"]))
+
+
+# -- transpose (dtype-generic) ----------------------------------------------------------------------
+@register("transpose", RUN)
+def transpose_run(instr, inputs, ctx) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(inputs[0], tuple(instr.attrs["perm"])))
+
+
+@register("transpose", SIM)
+def transpose_sim(instr, inputs, ctx) -> torch.Tensor:
+    return inputs[0].permute(*instr.attrs["perm"])
+
