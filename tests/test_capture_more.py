@@ -330,19 +330,19 @@ class _SubTensors(nn.Module):
         return x - torch.sigmoid(x)
 
 
-class _MulParam(nn.Module):
+class _ParamMinusX(nn.Module):  # (x * gamma is supported since the shape ops: tests/test_shape_ops.py)
     def __init__(self):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(1, 3, 1, 1))
 
     def forward(self, x):
-        return x * self.gamma
+        return self.gamma - x
 
 
 @pytest.mark.parametrize("model, match", [
     (_Sin(), r"node 'sin' uses aten.sin.default"),
     (_SubTensors(), r"node 'sub'.*subtraction of two tensors"),
-    (_MulParam(), r"node 'mul'.*constant tensor or parameter"),
+    (_ParamMinusX(), r"node 'sub'.*constant tensor minus an activation"),
 ])
 def test_unsupported_ops_still_name_the_node(model, match):
     with pytest.raises(UnsupportedOpError, match=match):
