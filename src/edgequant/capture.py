@@ -512,7 +512,9 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
                 f"node '{fx.name}'{where} uses {target}, which edgequant cannot run as integer "
                 "arithmetic yet. Supported: Conv1d/2d, Linear, BatchNorm, ReLU, ReLU6/Hardtanh, clamp, "
                 "add, mul (with (N,C,1,1) broadcasting), sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, Mish, "
-                "LeakyReLU, ELU, arithmetic with scalar constants, cat, max/avg pooling, global mean, flatten/reshape, constant pad, dropout. "
+                "LeakyReLU, ELU, arithmetic with scalar constants and constant tensors (parameters), cat, max/avg pooling, global "
+                "mean, flatten/reshape, constant pad, slicing (x[:, a:b], x[:, 0], chunk/split/unbind), nearest/bilinear "
+                "upsampling, dropout. "
                 "Replace the op, or keep that part of the model outside the quantized module."
             )
         node = HANDLERS[target](ctx, fx, list(fx.args))

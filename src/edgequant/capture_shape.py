@@ -245,6 +245,8 @@ def _record_split(ctx: _Ctx, fx) -> None:
 
 
 def _split_item(ctx: _Ctx, fx) -> None:
+    if not fx.users:  # an output nobody reads (e.g. the rest of an unbind): nothing to compute
+        return
     src, axis, parts, squeeze, ins = ctx.splits[fx.args[0].name]
     k = int(fx.args[1])
     start, stop = parts[k]

@@ -32,7 +32,7 @@ from . import integer_twin as twin
 from .fake_quant import ActFakeQuant, WeightFakeQuant
 
 GEMM_OPS = ("conv", "linear")
-_GRID_KEEPING = ("clamp", "pad", "maxpool", "avgpool", "reshape")
+_GRID_KEEPING = ("clamp", "pad", "maxpool", "avgpool", "reshape", "slice", "upsample")  # upsample: nearest only
 
 
 def folded_batchnorm(raw: Graph, node: Node) -> Node | None:
@@ -159,7 +159,7 @@ class QATGemm(nn.Module):
                 self.wfq.scale_for(w).detach().cpu().numpy().astype(np.float32))
 
 
-NO_QAT_OPS = ("matmul", "softmax", "layernorm", "transpose")  # transformer ops: post-training recipes only
+NO_QAT_OPS = ("matmul", "softmax", "layernorm", "transpose", "const")  # post-training recipes only
 
 
 class QATModel(nn.Module):
@@ -176,6 +176,10 @@ class QATModel(nn.Module):
         self._grid: dict[str, str] = {}  # node -> the node whose quantizer defines its integer grid
         raw_by = raw.by_name()
         for n in prepared.nodes:
+            if n.op == "upsample" and n.attrs["mode"] != "nearest":
+                raise UnsupportedOpError(f"{n.describe()}: quantization-aware training does not support {n.attrs['mode']} "
+                                         "upsampling yet (nearest is); quantize this model with a post-training recipe "
+                                         "such as 'w8a8-pc'")
             if n.op in NO_QAT_OPS or (n.op == "linear" and len(n.shape) > 2):
                 raise UnsupportedOpError(f"{n.describe()}: quantization-aware training does not support {n.op} "
                                          f"{'on a ' + str(len(n.shape)) + '-D tensor ' if n.op == 'linear' else ''}yet; "
