@@ -93,6 +93,49 @@ def fold_matmul_scale(graph: Graph) -> Graph:
     return g.validate()
 
 
+def _scale_target(g: Graph, by: dict[str, Node], n: Node, removed: set[str]) -> Node | None:
+    """The conv/linear whose output channels ``n`` (a per-channel constant as a depthwise 1x1 conv)
+    scales, directly or through a transpose that brings the linear's features to axis 1."""
+    def sole(p: Node) -> bool:
+        users = [c for c in g.consumers(p.name) if c.name not in removed]
+        return len(users) == 1 and p.name != g.output and "act" not in p.attrs
+
+    prev = by[n.inputs[0]]
+    if not sole(prev):
+        return None
+    if prev.op == "conv":
+        return prev
+    if prev.op == "transpose" and prev.attrs["perm"][1] == len(prev.attrs["perm"]) - 1:
+        src = by[prev.inputs[0]]
+        return src if src.op == "linear" and sole(src) else None
+    return None
+
+
+def fold_constant_scale(graph: Graph) -> Graph:
+    """conv (or linear -> transpose) followed by a per-channel constant multiply/add (a depthwise 1x1
+    conv made by capture, e.g. ConvNeXt's layer scale) -> the constant folded into the weights and
+    bias: one requantization instead of two, and no intermediate tensor whose per-tensor scale the
+    largest channel sets. Runs before BatchNorm folding so that QAT, which re-folds BatchNorm from
+    the raw conv, never sees a conv carrying both."""
+    g = graph.copy()
+    by = g.by_name()
+    keep: list[Node] = []
+    removed: set[str] = set()
+    for n in g.nodes:
+        target = _scale_target(g, by, n, removed) if n.op == "conv" and n.attrs.get("from_const") else None
+        if target is None:
+            keep.append(n)
+            continue
+        s, t = n.params["weight"].reshape(-1).astype(np.float64), n.params["bias"].astype(np.float64)
+        w = target.params["weight"].astype(np.float64)
+        target.params["weight"] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        target.params["bias"] = (target.params["bias"].astype(np.float64) * s + t).astype(np.float32)
+        _replace_uses(g, n.name, n.inputs[0])
+        removed.add(n.name)
+    g.nodes = keep
+    return g.validate()
+
+
 def prepare(graph: Graph) -> Graph:
     """The standard pipeline every recipe starts from."""
-    return fold_matmul_scale(fuse_activations(fold_batchnorm(graph)))
+    return fold_matmul_scale(fuse_activations(fold_batchnorm(fold_constant_scale(graph))))

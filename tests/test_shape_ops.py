@@ -1,0 +1,331 @@
+"""Slicing (chunk/split/unbind/select/slice/narrow), upsampling (nearest, bilinear) and constant
+tensors (layer scale, position embedding, class token): capture, integer program, simulate,
+artifact, ONNX Runtime and LiteRT parity, and clear errors for what is not supported."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import edgequant as eq
+from edgequant import interpreter
+from edgequant.errors import ExportError, UnsupportedOpError
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _sqnr(ref: np.ndarray, y: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - y) ** 2), 1e-30)))
+
+
+def _trace(q, x) -> dict[str, np.ndarray]:
+    env: dict[str, np.ndarray] = {}
+    interpreter.run(q.program, np.asarray(x, np.float32), trace=lambda ins, v: env.__setitem__(ins.output, v))
+    return env
+
+
+def _ort(q, x, **options) -> np.ndarray:
+    from edgequant.export.onnx_export import to_onnx
+
+    s = ort.InferenceSession(to_onnx(q, **options).SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+
+
+def _lsb(q) -> float:
+    return float(q.program.output_qparams.scale)
+
+
+class Slices(nn.Module):
+    """Every slicing form, on the float input (GoogLeNet's transform_input) and on activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(14, 6, 1)
+
+    def forward(self, x):
+        x = torch.cat([x[:, 2:3], x[:, :2]], 1)  # slices of the (quantized) input
+        y = F.relu(self.conv(x))
+        a, b = y.chunk(2, dim=1)  # 4 + 4
+        c, d, _ = torch.split(y, [2, 3, 3], dim=1)
+        e = y.unbind(1)[5].unsqueeze(1)  # unbind + getitem, one used
+        f = y[:, 1::3]  # step 3: channels 1, 4, 7
+        g = y.narrow(1, 6, 2)[:, :, :, 1:]  # narrow + slice along W
+        g = F.pad(g, (1, 0))
+        h = y[:, 3].unsqueeze(1)  # select
+        return self.head(torch.cat([a, b, c, d[:, :1], e, f[:, :1], g[:, :1], h], 1) [:, :14])
+
+
+class Upsample(nn.Module):
+    def __init__(self, mode: str = "nearest", size=None, align_corners: bool | None = None) -> None:
+        super().__init__()
+        self.enc, self.dec = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 4, 3, padding=1)
+        self.mode, self.size, self.ac = mode, size, align_corners
+
+    def forward(self, x):
+        e = F.relu(self.enc(x))
+        if self.size is None:
+            up = F.interpolate(e, scale_factor=2, mode=self.mode, align_corners=self.ac)
+        else:
+            up = F.interpolate(e, size=self.size, mode=self.mode, align_corners=self.ac)
+        return self.dec(up)
+
+
+GAMMA = [1.0, 0.1, 0.01, 0.001]
+
+
+class LayerScale(nn.Module):
+    """``gamma * conv(x) + beta`` with gamma (C, 1, 1) spanning three decades (the conv's channels
+    scaled by 1/gamma, so every output channel has a similar range), then ``delta * (.)`` after a
+    residual add, where there is no conv to fold into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.div_(torch.tensor(GAMMA).reshape(4, 1, 1, 1))
+            self.conv.bias.div_(torch.tensor(GAMMA))
+        self.gamma = nn.Parameter(torch.tensor(GAMMA).reshape(4, 1, 1))
+        self.beta = nn.Parameter(torch.tensor([0.5, -0.5, 0.0, 0.25]).reshape(4, 1, 1))
+        self.delta = nn.Parameter(torch.tensor([2.0, -1.0, 0.5, 0.25]).reshape(4, 1, 1))
+
+    def forward(self, x):
+        y = self.conv(x) * self.gamma + self.beta
+        return (F.relu(y) + y) * self.delta
+
+
+class Tokens(nn.Module):
+    """ViT's patch tokens + class token (expand + cat) + position embedding + ``x[:, 0]``."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, d, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 5, d) * 0.5)
+        self.fc = nn.Linear(d, 10)
+
+    def forward(self, x):
+        n = x.shape[0]
+        t = self.proj(x).reshape(n, self.proj.out_channels, -1).transpose(1, 2)  # (N, 4, d)
+        t = torch.cat([self.cls.expand(n, -1, -1), t], dim=1) + self.pos
+        return self.fc(F.relu(t)[:, 0]) + self.fc(t[:, 2])  # the class token and one patch token
+
+
+def _quantize(model, shape, recipe="w8a8-pc", n=64, seed=0):
+    torch.manual_seed(seed)
+    model = model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    calib, x = torch.randn(n, *shape, generator=g), torch.randn(16, *shape, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = eq.quantize(model, recipe, calib)
+    return q, x
+
+
+@pytest.fixture(scope="module")
+def slices():
+    torch.manual_seed(0)
+    model = Slices().eval()
+    return (*_quantize(model, (3, 8, 8)), model)
+
+
+def test_slices_move_the_input_integers_exactly(slices):
+    q, x, _ = slices
+    ops = {i.op for i in q.program.instrs}
+    assert "slice" in ops
+    env = _trace(q, x)
+    n_slices = 0
+    for ins in q.program.instrs:
+        if ins.op != "slice":
+            continue
+        a = ins.attrs
+        idx = [slice(None)] * env[ins.inputs[0]].ndim
+        idx[a["axis"]] = slice(a["start"], a["stop"], a["step"])
+        np.testing.assert_array_equal(env[ins.output], env[ins.inputs[0]][tuple(idx)])
+        assert q.program.tensors[ins.output].qparams is q.program.tensors[ins.inputs[0]].qparams
+        n_slices += 1
+    # input x2, chunk x2, split x2 (the third is unused and not computed), unbind (one of 8 used), step,
+    # narrow, W slice, select, the final [:, :14] and the d/f/g [:, :1]
+    assert n_slices == 15
+
+
+def test_slices_program_matches_fp32_simulate_and_onnx(slices):
+    q, x, model = slices
+    with torch.no_grad():
+        ref = model(x).numpy()
+    y = np.asarray(q.run(x))
+    assert _sqnr(ref, y) > 30.0
+    yi, si = np.asarray(q.run(x, return_int=True)), np.asarray(q.simulate(x, return_int=True))
+    assert np.abs(yi.astype(int) - si.astype(int)).max() <= 1
+    want = np.asarray(q.run(x, rounding="onnxruntime"))
+    for style in ("qdq", "qoperator"):
+        assert np.abs(_ort(q, x, style=style) - want).max() == 0.0, style
+
+
+def test_slices_tflite_bit_exact_and_artifact_round_trip(slices, tmp_path):
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    q, x, _ = slices
+    y = np.asarray(q.run(x))
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)
+    q.save(tmp_path / "m")
+    back = eq.load(tmp_path / "m")
+    assert np.array_equal(np.asarray(back.run(x)), y)
+    assert np.array_equal(np.asarray(back.run(x, rounding="onnxruntime")), np.asarray(q.run(x, rounding="onnxruntime")))
+
+
+@pytest.mark.parametrize("mode, size, ac", [("nearest", None, None), ("bilinear", None, False), ("bilinear", None, True),
+                                             ("bilinear", (7, 11), False), ("bilinear", (7, 11), True)])
+def test_upsample(mode, size, ac):
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    torch.manual_seed(0)
+    model = Upsample(mode, size, ac).eval()
+    q, x = _quantize(model, (3, 8, 10))
+    env = _trace(q, x)
+    up = next(i for i in q.program.instrs if i.op == "upsample")
+    src, out = env[up.inputs[0]], env[up.output]
+    qp = q.program.tensors[up.inputs[0]].qparams
+    assert q.program.tensors[up.output].qparams is qp  # same grid in and out
+    if mode == "nearest":  # data movement: each integer repeated 2x2
+        np.testing.assert_array_equal(out, src.repeat(2, axis=2).repeat(2, axis=3))
+    else:  # TFLite's integer bilinear vs float bilinear of the same integers: 10-bit source positions
+        real = torch.from_numpy((src.astype(np.float64) - int(qp.zero_point)))
+        flt = F.interpolate(real, size=out.shape[2:], mode="bilinear", align_corners=ac).numpy()
+        exact_positions = size is None and not ac  # factor 2, half-pixel: positions are multiples of 1/4
+        assert np.abs((out.astype(np.float64) - int(qp.zero_point)) - flt).max() <= (0.5 if exact_positions else 1.5)
+    y = np.asarray(q.run(x))
+    assert np.abs(np.asarray(q.run(x, return_int=True)).astype(int)
+                  - np.asarray(q.simulate(x, return_int=True)).astype(int)).max() <= 1
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)  # LiteRT reference kernels
+    assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
+    with torch.no_grad():
+        assert _sqnr(model(x).numpy(), y) > 30.0
+
+
+def test_layer_scale_folds_into_the_conv_and_keeps_each_channel_precise():
+    """A per-channel constant right after a conv folds into its weights (one requantization, each
+    channel its own multiplier); elsewhere it is a depthwise 1x1 conv. An 8-bit per-tensor constant
+    would have rounded gamma = 0.001 to 0."""
+    torch.manual_seed(0)
+    model = LayerScale().eval()
+    q, x = _quantize(model, (3, 6, 6))
+    convs = [i for i in q.program.instrs if i.op == "conv"]
+    assert len(convs) == 2 and convs[1].attrs["groups"] == 4  # folded conv, then delta as a depthwise conv
+    assert not any(i.op in ("mul", "const") for i in q.program.instrs)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    y = np.asarray(q.run(x))
+    for c in range(4):  # error relative to each channel's own range
+        err = np.abs(y[:, c] - ref[:, c]).max() / np.abs(ref[:, c]).max()
+        assert err < 0.06, (c, err)  # max error vs the channel range, at most 1/4 of the output range
+    assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)
+
+
+def test_class_token_and_position_embedding(tmp_path):
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    q, x = _quantize(model, (3, 8, 8))
+    consts = [i for i in q.program.instrs if i.op == "const"]
+    assert len(consts) == 2 and all(i.arrays["value"].shape[0] == 1 for i in consts)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    y = np.asarray(q.run(x))
+    assert _sqnr(ref, y) > 30.0
+    for n in (1, 5):  # the constants broadcast over any batch
+        np.testing.assert_array_equal(np.asarray(q.run(x[:n])), y[:n])
+    assert np.abs(np.asarray(q.run(x, return_int=True)).astype(int)
+                  - np.asarray(q.simulate(x, return_int=True)).astype(int)).max() <= 1
+    want = np.asarray(q.run(x, rounding="onnxruntime"))
+    for style in ("qdq", "qoperator"):
+        assert np.abs(_ort(q, x, style=style) - want).max() == 0.0, style
+    q.save(tmp_path / "m")
+    assert np.array_equal(np.asarray(eq.load(tmp_path / "m").run(x)), y)
+
+
+class _ConstCat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.p = nn.Conv2d(3, 4, 1), nn.Parameter(torch.randn(1, 2, 4, 4))
+
+    def forward(self, x):
+        return torch.cat([self.p.expand(x.shape[0], -1, -1, -1), self.conv(x)], 1)
+
+
+def test_tflite_refuses_a_constant_concatenation_by_name(tmp_path):
+    q, x = _quantize(_ConstCat(), (3, 4, 4))
+    assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
+    with pytest.raises(ExportError, match="layer 'cat'.*constant with activations"):
+        q.export(tmp_path / "m.tflite", format="tflite")
+    with pytest.raises(UnsupportedOpError, match=r"\[const\].*quantization-aware training"):
+        eq.qat.prepare(_ConstCat(), "w4a4-qat", [torch.randn(8, 3, 4, 4)])
+
+
+def test_fp32_recipe_runs_the_same_ops():
+    torch.manual_seed(0)
+    for model, shape in ((Slices(), (3, 8, 8)), (Tokens(), (3, 8, 8)), (Upsample("bilinear", (7, 11), True), (3, 8, 10))):
+        model = model.eval()
+        q, x = _quantize(model, shape, "fp32")
+        with torch.no_grad():
+            ref = model(x).numpy()
+        np.testing.assert_allclose(np.asarray(q.run(x)), ref, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(_ort(q, x), ref, atol=1e-4, rtol=1e-4)
+
+
+class _BatchSlice(nn.Module):
+    def forward(self, x):
+        return x[1:]
+
+
+class _OddNearest(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=1.5, mode="nearest")
+
+
+class _ConstMinusX(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.ones(3, 1, 1))
+
+    def forward(self, x):
+        return self.c - x
+
+
+class _ConstTooBig(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.ones(1, 3, 4, 4))
+
+    def forward(self, x):
+        return x + self.c  # x is (N, 3, 1, 4): the constant would enlarge it
+
+
+@pytest.mark.parametrize("model, shape, match", [
+    (_BatchSlice(), (3, 4, 4), r"node 'slice.*slices the batch dimension"),
+    (_OddNearest(), (3, 4, 4), r"node 'upsample_nearest2d'.*whole factors"),
+    (_ConstMinusX(), (3, 4, 4), r"node 'sub'.*constant tensor minus an activation"),
+    (_ConstTooBig(), (3, 1, 4), r"node 'add'.*does not broadcast"),
+])
+def test_unsupported_variants_name_the_node(model, shape, match):
+    with pytest.raises(UnsupportedOpError, match=match):
+        eq.quantize(model, "w8a8-pc", [torch.rand(4, *shape)])
+
+
+def test_qat_takes_slices_and_nearest_but_refuses_bilinear():
+    calib = [torch.randn(8, 3, 8, 10)]
+    qm = eq.qat.prepare(Upsample("nearest"), "w4a4-qat", calib)
+    x = torch.randn(4, 3, 8, 10)
+    q = eq.qat.convert(qm)
+    assert torch.equal(q.run(x), qm.eval()(x).detach().float())
+    with pytest.raises(UnsupportedOpError, match="bilinear upsampling"):
+        eq.qat.prepare(Upsample("bilinear"), "w4a4-qat", calib)
