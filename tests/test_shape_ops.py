@@ -98,6 +98,22 @@ class LayerScale(nn.Module):
         return (F.relu(y) + y) * self.delta
 
 
+class TokenLayerScale(nn.Module):
+    """CaiT's ``x + gamma * fc(x)`` on tokens: gamma per feature folds into the linear."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+        self.gamma = nn.Parameter(torch.logspace(0, -3, d))
+        with torch.no_grad():
+            self.fc2.weight.div_(self.gamma[:, None])
+            self.fc2.bias.div_(self.gamma)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return h + (self.gamma * self.fc2(h) + 0.5 * self.gamma)
+
+
 class Tokens(nn.Module):
     """ViT's patch tokens + class token (expand + cat) + position embedding + ``x[:, 0]``."""
 
@@ -234,6 +250,17 @@ def test_layer_scale_folds_into_the_conv_and_keeps_each_channel_precise():
     from edgequant.export.tflite_run import run_tflite
 
     assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)
+
+
+def test_token_layer_scale_folds_into_the_linear():
+    torch.manual_seed(0)
+    model = TokenLayerScale().eval()
+    q, x = _quantize(model, (5, 8))
+    assert [i.op for i in q.program.instrs].count("linear") == 2
+    assert not any(i.op in ("mul", "const") for i in q.program.instrs)  # x * gamma folded into fc2's rows
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _sqnr(ref, np.asarray(q.run(x))) > 30.0
 
 
 def test_class_token_and_position_embedding(tmp_path):

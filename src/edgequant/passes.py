@@ -111,28 +111,50 @@ def _scale_target(g: Graph, by: dict[str, Node], n: Node, removed: set[str]) -> 
     return None
 
 
+def _feature_const(by: dict[str, Node], n: Node) -> tuple[np.ndarray, bool] | None:
+    """(per-feature vector, is_mul) of ``x * c`` / ``x + c`` with a ``const`` c varying along the last dim only."""
+    if n.op not in ("mul", "add") or len(n.inputs) != 2 or by[n.inputs[1]].op != "const" or "act" in n.attrs:
+        return None
+    v = by[n.inputs[1]].params["value"]
+    if v.ndim < 2 or any(d != 1 for d in v.shape[:-1]):
+        return None
+    return v.reshape(-1).astype(np.float64), n.op == "mul"
+
+
 def fold_constant_scale(graph: Graph) -> Graph:
     """conv (or linear -> transpose) followed by a per-channel constant multiply/add (a depthwise 1x1
-    conv made by capture, e.g. ConvNeXt's layer scale) -> the constant folded into the weights and
-    bias: one requantization instead of two, and no intermediate tensor whose per-tensor scale the
-    largest channel sets. Runs before BatchNorm folding so that QAT, which re-folds BatchNorm from
-    the raw conv, never sees a conv carrying both."""
+    conv made by capture, e.g. ConvNeXt's layer scale), or linear followed by ``x * c`` / ``x + c``
+    with ``c`` per output feature (CaiT's layer scale on tokens) -> the constant folded into the
+    weights and bias: one requantization instead of two, every channel keeps its own multiplier
+    (an 8-bit per-tensor constant would zero the small ones), and no intermediate tensor whose
+    per-tensor scale the largest channel sets. Runs before BatchNorm folding so that QAT, which
+    re-folds BatchNorm from the raw conv, never sees a conv carrying both."""
     g = graph.copy()
     by = g.by_name()
     keep: list[Node] = []
     removed: set[str] = set()
     for n in g.nodes:
-        target = _scale_target(g, by, n, removed) if n.op == "conv" and n.attrs.get("from_const") else None
+        target, feat = None, _feature_const(by, n)
+        if n.op == "conv" and n.attrs.get("from_const"):
+            target = _scale_target(g, by, n, removed)
+            if target is not None:
+                s, t = n.params["weight"].reshape(-1).astype(np.float64), n.params["bias"].astype(np.float64)
+        elif feat is not None:
+            prev = by[n.inputs[0]]
+            users = [c for c in g.consumers(prev.name) if c.name not in removed]
+            if prev.op == "linear" and len(users) == 1 and prev.name != g.output and "act" not in prev.attrs \
+                    and feat[0].size == prev.params["weight"].shape[0]:
+                target = prev
+                s, t = (feat[0], 0.0) if feat[1] else (np.ones_like(feat[0]), feat[0])
         if target is None:
             keep.append(n)
             continue
-        s, t = n.params["weight"].reshape(-1).astype(np.float64), n.params["bias"].astype(np.float64)
         w = target.params["weight"].astype(np.float64)
         target.params["weight"] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
         target.params["bias"] = (target.params["bias"].astype(np.float64) * s + t).astype(np.float32)
         _replace_uses(g, n.name, n.inputs[0])
         removed.add(n.name)
-    g.nodes = keep
+    g.nodes = [n for n in keep if n.op != "const" or any(n.name in c.inputs for c in keep)]  # drop folded constants
     return g.validate()
 
 
