@@ -110,6 +110,7 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
     res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
+    act_qp.update(res.act_qp)  # learned activation steps: the grids lower() gives the program (in place, as lowbit_step)
     for n in g.nodes:
         if n.name in res.weights:
             q, scale, bits = res.weights[n.name]
