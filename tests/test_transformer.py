@@ -240,6 +240,10 @@ def test_onnx_qdq_export_matches_interpreter_ort_mode(quantized, data, tmp_path)
         assert (d <= 1).mean() >= 0.999 and d.max() <= 2, (name, d.max(), (d <= 1).mean())
         ops = {n.op_type for n in onnx.load(tmp_path / f"{name}_opt.onnx").graph.node}
         assert {"QGemm", "QLinearMatMul", "QLinearSoftmax"} <= ops, (name, ops)
+        qop = tmp_path / f"{name}_qop.onnx"  # QOperator: QGemm for the Linears, the QDQ forms for the rest
+        q.export(qop, format="onnx", style="qoperator")
+        d = np.abs(_ort_ints(qop, x, q.program.output_qparams) - want)
+        assert (d <= 1).mean() >= 0.999 and d.max() <= 2, (name, "qoperator", d.max())
 
 
 def test_float_recipes_run_the_transformer_ops(data):
