@@ -153,6 +153,28 @@ def test_run_matches_simulation_for_each_recipe(digits, cnn, recipe):
     assert meta["units"] and all(u["seconds"] >= 0 for u in meta["units"])
 
 
+def test_brecq_learned_activation_steps_are_the_programs(digits, cnn):
+    """BRECQ learns every activation step inside a unit (LSQ, zero point kept) and the program is
+    lowered with the learned grids; learn_act_scale=False keeps the calibrated ones."""
+    from edgequant.calibrate import calibrate
+
+    calib, x = digits
+    q = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=ITERS, progress=False)
+    learned = pipeline.LAST_RESULT.act_qp
+    cal = calibrate(capture_prepared(cnn, x[:2]), q.recipe, calib)
+    assert set(learned) == {n.name for n in q.graph.nodes[1:] if n.name in cal}  # all but the input
+    for k, qp in learned.items():
+        prog = q.program.tensors[k].qparams
+        assert float(prog.scale) == float(qp.scale) and int(prog.zero_point) == int(cal[k].zero_point)
+        assert 0.5 < float(qp.scale) / float(cal[k].scale) < 2.0
+    assert sum(float(qp.scale) != float(cal[k].scale) for k, qp in learned.items()) >= len(learned) - 1
+    fixed = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=2, progress=False, learn_act_scale=False)
+    assert pipeline.LAST_RESULT.act_qp == {}
+    assert all(float(fixed.program.tensors[k].qparams.scale) == float(cal[k].scale) for k in learned)
+    ada = eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=2, progress=False)
+    assert pipeline.LAST_RESULT.act_qp == {} and ada.recipe.option("learn_act_scale") is None  # AdaRound: off
+
+
 def test_reconstruction_beats_nearest_rounding_on_digits(digits, cnn):
     """W2A4 nearest rounding on the MSE grid loses points; 60 block steps per unit win some back."""
     calib, x = digits

@@ -16,7 +16,10 @@ Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound,
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
 ``memory_mb``, ``cache_dir``, ``seed``, ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
 outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
-``rounding="onnxruntime"``), ``progress`` (None = when stderr is a terminal).
+``rounding="onnxruntime"``), ``learn_act_scale`` (BRECQ: learn the activation steps inside each
+unit; default on for brecq, off for adaround), ``act_lr``, ``progress`` (None = when stderr is a
+terminal). The learned activation steps are written into the step's ``act_qp`` in place, so
+``lower()`` gives the program the grids the rounding was fitted to.
 
 ``bias_correction`` is rejected: it would change the float targets the rounding is fitted to.
 """
