@@ -240,6 +240,8 @@ def test_bad_options_are_recipe_errors(digits, cnn):
     for opts in ({"qdrop": 1.5}, {"iterations": 0}, {"requant": "float"}, {"bias_correction": "banner"}):
         with pytest.raises(RecipeError):
             eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=opts.pop("iterations", 2), progress=False, **opts)
+    with pytest.raises(RecipeError, match="learn_act_scale"):
+        eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=2, progress=False, learn_act_scale=True)
     with pytest.raises(RecipeError, match="reconstruct"):
         eq.quantize(cnn, make_recipe(4, 4, "brecq", reconstruct="nope"), calib)
 

@@ -56,6 +56,9 @@ def config_from_recipe(recipe: Recipe) -> ReconConfig:
     cfg = ReconConfig(method=method, **kw)
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise RecipeError(f"recipe {recipe.name!r}: iterations={cfg.iterations} and batch_size={cfg.batch_size} must be >= 1")
+    if cfg.learn_act_scale and method == "adaround":
+        raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale needs reconstruct='brecq' (AdaRound's layer "
+                          "objective keeps activations in float, so there is no activation step to learn)")
     if not 0.0 <= cfg.qdrop < 1.0:
         raise RecipeError(f"recipe {recipe.name!r}: qdrop={cfg.qdrop} is a probability in [0, 1)")
     return cfg
