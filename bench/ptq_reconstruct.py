@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 import warnings
 
@@ -56,9 +57,12 @@ def main() -> None:
     ap.add_argument("--widths", default=",".join(WIDTHS))
     ap.add_argument("--methods", default="naive,aciq,adaround,brecq,brecq+qdrop")
     ap.add_argument("--iterations", type=int, default=None, help="per layer (adaround) / per block (brecq)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when running nets in parallel)")
     a = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores; "
+          f"torch threads {a.threads}; iterations {a.iterations or 'recipe defaults'}", flush=True)
     calib, test = eq.data.digits()
     xs = torch.cat([x for x, _ in test]).numpy()
     ys = torch.cat([y for _, y in test]).numpy()

@@ -153,6 +153,28 @@ def test_run_matches_simulation_for_each_recipe(digits, cnn, recipe):
     assert meta["units"] and all(u["seconds"] >= 0 for u in meta["units"])
 
 
+def test_brecq_learned_activation_steps_are_the_programs(digits, cnn):
+    """BRECQ learns every activation step inside a unit (LSQ, zero point kept) and the program is
+    lowered with the learned grids; learn_act_scale=False keeps the calibrated ones."""
+    from edgequant.calibrate import calibrate
+
+    calib, x = digits
+    q = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=ITERS, progress=False)
+    learned = pipeline.LAST_RESULT.act_qp
+    cal = calibrate(capture_prepared(cnn, x[:2]), q.recipe, calib)
+    assert set(learned) == {n.name for n in q.graph.nodes[1:] if n.name in cal}  # all but the input
+    for k, qp in learned.items():
+        prog = q.program.tensors[k].qparams
+        assert float(prog.scale) == float(qp.scale) and int(prog.zero_point) == int(cal[k].zero_point)
+        assert 0.5 < float(qp.scale) / float(cal[k].scale) < 2.0
+    assert sum(float(qp.scale) != float(cal[k].scale) for k, qp in learned.items()) >= len(learned) - 1
+    fixed = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=2, progress=False, learn_act_scale=False)
+    assert pipeline.LAST_RESULT.act_qp == {}
+    assert all(float(fixed.program.tensors[k].qparams.scale) == float(cal[k].scale) for k in learned)
+    ada = eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=2, progress=False)
+    assert pipeline.LAST_RESULT.act_qp == {} and ada.recipe.option("learn_act_scale") is None  # AdaRound: off
+
+
 def test_reconstruction_beats_nearest_rounding_on_digits(digits, cnn):
     """W2A4 nearest rounding on the MSE grid loses points; 60 block steps per unit win some back."""
     calib, x = digits
@@ -182,11 +204,44 @@ def test_per_layer_override_and_bit_allocation(digits, cnn):
     assert np.abs(_instr(q, first.name).arrays["weight"]).max() > 7  # reconstructed on the 8-bit grid
 
 
+def test_one_bit_channels_learn_the_sign_never_zero():
+    """A 1-bit channel's grid is {-1, +1}: learned rounding picks a sign and starts at the nearer one."""
+    w = np.array([[0.3, -0.2, 0.05, -0.9], [0.3, -0.2, 0.05, -0.9]], np.float32)
+    a = AdaRoundWeight(w, np.array([0.5, 0.25], np.float32), np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
+                       binary=np.array([True, False]))
+    assert a.integers()[0].tolist() == [1, -1, 1, -1]   # sign(w): initial h = (w/s + 1) / 2
+    with torch.no_grad():
+        a.v.normal_(0, 10)
+    q = a.integers()
+    assert set(q[0].tolist()) <= {-1, 1} and set(q[1].tolist()) <= {-1, 0, 1}  # the 2-bit row may round to 0
+    assert torch.equal(a(hard=True)[0].abs(), torch.full((4,), 0.5))  # hard weights: exactly +-scale
+
+
+def test_bit_allocation_one_bit_channels_stay_binary_and_save(digits, cnn, tmp_path):
+    """W2 with per-channel bit allocation gives some 1-bit channels; reconstruction must keep them on
+    {-1, +1} (a 0 cannot be packed in 1 bit: q.save used to raise ArtifactError)."""
+    calib, x = digits
+    r = make_recipe(2, 4, "brecq", iterations=10, reconstruct_base="bit_alloc", name="t-1bit")
+    q = eq.quantize(cnn, r, calib)
+    ones = 0
+    for n in _gemm_nodes(q):
+        bits = np.asarray(_instr(q, n.name).attrs["channel_bits"])
+        w = _instr(q, n.name).arrays["weight"].reshape(len(bits), -1)
+        assert np.all(np.abs(w[bits == 1]) == 1), n.name
+        ones += int((bits == 1).sum())
+    assert ones > 0  # the case is exercised
+    q.save(tmp_path / "q")
+    back = eq.load(tmp_path / "q")
+    assert np.array_equal(np.asarray(back.run(x[:64].numpy())), np.asarray(q.run(x[:64].numpy())))
+
+
 def test_bad_options_are_recipe_errors(digits, cnn):
     calib, _ = digits
     for opts in ({"qdrop": 1.5}, {"iterations": 0}, {"requant": "float"}, {"bias_correction": "banner"}):
         with pytest.raises(RecipeError):
             eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=opts.pop("iterations", 2), progress=False, **opts)
+    with pytest.raises(RecipeError, match="learn_act_scale"):
+        eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=2, progress=False, learn_act_scale=True)
     with pytest.raises(RecipeError, match="reconstruct"):
         eq.quantize(cnn, make_recipe(4, 4, "brecq", reconstruct="nope"), calib)
 

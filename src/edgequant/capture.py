@@ -219,9 +219,46 @@ def _mul(ctx, fx, args):
         return _affine(ctx, fx, a, float(b), 0.0)
     if _scalar(a):
         return _affine(ctx, fx, b, float(a), 0.0)
+    x, c = (a, b) if ctx.is_param(b) else (b, a)
+    if isinstance(x, torch.fx.Node) and ctx.is_param(c) and _fold_channel_scale(ctx, fx, x, ctx.param(c)):
+        return None  # folded into the Linear/Conv that produces x
     raise UnsupportedOpError(
-        f"node '{fx.name}': multiply by a constant tensor or parameter is not supported; "
-        "only activation * activation and activation * scalar")
+        f"node '{fx.name}': multiply by a constant tensor or parameter is supported only as a per-channel scale "
+        "directly after a Linear/Conv (through transposes; folded into its weights, e.g. ConvNeXt's layer scale); "
+        "otherwise only activation * activation and activation * scalar")
+
+
+def _fold_channel_scale(ctx: _Ctx, fx, x, c: np.ndarray) -> bool:
+    """``x * c`` with ``c`` varying along one axis of ``x`` only (a layer scale): if ``x`` is a
+    Linear/Conv output (through transposes, each with this one use), scale that layer's output
+    channels instead -- W[o] *= c[o], b[o] *= c[o] -- and make the multiply an alias of ``x``."""
+    so = _shape(fx)
+    if c.ndim > len(so) or _shape(x) != so:
+        return False
+    full = c.reshape((1,) * (len(so) - c.ndim) + c.shape)
+    axes = [k for k, n in enumerate(full.shape) if n != 1]
+    if len(axes) != 1 or axes[0] == 0 or full.shape[axes[0]] != so[axes[0]]:
+        return False
+    k, scale = axes[0], full.reshape(-1).astype(np.float64)
+    by = {n.name: n for n in ctx.nodes}
+    node = x
+    while True:
+        if len(node.users) != 1:
+            return False
+        ir = by.get(node.name)
+        if ir is None and node.name in ctx.alias and node.args and isinstance(node.args[0], torch.fx.Node):
+            node = node.args[0]  # an identity op (dropout, clone, ...)
+            continue
+        if ir is not None and ir.op == "transpose":
+            k, node = ir.attrs["perm"][k], node.args[0]
+            continue
+        if ir is None or ir.op not in ("linear", "conv") or k != (len(ir.shape) - 1 if ir.op == "linear" else 1):
+            return False
+        w = ir.params["weight"].astype(np.float64)
+        ir.params["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        ir.params["bias"] = (ir.params["bias"].astype(np.float64) * scale).astype(np.float32)
+        ctx.alias[fx.name] = ctx.ref(x, fx)
+        return True
 
 
 def _const_scalar(ctx: _Ctx, v):
@@ -518,7 +555,7 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
                 "Replace the op, or keep that part of the model outside the quantized module."
             )
         node = HANDLERS[target](ctx, fx, list(fx.args))
-        if node is None:  # the handler aliased fx to an existing node (e.g. a slice of the whole batch)
+        if node is None:  # an alias of an earlier node: a layer scale folded into its layer, a whole-batch slice
             continue
         node.shape = _shape(fx)
         if not node.module:

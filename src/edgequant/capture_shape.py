@@ -132,6 +132,8 @@ def _binary(kind: str):
             raise UnsupportedOpError(f"node '{fx.name}' ({fx.target}): a constant of shape {v.shape} does not broadcast "
                                      f"into the activation {xs}; the constant must not enlarge it")
         c = {"add": v * alpha, "sub": -v * alpha, "mul": v, "div": 1.0 / v}[kind]
+        if kind in ("mul", "div") and cap._fold_channel_scale(ctx, fx, x, c.astype(np.float32)):
+            return None  # a layer scale right after its Linear/Conv (through transposes): folded at capture
         xr = ctx.ref(x, fx)
         module = ctx.param_module(cnode) if cnode.name in ctx.param_of else _module_path(fx)
         if len(xs) == 4 and vs[1:] == (xs[1], 1, 1) and vs[0] == 1:  # per channel: a depthwise 1x1 conv

@@ -65,9 +65,9 @@ def matmul_f_sim(instr, inputs, ctx) -> torch.Tensor:
 
 # -- softmax --------------------------------------------------------------------------------------
 def softmax_exp_table(s_x: float, levels: int) -> np.ndarray:
-    """int64 ``round(2^20 * exp(-k * s_x))`` for k = 0 .. levels-1 (k = max - x)."""
+    """int32 ``round(2^20 * exp(-k * s_x))`` for k = 0 .. levels-1 (k = max - x)."""
     k = np.arange(levels, dtype=np.float64)
-    return np.round(np.exp(-k * float(np.float32(s_x))) * (1 << EXP_FRAC_BITS)).astype(np.int64)
+    return np.round(np.exp(-k * float(np.float32(s_x))) * (1 << EXP_FRAC_BITS)).astype(np.int32)
 
 
 def ort_softmax_table(s_x: float, d: int) -> np.ndarray:

@@ -8,6 +8,9 @@ weight) and is trained to minimise a reconstruction error plus ``lambda * f_reg`
 linearly from 20 to 2 after a warm-up (20% of the iterations) during which only the reconstruction
 error counts (BRECQ's reference schedule). The result is ``floor(w/s) + [V >= 0]``: ordinary
 integers on the unchanged scale, so the integer program needs nothing new.
+
+A 1-bit channel (per-channel bit allocation gives some) has the grid {-1, +1}, where 0 does not
+exist: its weight is ``s * (-1 + 2 h(V))``, so the learned choice is the sign, never 0.
 """
 from __future__ import annotations
 
@@ -55,26 +58,32 @@ class AdaRoundWeight(nn.Module):
 
     ``scale`` (O,) and the per-channel integer bounds ``lo``/``hi`` (O,) come from the recipe's weight
     method, so the learned integers never leave the range that method chose (its bit width, or its
-    per-channel allocation).
+    per-channel allocation). ``binary`` (O,) bool marks 1-bit channels: they choose between -1 and
+    +1 (lower point -1, spacing 2) instead of between two neighbours.
     """
 
-    def __init__(self, weight: np.ndarray, scale: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    def __init__(self, weight: np.ndarray, scale: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 binary: np.ndarray | None = None) -> None:
         super().__init__()
         w = torch.as_tensor(np.asarray(weight, np.float64))
         shape = (-1,) + (1,) * (w.ndim - 1)
         s = torch.as_tensor(np.asarray(scale, np.float64)).reshape(shape)
         v = w / s
-        floor = torch.floor(v)
+        b = torch.zeros(w.shape[0], dtype=torch.bool) if binary is None else torch.as_tensor(np.asarray(binary, bool))
+        b = b.reshape(shape)
+        floor = torch.where(b, -torch.ones_like(v), torch.floor(v))
+        step = torch.where(b, 2.0, 1.0).to(torch.float64)
         self.register_buffer("scale", s.float())
         self.register_buffer("floor", floor.float())
-        self.register_buffer("lo", torch.as_tensor(np.asarray(lo, np.float32)).reshape(shape))
-        self.register_buffer("hi", torch.as_tensor(np.asarray(hi, np.float32)).reshape(shape))
-        self.v = nn.Parameter(init_v((v - floor).float()))
+        self.register_buffer("step", step.float())
+        self.register_buffer("lo", torch.where(b, -1.0, torch.as_tensor(np.asarray(lo, np.float64)).reshape(shape)).float())
+        self.register_buffer("hi", torch.where(b, 1.0, torch.as_tensor(np.asarray(hi, np.float64)).reshape(shape)).float())
+        self.v = nn.Parameter(init_v(((v - floor) / step).clamp(0.0, 1.0).float()))
 
     def forward(self, hard: bool = False) -> torch.Tensor:
-        """The (soft or hard) quantized float weight ``s * clip(floor + h(V), lo, hi)``."""
+        """The (soft or hard) quantized float weight ``s * clip(floor + step * h(V), lo, hi)``."""
         up = (self.v >= 0).float() if hard else rectified_sigmoid(self.v)
-        return self.scale * torch.clamp(self.floor + up, self.lo, self.hi)
+        return self.scale * torch.clamp(self.floor + self.step * up, self.lo, self.hi)
 
     def regulariser(self, beta: float) -> torch.Tensor:
         return (1 - (2 * rectified_sigmoid(self.v) - 1).abs().pow(beta)).sum()
@@ -82,5 +91,5 @@ class AdaRoundWeight(nn.Module):
     def integers(self) -> np.ndarray:
         """The learned integer weights (int8 container), same shape as the float weight."""
         with torch.no_grad():
-            q = torch.clamp(self.floor + (self.v >= 0).float(), self.lo, self.hi)
+            q = torch.clamp(self.floor + self.step * (self.v >= 0).float(), self.lo, self.hi)
         return q.numpy().astype(np.int8)

@@ -15,6 +15,20 @@ compensated downstream, as in both papers):
   float value with probability ``p`` during training, which flattens the loss landscape the
   rounding is fitted to.
 
+With ``"brecq"`` the activation steps inside each unit are learned too (``learn_act_scale``, on by
+default, as in BRECQ's and QDrop's reference code): every fake-quantized activation of the unit
+(the unit's output included, its entry excluded: that is the previous unit's output, already
+fixed) gets a step ``s = s0 * exp(u)`` with ``s0`` the calibrated step, trained jointly with the
+rounding by LSQ's straight-through gradient (Esser et al., arXiv 1902.08153: ``round(x/s) - x/s``
+inside the range, ``qmin - z`` / ``qmax - z`` at the clips). The zero point stays the calibrated
+integer: zero stays exactly representable without re-nudging, a post-ReLU grid keeps ``qmin`` at
+real 0 (no level wasted below it), and the program's clamp bounds stay integers. The papers learn
+``s`` itself with Adam at 4e-5 over 20k iterations; with a few hundred steps per unit we learn
+``log s`` (a scale-free step, lr ``act_lr``) under the same cosine decay. When a unit is done its
+learned steps replace the calibrated ones in the activation qparams (``ReconResult.act_qp``) that
+the program is lowered with, and the sim's requantization shifts and int32 bias grids are
+recomputed from them, so later units and ``q.run`` see the same grids.
+
 The sim is the integer program's arithmetic in float: biases on the program's int32 grid and, with
 ``requant="gemmlowp"``, the double rounding of gemmlowp requantization (``requant_shifts``), so the
 rounding is learned for what ``q.run`` computes (per layer bit-exact up to float32 ties; tests/test_reconstruct.py).
@@ -24,6 +38,8 @@ over samples and positions; regulariser weight ``lambda`` (0.01) on the sum over
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -57,6 +73,8 @@ class ReconConfig:
     cache_dir: str | None = None
     seed: int = 0
     requant: str = "gemmlowp"         # how the sim rounds conv/linear outputs: as q.run's default, or "exact"
+    learn_act_scale: bool | None = None  # learn activation steps inside each unit (None: on for brecq, off for adaround)
+    act_lr: float = 4e-3              # Adam lr on log(step) of the activation quantizers
 
 
 @dataclass
@@ -73,6 +91,7 @@ class ReconResult:
     """Learned integers per node: name -> (int8 weights, per-channel scale (O,), weight bits)."""
 
     weights: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    act_qp: dict[str, QParams] = field(default_factory=dict)  # learned activation grids (name -> qparams)
     units: list[UnitReport] = field(default_factory=list)
     seconds: float = 0.0
     disk_bytes_peak: int = 0
@@ -137,28 +156,59 @@ class _Sim:
                  grids: dict[str, "WeightGrid"] | None = None) -> None:
         self.act_qp = act_qp
         self.shifts = shifts or {}
+        self.log_steps: dict[str, torch.Tensor] = {}  # activations whose step is being learned: log(s / s0)
         self.params = {n.name: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in n.params.items()}
                        for n in graph.nodes if n.params}
-        self.qparams = {}  # quantized-model params: the bias on the program's int32 grid s_in * s_w
-        for n in graph.nodes:
-            if grids and n.name in grids and n.inputs[0] in act_qp and "bias" in n.params:
-                step = np.float32(act_qp[n.inputs[0]].scale) * grids[n.name].scale.astype(np.float32)
+        self.graph, self.grids = graph, grids
+        self.qparams: dict[str, dict] = {}
+        self.grid_biases()
+
+    def grid_biases(self) -> None:
+        """Quantized-model params: each bias on the program's int32 grid ``s_in * s_w``."""
+        self.qparams = {}
+        for n in self.graph.nodes:
+            if self.grids and n.name in self.grids and n.inputs[0] in self.act_qp and "bias" in n.params:
+                step = np.float32(self.act_qp[n.inputs[0]].scale) * self.grids[n.name].scale.astype(np.float32)
                 b = np.round(n.params["bias"].astype(np.float64) / step) * step
                 self.qparams[n.name] = {**self.params[n.name], "bias": torch.as_tensor(b, dtype=torch.float32)}
+
+    def learn_steps(self, names) -> list[torch.Tensor]:
+        """Start learning the steps of these activations (from the calibrated ones)."""
+        self.log_steps = {k: torch.zeros((), requires_grad=True) for k in names if k in self.act_qp}
+        return list(self.log_steps.values())
+
+    def commit_steps(self) -> dict[str, QParams]:
+        """Write the learned steps into ``act_qp`` (float32, zero point unchanged), stop learning them."""
+        out = {}
+        for k, u in self.log_steps.items():
+            qp = self.act_qp[k]
+            s = np.float32(float(qp.scale) * float(torch.exp(u.detach().double())))
+            out[k] = dataclasses.replace(qp, scale=np.asarray(s, np.float32).reshape(np.shape(qp.scale)))
+        self.act_qp.update(out)
+        self.log_steps = {}
+        return out
 
     def fq(self, name: str, y: torch.Tensor, drop: float, gen: torch.Generator | None) -> torch.Tensor:
         qp = self.act_qp.get(name)
         if qp is None:
             return y
         s, z = float(qp.scale), float(qp.zero_point)
+        learn = name in self.log_steps
+        if learn:
+            s = s * torch.exp(self.log_steps[name])
         v = y / s
         if name in self.shifts:  # first rounding of the gemmlowp requantization, to 1/2^R of a step
             p = self.shifts[name]
             v = v + (round_half_away(v * p) / p - v).detach()
-        q = round_half_away(v) + z  # in the integer domain: 14.5 * s / s must stay a tie
+        r = round_half_away(v.detach())  # in the integer domain: 14.5 * s / s must stay a tie
+        q = r + z
         inside = (q >= qp.qmin) & (q <= qp.qmax)
-        out = (torch.clamp(q, qp.qmin, qp.qmax) - z) * s
-        q = torch.where(inside, y + (out - y).detach(), out.detach())  # STE inside the range (as fake_quantize)
+        k = torch.clamp(q, qp.qmin, qp.qmax) - z
+        if learn:  # LSQ: d/dy = 1 inside, 0 outside; d/ds = round(v) - v inside, qmin - z / qmax - z outside
+            q = torch.where(inside, (r + v - v.detach()) * s, k * s)
+        else:
+            out = k * s
+            q = torch.where(inside, y + (out - y).detach(), out.detach())  # STE inside the range (as fake_quantize)
         if drop > 0:
             keep_float = torch.rand(y.shape, generator=gen) < drop
             q = torch.where(keep_float, y, q)
@@ -211,10 +261,15 @@ class _Trainer:
     def _sample(self, n: int) -> np.ndarray:
         return np.sort(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
 
-    def fit(self, label: str, ada: dict[str, AdaRoundWeight], loss_fn) -> tuple[float, float]:
-        """Adam on the rounding variables for ``iterations`` steps; (first, last-50 mean) losses."""
+    def fit(self, label: str, ada: dict[str, AdaRoundWeight], loss_fn, steps: list[torch.Tensor] | None = None
+            ) -> tuple[float, float]:
+        """Adam on the rounding variables (and on the activation ``steps``, lr ``act_lr`` with cosine
+        decay to 0 as in BRECQ's code) for ``iterations`` steps; (first, last-50 mean) losses."""
         cfg = self.cfg
-        opt = torch.optim.Adam([a.v for a in ada.values()], lr=cfg.lr)
+        groups = [{"params": [a.v for a in ada.values()], "lr": cfg.lr}]
+        if steps:
+            groups.append({"params": steps, "lr": cfg.act_lr, "cosine": True})
+        opt = torch.optim.Adam(groups)
         sched = BetaSchedule(cfg.iterations)
         first, tail = float("nan"), []
         for it in range(cfg.iterations):
@@ -225,6 +280,9 @@ class _Trainer:
                 loss = rec + cfg.reg_lambda * sum(a.regulariser(beta) for a in ada.values())
             opt.zero_grad()
             loss.backward()
+            for g in opt.param_groups:
+                if g.get("cosine"):
+                    g["lr"] = cfg.act_lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
             opt.step()
             if it == 0:
                 first = rec.item()
@@ -244,7 +302,8 @@ class _Trainer:
             env = self.sim.run(unit.nodes, unit.entry, x, w, quant=True, drop=drop, gen=self.gen)
             return _rec_loss(env[unit.output], yf.get(idx))
 
-        return self.fit(unit.describe(), ada, loss_fn)
+        steps = self.sim.learn_steps(n.name for n in unit.nodes) if self.cfg.learn_act_scale else None
+        return self.fit(unit.describe(), ada, loss_fn, steps)
 
     def unit_adaround(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore) -> tuple[float, float]:
         """Layer by layer inside the unit; each layer's input and target recomputed from the entry."""
@@ -284,7 +343,11 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
     if cfg.requant not in ("gemmlowp", "exact"):
         raise RecipeError(f"reconstruction option requant={cfg.requant!r}; use 'gemmlowp' (as q.run rounds by "
                           "default) or 'exact' (single rounding, as rounding='onnxruntime')")
-    sim = _Sim(graph, act_qp, requant_shifts(graph, act_qp, grids) if cfg.requant == "gemmlowp" else None, grids)
+    if cfg.learn_act_scale is None:
+        cfg = dataclasses.replace(cfg, learn_act_scale=cfg.method == "brecq")
+    act_qp = dict(act_qp)  # learned steps go here (and into result.act_qp), not into the caller's dict
+    shifts = (lambda: requant_shifts(graph, act_qp, grids) if cfg.requant == "gemmlowp" else None)
+    sim = _Sim(graph, act_qp, shifts(), grids)
     result = ReconResult()
     space = StoreSpace(cfg.memory_mb << 20, cfg.cache_dir)
     per_unit = [sum(1 for n in u.layers if n.name in grids) for u in units]
@@ -305,6 +368,10 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                 for name, a in ada.items():
                     result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
                 result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu))
+            if sim.log_steps:  # the learned grids become the program's: later units and yq use them
+                result.act_qp.update(sim.commit_steps())
+                sim.shifts = shifts() or {}
+                sim.grid_biases()
             hard = {name: a(hard=True).detach() for name, a in ada.items()}
             yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True)[u.output])
             result.disk_bytes_peak = max(result.disk_bytes_peak, space.disk_bytes)
@@ -321,4 +388,6 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
 
 
 def _make_ada(node: Node, grid: WeightGrid) -> AdaRoundWeight:
-    return AdaRoundWeight(node.params["weight"], grid.scale, grid.lo, grid.hi)
+    bits = grid.extra.get("channel_bits")  # a per-channel bit allocation: its 1-bit channels learn the sign
+    binary = None if bits is None else np.asarray(bits) == 1
+    return AdaRoundWeight(node.params["weight"], grid.scale, grid.lo, grid.hi, binary)

@@ -16,7 +16,10 @@ Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound,
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
 ``memory_mb``, ``cache_dir``, ``seed``, ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
 outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
-``rounding="onnxruntime"``), ``progress`` (None = when stderr is a terminal).
+``rounding="onnxruntime"``), ``learn_act_scale`` (BRECQ: learn the activation steps inside each
+unit; default on for brecq, off for adaround), ``act_lr``, ``progress`` (None = when stderr is a
+terminal). The learned activation steps are written into the step's ``act_qp`` in place, so
+``lower()`` gives the program the grids the rounding was fitted to.
 
 ``bias_correction`` is rejected: it would change the float targets the rounding is fitted to.
 """
@@ -53,6 +56,9 @@ def config_from_recipe(recipe: Recipe) -> ReconConfig:
     cfg = ReconConfig(method=method, **kw)
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise RecipeError(f"recipe {recipe.name!r}: iterations={cfg.iterations} and batch_size={cfg.batch_size} must be >= 1")
+    if cfg.learn_act_scale and method == "adaround":
+        raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale needs reconstruct='brecq' (AdaRound's layer "
+                          "objective keeps activations in float, so there is no activation step to learn)")
     if not 0.0 <= cfg.qdrop < 1.0:
         raise RecipeError(f"recipe {recipe.name!r}: qdrop={cfg.qdrop} is a probability in [0, 1)")
     return cfg
@@ -110,6 +116,7 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
     res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
+    act_qp.update(res.act_qp)  # learned activation steps: the grids lower() gives the program (in place, as lowbit_step)
     for n in g.nodes:
         if n.name in res.weights:
             q, scale, bits = res.weights[n.name]
