@@ -60,6 +60,21 @@ class Slices(nn.Module):
         return self.head(torch.cat([a, b, c, d[:, :1], e, f[:, :1], g[:, :1], h], 1) [:, :14])
 
 
+class MoreSplits(nn.Module):
+    def forward(self, x):
+        a, b, c = torch.tensor_split(x, 3, dim=1)  # 2, 2, 1 channels
+        d, e = torch.tensor_split(x, [1], dim=2)
+        up = F.interpolate(x, scale_factor=2, mode="nearest-exact")[:, :, 1::2, ::2]
+        return torch.cat([c, b, a], 1) + up + torch.cat([e, d], 2)
+
+
+def test_tensor_split_and_nearest_exact_match_torch():
+    torch.manual_seed(0)
+    model = MoreSplits().eval()
+    q, x = _quantize(model, (5, 4, 6), "fp32")
+    np.testing.assert_allclose(np.asarray(q.run(x)), model(x).numpy(), atol=1e-6)
+
+
 class Upsample(nn.Module):
     def __init__(self, mode: str = "nearest", size=None, align_corners: bool | None = None) -> None:
         super().__init__()

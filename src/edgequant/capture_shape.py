@@ -1,11 +1,11 @@
 """Capture of data-movement ops and of arithmetic with constant tensors (registered into
 ``capture.HANDLERS``; ``capture`` calls ``intercept`` first for every call).
 
-* ``chunk``/``split``/``split_with_sizes``/``unbind``: not nodes themselves; each ``getitem`` of
+* ``chunk``/``split``/``split_with_sizes``/``tensor_split``/``unbind``: not nodes themselves; each ``getitem`` of
   their result becomes a ``slice`` (plus a ``reshape`` dropping the axis for ``unbind``).
   ``select`` (``x[:, 0]``) is ``slice`` + ``reshape``; ``slice``/``narrow`` are ``slice``.
   Slicing is pure data movement on the 8-bit tensor: the same qparams in and out.
-* ``upsample_nearest2d`` with integer factors (``np.repeat``: data movement) and
+* ``upsample_nearest2d`` (and ``nearest-exact``, the same for whole factors) with integer factors (``np.repeat``: data movement) and
   ``upsample_bilinear2d`` (TFLite's integer ``ResizeBilinearInteger`` arithmetic, same qparams).
 * Constants: a call whose tensor arguments are all parameters/buffers/constants is evaluated
   once here (``class_token.expand(n, -1, -1)``, ``pos_embedding[:, :T]``, weight-norm weights).
@@ -216,7 +216,7 @@ def _select(ctx: _Ctx, fx, args):
 
 
 SPLITS = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int,
-          aten.split_with_sizes_copy.default if hasattr(aten, "split_with_sizes_copy") else aten.split.Tensor}
+          aten.tensor_split.sections, aten.tensor_split.indices}
 
 
 def _record_split(ctx: _Ctx, fx) -> None:
@@ -232,6 +232,12 @@ def _record_split(ctx: _Ctx, fx) -> None:
         k = int(args[1])
         size = -(-n // k)
         sizes = [min(size, n - s) for s in range(0, n, size)]
+    elif fx.target == aten.tensor_split.sections:  # the first n % k parts one longer
+        k = int(args[1])
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    elif fx.target == aten.tensor_split.indices:
+        cuts = [0] + [min(max(int(i) % n if int(i) < 0 else int(i), 0), n) for i in args[1]] + [n]
+        sizes = [max(b - a, 0) for a, b in zip(cuts[:-1], cuts[1:])]
     elif fx.target == aten.unbind.int:
         sizes = [1] * n
     elif isinstance(args[1], (list, tuple)):
@@ -309,5 +315,6 @@ HANDLERS.update({
     aten.cat.default: _cat, aten.concat.default: _cat,
     aten.slice.Tensor: _slice, aten.narrow.default: _slice, aten.select.int: _select,
     aten.upsample_nearest2d.vec: _upsample("nearest"), aten.upsample_nearest2d.default: _upsample("nearest"),
+    aten._upsample_nearest_exact2d.vec: _upsample("nearest"),  # the same source pixels for whole factors
     aten.upsample_bilinear2d.vec: _upsample("bilinear"), aten.upsample_bilinear2d.default: _upsample("bilinear"),
 })
