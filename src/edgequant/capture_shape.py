@@ -1,19 +1,22 @@
 """Capture of data-movement ops and of arithmetic with constant tensors (registered into
 ``capture.HANDLERS``; ``capture`` calls ``intercept`` first for every call).
 
-* ``chunk``/``split``/``split_with_sizes``/``tensor_split``/``unbind``: not nodes themselves; each ``getitem`` of
-  their result becomes a ``slice`` (plus a ``reshape`` dropping the axis for ``unbind``).
+* ``chunk``/``split``/``split_with_sizes``/``tensor_split``/``unbind``: not nodes themselves; each
+  ``getitem`` of their result becomes a ``slice`` (plus a ``reshape`` dropping the axis for ``unbind``).
   ``select`` (``x[:, 0]``) is ``slice`` + ``reshape``; ``slice``/``narrow`` are ``slice``.
   Slicing is pure data movement on the 8-bit tensor: the same qparams in and out.
-* ``upsample_nearest2d`` (and ``nearest-exact``, the same for whole factors) with integer factors (``np.repeat``: data movement) and
-  ``upsample_bilinear2d`` (TFLite's integer ``ResizeBilinearInteger`` arithmetic, same qparams).
+* ``upsample_nearest2d`` (and ``nearest-exact``, the same for whole factors) with integer factors
+  (``np.repeat``: data movement) and ``upsample_bilinear2d`` (TFLite's integer
+  ``ResizeBilinearInteger`` arithmetic, same qparams).
 * Constants: a call whose tensor arguments are all parameters/buffers/constants is evaluated
   once here (``class_token.expand(n, -1, -1)``, ``pos_embedding[:, :T]``, weight-norm weights).
   Why not at run time: it is not activation arithmetic, and folding keeps every later stage
   unaware of it. A constant meeting an activation becomes (see ``_binary``):
-  - ``x * c`` / ``x / c`` with ``c`` per channel ((C, 1, 1) on (N, C, H, W), ConvNeXt's layer
-    scale): a depthwise 1x1 conv (weight ``c``), which keeps one multiplier per channel exactly
-    (an 8-bit per-tensor ``c`` would zero small channels) and runs/exports as any conv;
+  - ``x * c`` / ``x / c`` with ``c`` along one axis right after the Linear/Conv making ``x``:
+    folded into its weights at capture (``capture._fold_channel_scale``);
+  - else with ``c`` per channel ((C, 1, 1) on (N, C, H, W)): a depthwise 1x1 conv (weight ``c``),
+    which keeps one multiplier per channel (an 8-bit per-tensor ``c`` would zero small channels)
+    and runs/exports as any conv; ``passes.fold_constant_scale`` folds it into a conv before it;
   - ``x + c`` / ``x - c`` per channel: a depthwise 1x1 conv with weight 1 and an int32 bias;
   - any other broadcastable ``c`` (ViT's (1, T, d) position embedding): a ``const`` node (int8,
     per-tensor qparams of its own range) feeding ``add``/``mul``, which broadcast size-1 dims;
@@ -159,7 +162,7 @@ def _cat(ctx: _Ctx, fx, args):
 
 
 # -- slicing ---------------------------------------------------------------------------------------
-def _norm_axis(fx, dim, nd: int) -> int:
+def _axis(dim, nd: int) -> int:
     return int(dim) % nd
 
 
@@ -181,7 +184,7 @@ def _batch_error(fx) -> UnsupportedOpError:
 def _slice(ctx: _Ctx, fx, args):
     x = args[0]
     ins = _shape(x)
-    axis = _norm_axis(fx, args[1] if len(args) > 1 else fx.kwargs.get("dim", 0), len(ins))
+    axis = _axis(args[1] if len(args) > 1 else fx.kwargs.get("dim", 0), len(ins))
     if fx.target == aten.narrow.default:
         start = int(args[2]) % ins[axis] if int(args[2]) < 0 else int(args[2])
         stop, step = start + int(args[3]), 1
@@ -205,7 +208,7 @@ def _alias(ctx: _Ctx, fx, x) -> None:
 def _select(ctx: _Ctx, fx, args):
     x = args[0]
     ins = _shape(x)
-    axis = _norm_axis(fx, args[1], len(ins))
+    axis = _axis(args[1], len(ins))
     if axis == 0:
         raise _batch_error(fx)
     i = int(args[2]) % ins[axis]
