@@ -375,3 +375,26 @@ def test_qat_takes_slices_and_nearest_but_refuses_bilinear():
     assert torch.equal(q.run(x), qm.eval()(x).detach().float())
     with pytest.raises(UnsupportedOpError, match="bilinear upsampling"):
         eq.qat.prepare(Upsample("bilinear"), "w4a4-qat", calib)
+
+
+class _Gate(nn.Module):
+    """Squeeze-and-excitation without a lookup table: (N, C, 1, 1) * (N, C, H, W), then a same-shape product."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.f, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.c(x))
+        t = y * F.relu6(self.f(F.adaptive_avg_pool2d(y, 1)))
+        return self.fc(t.mean((2, 3)) * t.mean((2, 3)))
+
+
+def test_tflite_mul_is_bit_exact():
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    torch.manual_seed(0)
+    q, x = _quantize(_Gate(), (3, 8, 8))
+    assert [i.op for i in q.program.instrs].count("mul") == 2
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
