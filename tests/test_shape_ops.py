@@ -210,6 +210,28 @@ def test_slices_tflite_bit_exact_and_artifact_round_trip(slices, tmp_path):
     assert np.array_equal(np.asarray(back.run(x, rounding="onnxruntime")), np.asarray(q.run(x, rounding="onnxruntime")))
 
 
+def _edit_instr(op: str, fn):
+    def edit(doc):
+        fn(next(i for i in doc["instrs"] if i["op"] == op)["attrs"])
+    return edit
+
+
+@pytest.mark.parametrize("op, fn, match", [
+    ("slice", lambda a: a.update(stop=99), r"slice .* does not fit the input shape"),
+    ("slice", lambda a: a.update(axis=0), r"slice .* does not fit the input shape"),
+    ("slice", lambda a: a.update(start=0), r"not the slice's"),
+])
+def test_artifact_rejects_edited_slices(slices, tmp_path, op, fn, match):
+    from edgequant.errors import ArtifactError
+    from test_artifact import edit_program
+
+    q, _, _ = slices
+    q.save(tmp_path / "m")
+    edit_program(tmp_path / "m", _edit_instr(op, fn))
+    with pytest.raises(ArtifactError, match=match):
+        eq.load(tmp_path / "m")
+
+
 @pytest.mark.parametrize("mode, size, ac", [("nearest", None, None), ("bilinear", None, False), ("bilinear", None, True),
                                              ("bilinear", (7, 11), False), ("bilinear", (7, 11), True)])
 def test_upsample(mode, size, ac):

@@ -151,6 +151,38 @@ _GEMM_OPS = {"conv": "conv", "conv_dyn": "conv", "conv_f": "conv", "linear": "li
              "linear_f": "linear"}
 
 
+_SHAPE_OPS = ("slice", "upsample", "const", "const_f")
+
+
+def _check_shape_op(f: str, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail) -> None:
+    """slice/upsample/const: the attributes the kernels index and allocate with, against the declared shapes."""
+    a, out = ins.attrs, tensors[ins.output]
+    if ins.op in ("const", "const_f"):
+        v = ins.arrays.get("value")
+        _need(not ins.inputs and v is not None and v.dtype == np.dtype("int8" if ins.op == "const" else "float32")
+              and v.shape == tuple(out.shape) and v.ndim >= 1 and v.shape[0] == 1, fail, f"{f}.arrays.value",
+              f"a constant must be {'int8' if ins.op == 'const' else 'float32'} of the declared shape {list(out.shape)} "
+              "with batch dim 1")
+        return
+    _need(len(ins.inputs) == 1, fail, f"{f}.inputs", f"{ins.op} takes one input")
+    x = tensors[ins.inputs[0]].shape
+    if ins.op == "slice":
+        keys = ("axis", "start", "stop", "step")
+        ok = all(_is_int(a.get(k)) for k in keys) and 1 <= a["axis"] < len(x) and a["step"] >= 1 \
+            and 0 <= a["start"] <= a["stop"] <= x[a["axis"]]
+        _need(ok, fail, f"{f}.attrs", f"slice {[a.get(k) for k in keys]} does not fit the input shape {list(x)}")
+        want = list(x[1:])
+        want[a["axis"] - 1] = len(range(a["start"], a["stop"], a["step"]))
+        _need(list(out.shape[1:]) == want, fail, f"{f}.output", f"declared shape {list(out.shape)} is not the slice's")
+        return
+    size = a.get("size")
+    ok = (a.get("mode") in ("nearest", "bilinear") and isinstance(size, (list, tuple)) and len(size) == 2
+          and all(_is_int(d) and d >= 1 for d in size) and len(x) == 4 and tuple(out.shape[1:]) == (x[1], *size))
+    if ok and a["mode"] == "nearest":
+        ok = size[0] % x[2] == 0 and size[1] % x[3] == 0
+    _need(ok, fail, f"{f}.attrs", f"upsample {a.get('mode')!r} to {size!r} does not fit input {list(x)} / output {list(out.shape)}")
+
+
 def _check_instr(k: int, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail) -> None:
     """Attribute and shape checks the kernels rely on (those not covered by the golden run)."""
     f = f"instrs[{k}]"
@@ -185,6 +217,8 @@ def _check_instr(k: int, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail
     for key in ("multiplier", "w_scale"):
         if key in arr:
             _need(arr[key].dtype.kind == "f" and bool(np.all(np.isfinite(arr[key]))), fail, f"{f}.arrays.{key}", "not finite")
+    if ins.op in _SHAPE_OPS:
+        _check_shape_op(f, ins, tensors, fail)
     kind = _GEMM_OPS.get(ins.op)
     if kind is None or "weight" not in arr:
         return
