@@ -420,3 +420,41 @@ def test_tflite_mul_is_bit_exact():
     q, x = _quantize(_Gate(), (3, 8, 8))
     assert [i.op for i in q.program.instrs].count("mul") == 2
     assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
+
+
+class _Encoder(nn.Module):
+    """nn.MultiheadAttention (self- and cross-attention, kdim != embed_dim) and nn.TransformerEncoderLayer."""
+
+    def __init__(self, d: int = 16, batch_first: bool = True, masked: bool = False) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=batch_first)
+        self.cross = nn.MultiheadAttention(d, 2, kdim=8, vdim=8, batch_first=True)
+        self.layer = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True)
+        self.masked = masked
+
+    def forward(self, x):
+        mask = torch.zeros(x.shape[1], x.shape[1], dtype=torch.bool) if self.masked else None
+        y, _ = self.attn(x, x, x, need_weights=False, attn_mask=mask)
+        z, _ = self.cross(y, x[:, :5, :8], x[:, :5, 8:])  # need_weights=True: weights computed, unused
+        return self.layer(y + z)
+
+
+def test_multihead_attention_is_captured_batch_first():
+    from edgequant.capture import capture
+    from edgequant.graph_exec import GraphModule
+
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    x = torch.randn(6, 7, 16)
+    g = capture(model, x[:2])
+    assert {"matmul", "softmax", "transpose"} <= {n.op for n in g.nodes}
+    with torch.no_grad():
+        np.testing.assert_allclose(GraphModule(g)(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert isinstance(model.attn, nn.MultiheadAttention)  # the user's model is untouched
+    q, xq = _quantize(model, (7, 16))
+    with torch.no_grad():
+        assert _sqnr(model(xq).numpy(), np.asarray(q.run(xq))) > 25.0
+    for bad, match in ((_Encoder(batch_first=False), r"module 'attn'.*batch_first=False"),
+                       (_Encoder(masked=True), r"module 'attn'.*attention mask")):
+        with pytest.raises(eq.EdgequantError, match=match):
+            capture(bad.eval(), x[:2])

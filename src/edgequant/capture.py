@@ -500,6 +500,19 @@ def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.Expor
             ) from e
 
 
+def _live(graph: torch.fx.Graph) -> set[str]:
+    """Names of the fx nodes the output depends on."""
+    live: set[str] = set()
+    todo = [n for n in graph.nodes if n.op == "output"]
+    while todo:
+        n = todo.pop()
+        if n.name in live:
+            continue
+        live.add(n.name)
+        todo.extend(n.all_input_nodes)
+    return live
+
+
 def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     """Trace ``model`` on ``example`` (one tensor, batch in dim 0) into a validated QGraph."""
     if not isinstance(model, torch.nn.Module):
@@ -512,7 +525,7 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     was_training = model.training
     model.eval()
     try:
-        ep = _export(model, example)
+        ep = _export(batch_first_attention(model), example)  # nn.MultiheadAttention as plain batch-first ops
     finally:
         model.train(was_training)
     ctx = _Ctx(ep, example.shape[0])
@@ -520,6 +533,7 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     if len(inputs) != 1:
         raise CaptureError(f"the model takes {len(inputs)} tensor inputs; edgequant supports exactly one")
     out_name = None
+    live = _live(ep.graph)
     for fx in ep.graph.nodes:
         if fx.op == "placeholder":
             if fx.name not in ctx.param_of:
@@ -533,6 +547,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
             continue
         if fx.op != "call_function":
             raise UnsupportedOpError(f"node '{fx.name}': fx op {fx.op} is not supported")
+        if fx.name not in live:  # its value never reaches the output (e.g. attention weights nobody reads)
+            continue
         target = fx.target
         if capture_shape.intercept(ctx, fx):  # constants folded, chunk/split and their items
             continue
@@ -569,4 +585,5 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     return Graph(ctx.nodes, inputs[0].name, out_name).validate()
 
 
+from .capture_mha import batch_first_attention  # noqa: E402
 from . import capture_shape  # noqa: E402  (registers slicing/upsampling/constant handlers into HANDLERS)
