@@ -330,11 +330,17 @@ class _ConstCat(nn.Module):
         return torch.cat([self.p.expand(x.shape[0], -1, -1, -1), self.conv(x)], 1)
 
 
-def test_tflite_refuses_a_constant_concatenation_by_name(tmp_path):
+def test_constant_concatenation_broadcasts_over_the_batch_everywhere():
+    """A class-token-like constant joins every sample: interpreter, ORT, and LiteRT (BROADCAST_TO to the
+    runtime batch, so the .tflite keeps a dynamic batch)."""
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
     q, x = _quantize(_ConstCat(), (3, 4, 4))
     assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
-    with pytest.raises(ExportError, match="layer 'cat'.*constant with activations"):
-        q.export(tmp_path / "m.tflite", format="tflite")
+    tfl = to_tflite(q)
+    for n in (1, 5):
+        assert np.array_equal(run_tflite(tfl, x[:n].numpy()), np.asarray(q.run(x[:n])))
     with pytest.raises(UnsupportedOpError, match=r"\[const\].*quantization-aware training"):
         eq.qat.prepare(_ConstCat(), "w4a4-qat", [torch.randn(8, 3, 4, 4)])
 

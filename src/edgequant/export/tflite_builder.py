@@ -45,6 +45,10 @@ OPS: dict[str, tuple[int, str | None, int]] = {
 }
 
 
+# operators whose first schema version is not 1 (BROADCAST_TO starts at 2)
+OP_VERSIONS: dict[str, int] = {"BROADCAST_TO": 2}
+
+
 def _schema(name: str):
     """The generated module ``tflite.<name>`` (the package star-imports classes over module names)."""
     return importlib.import_module(f"tflite.{name}")
@@ -250,5 +254,5 @@ class ModelBuilder:
         C.Start(b)
         C.AddDeprecatedBuiltinCode(b, min(code, 127))
         C.AddBuiltinCode(b, code)
-        C.AddVersion(b, 1)
+        C.AddVersion(b, OP_VERSIONS.get(name, 1))
         return C.End(b)

@@ -6,8 +6,8 @@ All keep LiteRT's reference kernels bit-exact with ``q.run(rounding="gemmlowp")`
 nearest resizing move int8 values; int8 RESIZE_BILINEAR is ``ResizeBilinearInteger``, which the
 interpreter's kernel is (``kernels.shape``); int8 MUL requantizes ``(a - za) * (b - zb)`` with
 the same QuantizeMultiplier of ``s_a * s_b / s_y``. A constant is stored in both layouts (4-D),
-so no TRANSPOSE runs on it. ``cat`` of a constant with activations (ViT's class token) would need
-the runtime batch, which CONCATENATION cannot broadcast: an ``ExportError`` names the layer.
+so no TRANSPOSE runs on it. ``cat`` of a constant with activations (ViT's class token) broadcasts
+the constant to the runtime batch first (SHAPE, BROADCAST_TO), so the batch stays dynamic.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ OPS.update({
     "RESIZE_BILINEAR": (23, "ResizeBilinearOptions", 15),
     "STRIDED_SLICE": (45, "StridedSliceOptions", 32),
     "RESIZE_NEAREST_NEIGHBOR": (97, "ResizeNearestNeighborOptions", 74),
+    "SHAPE": (77, "ShapeOptions", 55),
+    "BROADCAST_TO": (130, None, 0),
 })
 
 
@@ -81,10 +83,31 @@ def _mul(e: _Emitter, ins: Instr) -> None:
 
 
 def _cat_const(e: _Emitter, ins: Instr) -> None:
-    if any(_is_const(e, n) for n in ins.inputs):
-        raise ExportError(f"layer '{ins.node}': concatenating a constant with activations (e.g. a class token) needs the "
-                          "runtime batch size, which TFLite's CONCATENATION cannot broadcast; export to ONNX, or make the "
-                          "constant an input-derived tensor")
+    """CONCATENATION, with each constant input (batch 1) first broadcast to the runtime batch:
+    BROADCAST_TO to ``[batch of an activation input (SHAPE + STRIDED_SLICE), rest of the constant's shape]``."""
+    consts = [n for n in ins.inputs if _is_const(e, n)]
+    if not consts:
+        _cat(e, ins)
+        return
+    form = _binary_form(e, ins.inputs)
+    ref = next((n for n in ins.inputs if n not in consts), None)
+    if ref is None:
+        raise ExportError(f"layer '{ins.node}': a concatenation of constants only")
+    shape = e.m.tensor(f"{ins.output}/shape", (len(e.shape(ref)),), "int32")
+    e.m.op("SHAPE", [e.get(ref, form)], [shape], OutType=2)  # int32
+    batch = e.m.tensor(f"{ins.output}/batch", (1,), "int32")
+    one = np.ones(1, np.int32)
+    e.m.op("STRIDED_SLICE", [shape, e.m.const(f"{ins.output}/b0", np.zeros(1, np.int32)),
+                             e.m.const(f"{ins.output}/b1", one), e.m.const(f"{ins.output}/b1s", one)], [batch],
+           BeginMask=0, EndMask=0, EllipsisMask=0, NewAxisMask=0, ShrinkAxisMask=0)
+    for n in consts:
+        c = e.get(n, form)
+        rest = np.array(e.m.tensors[c].shape[1:], np.int32)
+        full = e.m.tensor(f"{n}/bshape", (1 + rest.size,), "int32")
+        e.m.op("CONCATENATION", [batch, e.m.const(f"{n}/rest", rest)], [full], Axis=0, FusedActivationFunction=0)
+        out = e.new(f"{n}/batch", (e.batch,) + tuple(e.m.tensors[c].shape[1:]), like=n)
+        e.m.op("BROADCAST_TO", [c, full], [out])
+        e.where[n] = {form: out}
     _cat(e, ins)
 
 
