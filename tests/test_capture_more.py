@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import edgequant as eq
 from edgequant import cli
-from edgequant.errors import ExportError, UnsupportedOpError
+from edgequant.errors import UnsupportedOpError
 from edgequant.interpreter import run as run_program
 from edgequant.kernels import RUN, SIM
 from edgequant.kernels.context import KernelContext
@@ -303,10 +303,15 @@ def test_float_recipes_run_the_new_ops(random_nets, tmp_path):
         assert np.mean(np.asarray(eq.quantize(model, recipe, [x]).run(x.numpy())).argmax(1) == ref.argmax(1)) >= 0.9
 
 
-def test_tflite_export_refuses_naming_the_instruction(random_nets, tmp_path):
-    _, q = random_nets["hardswish"]
-    with pytest.raises(ExportError, match=r"instruction 'lut' \(layer 'hardswish'\) has no TFLite emitter"):
-        q.export(tmp_path / "m.tflite", format="tflite")
+def test_tflite_lookup_tables_and_se_product_are_bit_exact(random_nets):
+    """Lookup tables export as CAST + GATHER of the program's own table, the SE product as MUL: LiteRT's
+    reference kernels give the interpreter's integers (gemmlowp mode) for every activation/gate pair."""
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    for act, (_, q) in random_nets.items():
+        assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x.numpy()))), act
 
 
 def test_sweep_on_the_user_file(plugin, tmp_path):

@@ -504,3 +504,4 @@ def export_tflite(q, path, **options) -> Path:
 
 __all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
 from . import tflite_shape  # noqa: E402,F401  (slice, upsample, const, mul emitters)
+from . import tflite_lut  # noqa: E402,F401  (lookup tables as GATHER)

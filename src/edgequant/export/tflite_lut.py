@@ -1,0 +1,35 @@
+"""TFLite emitter for lookup tables (``lut``: sigmoid, hardswish, SiLU, GELU, affine, ... on int8).
+
+LiteRT has no table operator, but a table lookup is a GATHER: ``CAST`` the int8 codes to int32,
+subtract the table's first code, ``GATHER`` from the instruction's own 256-entry int8 table (the
+gemmlowp-mode table ``q.run`` uses). Bit-exact by construction, and the same for every function --
+the file computes what the program computes instead of LiteRT's own float-derived kernels
+(LOGISTIC, HARD_SWISH, ...), which round differently. Registered into ``tflite.EMITTERS``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..program import Instr
+from .tflite import EMITTERS, _Emitter
+from .tflite_builder import OPS, TENSOR_TYPES
+
+OPS.update({"CAST": (53, "CastOptions", 37), "GATHER": (36, "GatherOptions", 23)})
+
+
+def _lut(e: _Emitter, ins: Instr) -> None:
+    src = ins.inputs[0]
+    form = e.form_of(src)
+    x = e.where[src][form]
+    shape = e.m.tensors[x].shape
+    codes = e.m.tensor(f"{ins.output}/codes", shape, "int32")
+    e.m.op("CAST", [x], [codes], InDataType=TENSOR_TYPES["int8"], OutDataType=TENSOR_TYPES["int32"])
+    index = e.m.tensor(f"{ins.output}/index", shape, "int32")
+    e.m.op("ADD", [codes, e.m.const(f"{ins.output}/offset", np.array([-int(ins.attrs["in_qmin"])], np.int32))], [index],
+           FusedActivationFunction=0)
+    table = e.m.const(f"{ins.output}/table", ins.arrays["table"].astype(np.int8), "int8", e.quant(ins.output))
+    out = e.define(ins.output, form)
+    e.m.op("GATHER", [table, index], [out], Axis=0, BatchDims=0)
+
+
+EMITTERS.update({"lut": _lut})
