@@ -8,7 +8,12 @@ Methods per width: ``naive`` (min/max weights and activations, nearest rounding)
 (Banner et al. full method: ACIQ clipping + per-channel bit allocation + bias correction; the
 ``w4a4-aciq`` recipe, re-targeted to the width), ``adaround`` (layer-wise learned rounding),
 ``brecq`` (block reconstruction) and ``brecq+qdrop`` (QDrop p=0.5), the last three at the recipe's
-default iterations unless ``--iterations``.
+default iterations unless ``--iterations``. Opt-in: ``brecq+keep`` is BRECQ with the papers' first
+and last layers at 8 bits (``first_last_bits=8``: weights, network input and logits) and every
+depthwise conv's weights at 4 bits (``LayerOverride`` per depthwise module, found from the graph:
+groups == input channels > 1), the mixed-width answer to 2-bit depthwise kernels of 9 weights:
+
+    python bench/ptq_reconstruct.py mobilenet_v2_digits --widths w2a4 --methods brecq,brecq+keep
 
 Columns: ``top-1`` of the integer program (``q.run``, gemmlowp rounding, the spec) on the 539 test
 digits (one digit = 0.19 points); ``agree``: top-1 agreement of ``q.run`` with the fp32 model;
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 
 import edgequant as eq
-from edgequant.recipes import TensorSpec, get_recipe
+from edgequant.api import capture_prepared
+from edgequant.recipes import LayerOverride, TensorSpec, get_recipe
 from edgequant.reconstruct import make_recipe
 
 MODELS = ("mobilenet_v2_digits", "digits_cnn")
@@ -39,15 +45,24 @@ def _width(r, name: str, wb: int, ab: int):
                                activations=dataclasses.replace(r.activations, bits=ab))
 
 
-def methods(wb: int, ab: int, iterations: int | None) -> dict:
+def depthwise_modules(model, example: torch.Tensor) -> list[str]:
+    g = capture_prepared(model, example)
+    by = g.by_name()
+    return [n.module for n in g.nodes if n.op == "conv" and n.attrs.get("groups", 1) > 1
+            and n.attrs["groups"] == by[n.inputs[0]].shape[1]]
+
+
+def methods(wb: int, ab: int, iterations: int | None, depthwise: list[str] = ()) -> dict:
     tag = f"w{wb}a{ab}"
     kw = {"iterations": iterations} if iterations else {}
+    keep = tuple(LayerOverride(m, weight_bits=max(wb, 4)) for m in depthwise)
     return {
         "naive": _width(get_recipe("w4a4"), f"{tag}-naive", wb, ab),
         "aciq": _width(get_recipe("w4a4-aciq"), f"{tag}-aciq", wb, ab),
         "adaround": make_recipe(wb, ab, "adaround", **kw),
         "brecq": make_recipe(wb, ab, "brecq", **kw),
         "brecq+qdrop": make_recipe(wb, ab, "brecq", qdrop=0.5, **kw),
+        "brecq+keep": make_recipe(wb, ab, "brecq", name=f"{tag}-brecq-keep", overrides=keep, first_last_bits=8, **kw),
     }
 
 
@@ -75,7 +90,7 @@ def main() -> None:
         print(f"{'width':<6}{'method':<13}{'top-1':>7}{'agree':>7}{'run~sim':>8}{'1-round':>8}{'s':>8}", flush=True)
         for w in a.widths.split(","):
             wb, ab = WIDTHS[w]
-            for m, r in methods(wb, ab, a.iterations).items():
+            for m, r in methods(wb, ab, a.iterations, depthwise_modules(model, torch.from_numpy(xs[:2]))).items():
                 if m not in a.methods.split(","):
                     continue
                 t = time.perf_counter()
