@@ -464,3 +464,28 @@ def test_multihead_attention_is_captured_batch_first():
                        (_Encoder(masked=True), r"module 'attn'.*attention mask")):
         with pytest.raises(eq.EdgequantError, match=match):
             capture(bad.eval(), x[:2])
+
+
+class _ShuffleMix(nn.Module):
+    """ShuffleNetV2's channel shuffle (5-D view/transpose/view) and ConvNeXt's permute -> Linear -> permute."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        y = self.fc(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(y)
+
+
+def test_tflite_transpose_is_bit_exact():
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    torch.manual_seed(0)
+    q, x = _quantize(_ShuffleMix(), (3, 6, 6))
+    assert [i.op for i in q.program.instrs].count("transpose") == 3
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))

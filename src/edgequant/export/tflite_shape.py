@@ -1,4 +1,4 @@
-"""TFLite emitters for data movement, constants and products: ``slice`` (STRIDED_SLICE),
+"""TFLite emitters for data movement, constants and products: ``slice`` (STRIDED_SLICE), ``transpose``,
 ``upsample`` (RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR), ``const`` (a constant tensor), ``mul``
 (MUL). Registered into ``tflite.EMITTERS`` (``tflite`` imports this module last).
 
@@ -72,6 +72,21 @@ def _upsample(e: _Emitter, ins: Instr) -> None:
     e.m.op("RESIZE_BILINEAR", [x, size], [out], AlignCorners=align, HalfPixelCenters=not align)
 
 
+def _transpose(e: _Emitter, ins: Instr) -> None:
+    """TRANSPOSE in edgequant's order; the NCHW <-> NHWC permutations of a 4-D tensor cost nothing:
+    the other layout of the same bytes is already there (or is made once, lazily, by ``get``)."""
+    src, perm = ins.inputs[0], tuple(int(p) for p in ins.attrs["perm"])
+    if len(e.shape(src)) == 4 and perm == NHWC and "nhwc" in e.where[src]:
+        e.where[ins.output] = {"nchw": e.where[src]["nhwc"]}  # (N, H, W, C) in edgequant order
+        return
+    if len(e.shape(src)) == 4 and perm == (0, 3, 1, 2) and e.form_of(src) == "nchw":
+        e.where[ins.output] = {"nhwc": e.where[src]["nchw"]}  # its NHWC form is the input as it is
+        return
+    x = e.get(src, "nchw") if len(e.shape(src)) == 4 else e.where[src][e.form_of(src)]
+    out = e.define(ins.output, "nchw")
+    e.m.op("TRANSPOSE", [x, e.m.const(f"{ins.output}/perm", np.array(perm, np.int32))], [out])
+
+
 def _mul(e: _Emitter, ins: Instr) -> None:
     integer = ins.op == "mul"
     if integer and ins.attrs.get("rounding") == "single":
@@ -111,5 +126,6 @@ def _cat_const(e: _Emitter, ins: Instr) -> None:
     _cat(e, ins)
 
 
-EMITTERS.update({"const": _const, "const_f": _const, "slice": _slice, "upsample": _upsample, "mul": _mul,
+EMITTERS.update({"const": _const, "const_f": _const, "slice": _slice, "upsample": _upsample, "transpose": _transpose,
+                 "mul": _mul,
                  "mul_f": _mul, "cat": _cat_const, "cat_f": _cat_const})
