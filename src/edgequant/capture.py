@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .capture_mha import batch_first_attention
 from .errors import CaptureError, UnsupportedOpError
 from .ir import Graph, Node
 
@@ -585,5 +586,4 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     return Graph(ctx.nodes, inputs[0].name, out_name).validate()
 
 
-from .capture_mha import batch_first_attention  # noqa: E402
 from . import capture_shape  # noqa: E402  (registers slicing/upsampling/constant handlers into HANDLERS)
