@@ -317,6 +317,7 @@ HANDLERS.update({
     aten.div.Tensor: _binary("div"),
     aten.cat.default: _cat, aten.concat.default: _cat,
     aten.slice.Tensor: _slice, aten.narrow.default: _slice, aten.select.int: _select,
+    aten.unflatten.int: cap._reshape,
     aten.upsample_nearest2d.vec: _upsample("nearest"), aten.upsample_nearest2d.default: _upsample("nearest"),
     aten._upsample_nearest_exact2d.vec: _upsample("nearest"),  # the same source pixels for whole factors
     aten.upsample_bilinear2d.vec: _upsample("bilinear"), aten.upsample_bilinear2d.default: _upsample("bilinear"),
