@@ -489,3 +489,34 @@ def test_tflite_transpose_is_bit_exact():
     q, x = _quantize(_ShuffleMix(), (3, 6, 6))
     assert [i.op for i in q.program.instrs].count("transpose") == 3
     assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
+
+
+class _SdpaBlock(nn.Module):
+    """HF-style attention: batch-first heads and F.scaled_dot_product_attention (default and explicit scale)."""
+
+    def __init__(self, d: int = 16, h: int = 4) -> None:
+        super().__init__()
+        self.h, self.qkv, self.o = h, nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = (y.view(n, t, self.h, d // self.h).transpose(1, 2) for y in self.qkv(x).chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v) + F.scaled_dot_product_attention(q, k, v, scale=0.1)
+        return self.o(a.transpose(1, 2).reshape(n, t, d))
+
+
+def test_scaled_dot_product_attention_is_captured():
+    from edgequant.capture import capture
+    from edgequant.graph_exec import GraphModule
+
+    torch.manual_seed(0)
+    model = _SdpaBlock().eval()
+    x = torch.randn(6, 7, 16)
+    g = capture(model, x[:2])
+    assert sorted(n.attrs["alpha"] for n in g.nodes if n.op == "matmul" and n.name.endswith(".scores")) == [0.1, 0.5]
+    with torch.no_grad():
+        np.testing.assert_allclose(GraphModule(g)(x).numpy(), model(x).numpy(), atol=1e-5)
+    q, xq = _quantize(model, (7, 16))
+    with torch.no_grad():
+        assert _sqnr(model(xq).numpy(), np.asarray(q.run(xq))) > 25.0
+    assert np.abs(_ort(q, xq) - np.asarray(q.run(xq, rounding="onnxruntime"))).max() == 0.0

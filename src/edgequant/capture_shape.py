@@ -297,6 +297,33 @@ def _upsample(mode: str):
     return f
 
 
+# -- attention -------------------------------------------------------------------------------------
+def _sdpa(ctx: _Ctx, fx, args):
+    """``F.scaled_dot_product_attention(q, k, v)`` on batch-first (N, ..., T, E) tensors (HF models'
+    default attention) as the IR's own ops: ``softmax((q @ k^T) * scale) @ v``; the scale rides on the
+    scores' matmul (``alpha``, folded into its requantization)."""
+    q, k, v = args[0], args[1], args[2]
+    mask = args[3] if len(args) > 3 else fx.kwargs.get("attn_mask")
+    causal = bool(args[5] if len(args) > 5 else fx.kwargs.get("is_causal", False))
+    if mask is not None or causal:
+        raise UnsupportedOpError(f"node '{fx.name}' in module '{_module_path(fx)}': scaled_dot_product_attention with an "
+                                 "attention mask or is_causal; edgequant quantizes unmasked attention only")
+    if fx.kwargs.get("enable_gqa", False):
+        raise UnsupportedOpError(f"node '{fx.name}': scaled_dot_product_attention with enable_gqa is not supported")
+    sq, sk, module = _shape(q), _shape(k), _module_path(fx)
+    scale = fx.kwargs.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(sq[-1]))
+    perm = list(range(len(sk)))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    kt_shape = tuple(sk[:-2]) + (sk[-1], sk[-2])
+    scores_shape = tuple(sq[:-1]) + (sk[-2],)
+    ctx.nodes.append(Node(f"{fx.name}.kT", "transpose", [ctx.ref(k, fx)], {"perm": tuple(perm)}, {}, kt_shape, module))
+    ctx.nodes.append(Node(f"{fx.name}.scores", "matmul", [ctx.ref(q, fx), f"{fx.name}.kT"], {"alpha": scale}, {},
+                          scores_shape, module))
+    ctx.nodes.append(Node(f"{fx.name}.probs", "softmax", [f"{fx.name}.scores"], {"axis": -1}, {}, scores_shape, module))
+    return Node(fx.name, "matmul", [f"{fx.name}.probs", ctx.ref(v, fx)], {"alpha": 1.0})
+
+
 # -- the hook capture calls first ---------------------------------------------------------------------
 def intercept(ctx: _Ctx, fx) -> bool:
     """Handle ``fx`` here (constant folding, multi-output splits and their items); True if done."""
@@ -318,6 +345,7 @@ HANDLERS.update({
     aten.cat.default: _cat, aten.concat.default: _cat,
     aten.slice.Tensor: _slice, aten.narrow.default: _slice, aten.select.int: _select,
     aten.unflatten.int: cap._reshape,
+    aten.scaled_dot_product_attention.default: _sdpa,
     aten.upsample_nearest2d.vec: _upsample("nearest"), aten.upsample_nearest2d.default: _upsample("nearest"),
     aten._upsample_nearest_exact2d.vec: _upsample("nearest"),  # the same source pixels for whole factors
     aten.upsample_bilinear2d.vec: _upsample("bilinear"), aten.upsample_bilinear2d.default: _upsample("bilinear"),
