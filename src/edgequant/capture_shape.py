@@ -21,6 +21,7 @@
   - any other broadcastable ``c`` (ViT's (1, T, d) position embedding): a ``const`` node (int8,
     per-tensor qparams of its own range) feeding ``add``/``mul``, which broadcast size-1 dims;
   - ``cat`` with a constant (ViT's class token): a ``const`` node broadcast over the batch.
+* ``scaled_dot_product_attention`` (unmasked): transpose + matmul + softmax + matmul IR nodes.
 """
 from __future__ import annotations
 
