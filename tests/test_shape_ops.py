@@ -520,3 +520,25 @@ def test_scaled_dot_product_attention_is_captured():
     with torch.no_grad():
         assert _sqnr(model(xq).numpy(), np.asarray(q.run(xq))) > 25.0
     assert np.abs(_ort(q, xq) - np.asarray(q.run(xq, rounding="onnxruntime"))).max() == 0.0
+
+
+def test_reconstruction_runs_through_slices_upsampling_and_constants():
+    """BRECQ (a few steps) on a net with every shape op: the program still equals its simulation."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 8, 3, 2, 1)
+            self.gamma, self.pos = nn.Parameter(torch.rand(8, 1, 1) + 0.5), nn.Parameter(torch.randn(1, 8, 8, 8) * 0.3)
+
+        def forward(self, x):
+            a, b = F.relu(self.c1(x)).chunk(2, 1)
+            z = F.relu(self.c2(a + b)) * self.gamma
+            return F.interpolate(z, scale_factor=2, mode="bilinear") + self.pos + F.interpolate(z, scale_factor=2)
+
+    calib = torch.randn(32, 3, 8, 8)
+    q = eq.reconstruct.quantize(Net().eval(), "w4a4-brecq", calib, iterations=5, progress=False, calib_samples=32)
+    x = torch.randn(8, 3, 8, 8)
+    assert {"slice", "upsample", "const"} <= {i.op for i in q.program.instrs}
+    assert np.array_equal(np.asarray(q.run(x, return_int=True)), np.asarray(q.simulate(x, return_int=True)))
