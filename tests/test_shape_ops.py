@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import edgequant as eq
 from edgequant import interpreter
-from edgequant.errors import ExportError, UnsupportedOpError
+from edgequant.errors import UnsupportedOpError
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -33,10 +33,6 @@ def _ort(q, x, **options) -> np.ndarray:
 
     s = ort.InferenceSession(to_onnx(q, **options).SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
-
-
-def _lsb(q) -> float:
-    return float(q.program.output_qparams.scale)
 
 
 class Slices(nn.Module):
