@@ -9,9 +9,9 @@ The learned integers replace the weight method's nearest-rounded ones in the sam
 activation steps inside each block (LSQ, zero points kept) and the program is lowered with them.
 Cost: every unit trains for ``iterations`` steps of ``batch_size`` samples through that unit only,
 so time grows linearly with depth x iterations x the unit's cost per sample. Defaults: 1000 steps
-per BRECQ unit, 300 per AdaRound layer; on a 2-core x86 box mobilenet_v2_digits (9 units, 23
-layers) takes about 1.5 minutes per recipe and digits_cnn well under one (``bench/ptq_reconstruct.py``
-prints the times it measured); an ImageNet-size MobileNetV2 has ~20 units of ~100x the cost per
+per BRECQ unit, 300 per AdaRound layer; on a 2-core x86 box (load 1-3, one torch thread)
+mobilenet_v2_digits (9 units, 23 layers) took 71-84 s per BRECQ recipe, 110-125 s with QDrop (its
+random masks), 25-53 s for AdaRound, and digits_cnn 4-16 s (``bench/ptq_reconstruct.py``); an ImageNet-size MobileNetV2 has ~20 units of ~100x the cost per
 sample, so plan hours, or lower ``iterations``. Below ~500 steps per unit 2-bit weights do not
 converge (mobilenet_v2_digits W2A4: 23% agreement with fp32 at 200 steps, 94% at 1000).
 """
