@@ -538,3 +538,35 @@ def test_reconstruction_runs_through_slices_upsampling_and_constants():
     x = torch.randn(8, 3, 8, 8)
     assert {"slice", "upsample", "const"} <= {i.op for i in q.program.instrs}
     assert np.array_equal(np.asarray(q.run(x, return_int=True)), np.asarray(q.simulate(x, return_int=True)))
+
+
+class _GateAdd(nn.Module):
+    """(N,1,H,W) + (N,C,H,W): a spatial map added to every channel (attention maps, FPN-style sums)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 1, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c3(self.c2(x) + torch.relu(self.c1(x)))
+
+
+def test_broadcasting_add_of_two_activations_runs_and_exports_exactly():
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import litert_available, run_tflite
+
+    torch.manual_seed(0)
+    model = _GateAdd().eval()
+    g = torch.Generator().manual_seed(1)
+    calib, x = torch.randn(32, 3, 8, 8, generator=g), torch.randn(16, 3, 8, 8, generator=g)
+    q = eq.quantize(model, "w8a8-pc", calib)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    y = np.asarray(q.run(x))
+    assert _sqnr(ref, y) > 30
+    lsb = float(q.program.output_qparams.scale)
+    assert np.abs(y - np.asarray(q.simulate(x))).max() <= 1.01 * lsb
+    assert np.array_equal(_ort(q, x), np.asarray(q.run(x, rounding="onnxruntime")))
+    if litert_available():
+        assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)
+

@@ -302,9 +302,19 @@ def _add(ctx, fx, args):
             f"node '{fx.name}': add of a constant tensor (or with alpha) is not supported yet; "
             "only tensor + tensor and tensor + scalar"
         )
-    if _shape(a) != _shape(b):
-        raise UnsupportedOpError(f"node '{fx.name}': add with broadcasting {_shape(a)} + {_shape(b)} is not supported yet")
+    sa, sb = _shape(a), _shape(b)
+    if sa != sb and not _broadcastable(sa, sb):
+        raise UnsupportedOpError(
+            f"node '{fx.name}': add with broadcasting {sa} + {sb} is not supported: the two tensors need the same "
+            "rank and batch, and every other dim equal or 1 in one of them -- reshape/unsqueeze the smaller one")
     return Node(fx.name, "add", [ctx.ref(a, fx), ctx.ref(b, fx)])
+
+
+def _broadcastable(sa: tuple[int, ...], sb: tuple[int, ...]) -> bool:
+    """Size-1 broadcasting the integer add kernels (NumPy/torch), ONNX Add and TFLite ADD share:
+    same rank, same batch, each other dim equal or 1 on one side (e.g. (N,1,H,W) + (N,C,H,W))."""
+    return (len(sa) == len(sb) and sa[0] == sb[0]
+            and all(x == y or 1 in (x, y) for x, y in zip(sa[1:], sb[1:])))
 
 
 def _cat(ctx, fx, args):
