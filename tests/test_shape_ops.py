@@ -35,6 +35,14 @@ def _ort(q, x, **options) -> np.ndarray:
     return s.run(None, {s.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
 
 
+def _assert_tflite_bit_exact(q, x) -> None:
+    """The .tflite file on LiteRT's reference kernels gives the interpreter's integers exactly."""
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
+
+
 class Slices(nn.Module):
     """Every slicing form, on the float input (GoogLeNet's transform_input) and on activations."""
 
@@ -415,13 +423,10 @@ class _Gate(nn.Module):
 
 
 def test_tflite_mul_is_bit_exact():
-    from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
-
     torch.manual_seed(0)
     q, x = _quantize(_Gate(), (3, 8, 8))
     assert [i.op for i in q.program.instrs].count("mul") == 2
-    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
+    _assert_tflite_bit_exact(q, x)
 
 
 class _Encoder(nn.Module):
@@ -478,13 +483,10 @@ class _ShuffleMix(nn.Module):
 
 
 def test_tflite_transpose_is_bit_exact():
-    from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
-
     torch.manual_seed(0)
     q, x = _quantize(_ShuffleMix(), (3, 6, 6))
     assert [i.op for i in q.program.instrs].count("transpose") == 3
-    assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
+    _assert_tflite_bit_exact(q, x)
 
 
 class _SdpaBlock(nn.Module):
