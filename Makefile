@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 
 .PHONY: demo test setup bench-setup clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml src/edgequant/kernels/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from the local wheel cache (an unpinned torch pulls a multi-GB CUDA build)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import qmath
 from ..graph_exec import conv_float
-from . import RUN, SIM, gemm, register
+from . import RUN, SIM, gemm, native, register
 from .context import KernelContext, act_bounds
 
 
@@ -36,12 +36,57 @@ def _w_sums(instr) -> np.ndarray:
     return cache["w_sum"]
 
 
-def int_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
-    """Exact ``sum((x - zx) * w)`` of conv/linear on raw integer input, int64 (N, O, ...).
+def _w_torch(instr) -> torch.Tensor:
+    """float32 torch weights (exact integers), made once per instruction."""
+    cache = instr.__dict__.setdefault("_cache", {})
+    if "w_torch" not in cache:
+        cache["w_torch"] = torch.from_numpy(_w_f32(instr))
+    return cache["w_torch"]
 
-    Computed as ``sum(x * w) - zx * sum(w)`` so the GEMM runs on int8 x int8 (padding holds zx,
-    the integer for real 0, so padded taps cancel exactly).
+
+def _w_l1(instr) -> np.ndarray:
+    """Per-output-channel sum of |w|: with inputs bounded by D, every partial sum of that channel's
+    dot product is bounded by D * l1 -- what decides whether float32 accumulates it exactly."""
+    cache = instr.__dict__.setdefault("_cache", {})
+    if "w_l1" not in cache:
+        w = np.abs(instr.arrays["weight"].astype(np.int64))
+        cache["w_l1"] = w.reshape(w.shape[0], -1).sum(axis=1)
+    return cache["w_l1"]
+
+
+def float_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray | None:
+    """Exact ``sum((x - zx) * w)`` of conv/linear on int8 input as a float32 array (N, O, ...).
+
+    float32 BLAS/oneDNN sums integers exactly while every partial sum stays below 2^24; any partial
+    sum of one output is bounded by ``max|x - zx| * sum|w_c|``, whatever order the library adds in,
+    so one float32 convolution is exact when that bound fits. Padding with zeros pads with the real
+    zero (the input is shifted by its zero point first). ``None`` when the bound does not fit
+    (the caller takes the int64 route).
     """
+    if x.dtype != np.int8:
+        return None
+    d = max(127 - zx, zx + 128)
+    if d * int(_w_l1(instr).max(initial=0)) >= gemm.F32_EXACT:
+        return None
+    xt = native.shifted_f32(x, zx)
+    with gemm.exact_float():
+        if instr.op.startswith("linear"):
+            y = F.linear(xt, _w_torch(instr))
+        else:
+            y = conv_float(xt, _w_torch(instr), None, instr.attrs)
+    return y.numpy()
+
+
+def int_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
+    """Exact ``sum((x - zx) * w)`` of conv/linear on raw integer input: float32 holding exact
+    integers where ``float_accumulate`` can (the fast path), else int64 (N, O, ...).
+
+    The int64 route computes ``sum(x * w) - zx * sum(w)`` so the GEMM runs on int8 x int8 (padding
+    holds zx, the integer for real 0, so padded taps cancel exactly).
+    """
+    fast = float_accumulate(instr, x, zx)
+    if fast is not None:
+        return fast
     a = instr.attrs
     w = instr.arrays["weight"]
     if instr.op.startswith("linear"):
@@ -66,18 +111,14 @@ def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
 
 
 def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext, axis: int = 1) -> np.ndarray:
-    """int32 accumulator (N, C_out, ...) + bias (if the instruction has one) -> the output int8
-    tensor, per-channel requantization along ``axis`` (1; -1 for channels-last, e.g. layernorm)."""
-    cs = _channel_shape(acc) if axis == 1 else (1,) * (acc.ndim - 1) + (-1,)
-    if "bias" in instr.arrays:
-        acc = acc + instr.arrays["bias"].astype(np.int64).reshape(cs)
+    """Accumulator (N, C_out, ...) of exact integers + bias (if the instruction has one) -> the
+    output int8 tensor, per-channel requantization along ``axis`` (1; -1 for channels-last, e.g.
+    layernorm). One fused pass (``native.requantize``; ``qmath.requantize`` is its spec)."""
     lo, hi = act_bounds(instr, ctx)
-    y = qmath.requantize(
-        acc, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
-        real_multiplier=instr.arrays["multiplier"].reshape(cs), zero_point=int(ctx.qp(instr.output).zero_point),
-        qmin=lo, qmax=hi, rounding=ctx.requant_rounding(instr),
-    )
-    return y.astype(np.int8)
+    return native.requantize(acc, axis=axis, bias=instr.arrays.get("bias"), m0=instr.arrays["m0"],
+                             shift=instr.arrays["shift"], multiplier=instr.arrays["multiplier"],
+                             zero_point=int(ctx.qp(instr.output).zero_point), qmin=lo, qmax=hi,
+                             rounding=ctx.requant_rounding(instr))
 
 
 def _dequant_params(instr, s_in: float, dtype=torch.float64):

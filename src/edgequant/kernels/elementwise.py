@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import qmath
-from . import RUN, SIM, register
+from . import RUN, SIM, native, register
 from ..graph_exec import batch_broadcast
 from .context import KernelContext, act_bounds
 
@@ -40,12 +40,16 @@ def add_multipliers(s_a: float, s_b: float, s_out: float, left_shift: int = 20) 
 def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     a_qp, b_qp, y_qp = ctx.qp(instr.inputs[0]), ctx.qp(instr.inputs[1]), ctx.qp(instr.output)
     at = instr.attrs
-    xa = inputs[0].astype(np.int64) - int(a_qp.zero_point)
-    xb = inputs[1].astype(np.int64) - int(b_qp.zero_point)
     lo, hi = act_bounds(instr, ctx)
     if ctx.rounding == "gemmlowp":  # all three rescalings round once where the instruction says so
-        mul = (qmath.multiply_by_quantized_multiplier_single if ctx.requant_rounding(instr) == "single"
-               else qmath.multiply_by_quantized_multiplier)
+        single = ctx.requant_rounding(instr) == "single"
+        fused = native.add(inputs[0], inputs[1], int(a_qp.zero_point), int(b_qp.zero_point), int(y_qp.zero_point),
+                           at, lo, hi, single)
+        if fused is not None:  # the same arithmetic in one pass (same-shape int8 inputs)
+            return fused
+        xa = inputs[0].astype(np.int64) - int(a_qp.zero_point)
+        xb = inputs[1].astype(np.int64) - int(b_qp.zero_point)
+        mul = qmath.multiply_by_quantized_multiplier_single if single else qmath.multiply_by_quantized_multiplier
         sa = mul(xa << at["left_shift"], at["m0_a"], at["shift_a"])
         sb = mul(xb << at["left_shift"], at["m0_b"], at["shift_b"])
         y = mul(sa + sb, at["m0_out"], at["shift_out"])

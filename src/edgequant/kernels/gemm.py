@@ -7,11 +7,33 @@ chunks in int64. Same bits as a true int32 accumulator, ~30x faster.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
 _F32_EXACT = 1 << 24
 _F64_EXACT = 1 << 53
+F32_EXACT = _F32_EXACT
+
+
+@contextlib.contextmanager
+def exact_float():
+    """float32 convolutions and matmuls in IEEE float32 only: no NNPACK (Winograd/FFT round), no
+    bf16/TF32 down-conversion even where the user enabled it, so exact integer sums stay exact."""
+    conv, mm = torch.backends.mkldnn.conv.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision
+    prec = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.mkldnn.conv.fp32_precision = "ieee"
+        torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+        if prec != "highest":
+            torch.set_float32_matmul_precision("highest")
+        with torch.backends.nnpack.flags(enabled=False):
+            yield
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = conv, mm
+        if prec != "highest":
+            torch.set_float32_matmul_precision(prec)
 
 
 def _maxabs(a: np.ndarray) -> int:

@@ -24,7 +24,7 @@ from .. import qmath
 from ..errors import InputError
 from ..qmath import QParams
 from ..unary import apply
-from . import RUN, SIM, register
+from . import RUN, SIM, native, register
 from .context import KernelContext
 
 
@@ -48,6 +48,9 @@ def lut_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     x = inputs[0]
     table = instr.arrays["table" if ctx.rounding == "gemmlowp" else "table_ort"]
     lo = int(instr.attrs["in_qmin"])
+    out, bad = native.lut(x, table, lo)
+    if out is not None and bad < 0:
+        return out
     if x.size and (int(x.min()) < lo or int(x.max()) >= lo + table.shape[0]):
         raise InputError(f"lut '{instr.node}': input integers [{int(x.min())}, {int(x.max())}] fall outside the "
                          f"table's codes [{lo}, {lo + table.shape[0] - 1}]; the program is inconsistent")

@@ -90,14 +90,14 @@ def program_outputs(program: Program, x: np.ndarray, names: set[str], rounding: 
     """Run the reference interpreter and keep the real value of each named node's last output."""
     last = {ins.node: ins.output for ins in program.instrs if ins.node in names}
     want = {t: n for n, t in last.items()}
-    keep: dict[str, np.ndarray] = {}
+    keep: dict[str, list[np.ndarray]] = {}
 
-    def trace(ins: Instr, value: np.ndarray) -> None:
+    def trace(ins: Instr, value: np.ndarray) -> None:  # called once per chunk of the batch
         if ins.output in want:
-            keep[want[ins.output]] = _real(value, ins.output, program)
+            keep.setdefault(want[ins.output], []).append(_real(value, ins.output, program))
 
     interpreter.run(program, x, rounding=rounding, trace=trace)
-    return keep
+    return {k: np.concatenate(v) for k, v in keep.items()}
 
 
 def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = "gemmlowp") -> list[dict]:
