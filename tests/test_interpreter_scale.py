@@ -128,14 +128,27 @@ def test_float_accumulate_is_exact(cfg, zx):
     np.testing.assert_array_equal(fast.astype(np.int64), ref)
 
 
-def test_float_accumulate_refuses_what_float32_cannot_hold():
-    """|x - zx| <= 255 and sum|w| = 127 * 600: partial sums can pass 2^24, so the int64 route runs."""
+def test_long_reductions_split_into_exact_slices():
+    """|x - zx| <= 255 and sum|w| = 127 * 600 can pass 2^24: the reduction is cut into input-channel
+    ranges that each fit float32, added in float64 -- still exact."""
     w = np.full((2, 600, 1, 1), 127, np.int8)
+    w[1, ::2] = -127
     x = np.full((1, 600, 2, 2), 127, np.int8)
-    ins = _conv_instr(w)
+    acc = conv_kernels.float_accumulate(_conv_instr(w), x, -128)
+    assert acc is not None and acc.dtype == np.float64
+    assert int(acc[0, 0, 0, 0]) == 600 * 127 * 255 and int(acc[0, 1, 0, 0]) == 0
+    lin = Instr("linear", ["x"], "y", arrays={"weight": w[:, :, 0, 0]})
+    got = conv_kernels.float_accumulate(lin, x[:, :, 0, 0], -128)
+    np.testing.assert_array_equal(got, [[600 * 127 * 255, 0]])
+
+
+def test_grouped_conv_too_long_for_float32_takes_the_int64_route():
+    w = np.full((4, 600, 1, 1), 127, np.int8)
+    x = np.full((1, 1200, 2, 2), 127, np.int8)
+    ins = _conv_instr(w, groups=2)
     assert conv_kernels.float_accumulate(ins, x, -128) is None
     acc = conv_kernels.int_accumulate(ins, x, -128)
-    assert acc.dtype == np.int64 and int(acc[0, 0, 0, 0]) == 600 * 127 * 255
+    assert acc.dtype == np.int64 and int(acc[0, 3, 1, 1]) == 600 * 127 * 255
 
 
 def test_exact_float_ignores_user_precision_settings():

@@ -210,6 +210,23 @@ def test_popcount_identity_equals_the_dot_product(n, seed) -> None:
     assert np.array_equal(xnor_matmul(x, w), x @ w.T)
 
 
+@pytest.mark.parametrize("zx", [0, -1, 1])
+def test_xnor_conv_fast_path_equals_the_popcount_definition(zx) -> None:
+    """The interpreter's XNOR conv runs as an exact float32 conv; the popcount form is its spec."""
+    from edgequant.kernels.binary import xnor_accumulate
+    from edgequant.kernels.conv import float_accumulate
+    from edgequant.program import Instr
+
+    rng = np.random.default_rng(zx + 10)
+    w = rng.choice([-1, 1], size=(6, 4, 3, 3)).astype(np.int8)
+    x = rng.choice([-1, 1], size=(2, 8, 7, 5)).astype(np.int8)
+    ins = Instr("conv_xnor", ["x"], "y", attrs={"stride": (2, 1), "padding": (1, 0, 1, 1), "dilation": (1, 1),
+                                                "groups": 2, "dims": 2}, arrays={"weight": w})
+    fast = float_accumulate(ins, x, zx)
+    assert fast is not None
+    np.testing.assert_array_equal(fast.astype(np.int64), xnor_accumulate(ins, x, zx))
+
+
 def _gemms(q):
     return [i for i in q.program.instrs if i.op.startswith(("conv", "linear"))]
 

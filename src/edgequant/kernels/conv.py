@@ -44,37 +44,65 @@ def _w_torch(instr) -> torch.Tensor:
     return cache["w_torch"]
 
 
-def _w_l1(instr) -> np.ndarray:
-    """Per-output-channel sum of |w|: with inputs bounded by D, every partial sum of that channel's
-    dot product is bounded by D * l1 -- what decides whether float32 accumulates it exactly."""
+def _input_slices(instr, d: int) -> list[tuple[int, int]] | None:
+    """Input-channel ranges whose float32 partial sums stay exact for inputs bounded by ``d``.
+
+    Any partial sum of output ``o`` over a range is bounded by ``d * sum|w[o, range]|`` whatever
+    order the library adds in, so ranges are grown greedily while that bound stays below 2^24.
+    One range where the whole reduction fits; ``None`` where a grouped conv or a single input
+    channel does not fit (the caller takes the int64 route). Cached per ``d``.
+    """
     cache = instr.__dict__.setdefault("_cache", {})
-    if "w_l1" not in cache:
+    key = ("slices", d)
+    if key not in cache:
         w = np.abs(instr.arrays["weight"].astype(np.int64))
-        cache["w_l1"] = w.reshape(w.shape[0], -1).sum(axis=1)
-    return cache["w_l1"]
+        per_in = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # (O, C_in/groups)
+        limit = (gemm.F32_EXACT - 1) // max(d, 1)
+        if int(per_in.sum(axis=1).max(initial=0)) <= limit:
+            cache[key] = [(0, w.shape[1])]
+        elif instr.attrs.get("groups", 1) != 1 or int(per_in.max(initial=0)) > limit:
+            cache[key] = None
+        else:
+            slices, start, run = [], 0, np.zeros(w.shape[0], np.int64)
+            for c in range(w.shape[1]):
+                if int((run + per_in[:, c]).max()) > limit:
+                    slices.append((start, c))
+                    start, run = c, np.zeros_like(run)
+                run += per_in[:, c]
+            cache[key] = slices + [(start, w.shape[1])]
+    return cache[key]
+
+
+def _gemm_f32(instr, xt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if instr.op.startswith("linear"):
+        return F.linear(xt, w)
+    return conv_float(xt, w, None, instr.attrs)
 
 
 def float_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray | None:
-    """Exact ``sum((x - zx) * w)`` of conv/linear on int8 input as a float32 array (N, O, ...).
+    """Exact ``sum((x - zx) * w)`` of conv/linear on int8 input as float32 (or float64) (N, O, ...).
 
-    float32 BLAS/oneDNN sums integers exactly while every partial sum stays below 2^24; any partial
-    sum of one output is bounded by ``max|x - zx| * sum|w_c|``, whatever order the library adds in,
-    so one float32 convolution is exact when that bound fits. Padding with zeros pads with the real
-    zero (the input is shifted by its zero point first). ``None`` when the bound does not fit
-    (the caller takes the int64 route).
+    float32 BLAS/oneDNN sums integers exactly while every partial sum stays below 2^24, which
+    ``_input_slices`` guarantees per range of input channels: one float32 convolution where the
+    whole reduction fits, else one per range, added in float64 (exact below 2^53). Padding with
+    zeros pads with the real zero (the input is shifted by its zero point first). ``None`` where
+    no slicing fits (the caller takes the int64 route).
     """
     if x.dtype != np.int8:
         return None
-    d = max(127 - zx, zx + 128)
-    if d * int(_w_l1(instr).max(initial=0)) >= gemm.F32_EXACT:
+    slices = _input_slices(instr, max(127 - zx, zx + 128))
+    if slices is None:
         return None
-    xt = native.shifted_f32(x, zx)
+    xt, w = native.shifted_f32(x, zx), _w_torch(instr)
+    linear = instr.op.startswith("linear")
     with gemm.exact_float():
-        if instr.op.startswith("linear"):
-            y = F.linear(xt, _w_torch(instr))
-        else:
-            y = conv_float(xt, _w_torch(instr), None, instr.attrs)
-    return y.numpy()
+        if len(slices) == 1:
+            return _gemm_f32(instr, xt, w).numpy()
+        acc = None
+        for c0, c1 in slices:
+            y = _gemm_f32(instr, xt[..., c0:c1] if linear else xt[:, c0:c1], w[:, c0:c1])
+            acc = y.to(torch.float64) if acc is None else acc.add_(y)
+    return acc.numpy()
 
 
 def int_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
