@@ -161,10 +161,13 @@ def test_prepare_returns_plain_module_and_leaves_model_alone(data):
 
 
 def test_convert_minmax_untrained_is_the_ptq_program(data):
-    """Untrained, with the whitepaper's min/max weights, convert gives eq.quantize's program."""
+    """Untrained, with the whitepaper's min/max weights, convert gives eq.quantize's program
+    (the PTQ recipe without its post-training bias correction, which QAT learns instead)."""
+    import dataclasses
+
     calib, xs, _ = data
     m = eq.models.digits_cnn(pretrained=True)
-    q_ptq = eq.quantize(m, "w8a8-pc", calib)
+    q_ptq = eq.quantize(m, dataclasses.replace(eq.get_recipe("w8a8-pc"), options=()), calib)
     q_qat = eq.qat.convert(eq.qat.prepare(m, "w8a8-pc", calib, weight_range="minmax").eval())
     assert isinstance(q_qat, eq.QuantizedModel)
     a, b = q_ptq.run(xs[:128], return_int=True), q_qat.run(xs[:128], return_int=True)

@@ -77,6 +77,15 @@ def test_nonfinite_inputs_error_by_default_and_run_when_allowed(q, data):
 
 
 # -- calibration data -------------------------------------------------------------------------------
+def test_max_calib_samples_bounds_every_step_not_only_the_observers(model, data):
+    """w8a8-pc's bias correction reads the calibration data again: it must see the same samples."""
+    q_max = eq.quantize(model, "w8a8-pc", data[0], max_calib_samples=40)
+    q_first = eq.quantize(model, "w8a8-pc", [data[0][0], data[0][1][:8]])
+    assert same_program(q_max.program, q_first.program)
+    q_all = eq.quantize(model, "w8a8-pc", data[0])
+    assert not same_program(q_max.program, q_all.program)
+
+
 def test_nonfinite_calibration_errors_naming_the_batch_or_is_dropped(model, data):
     calib = [b.clone() for b in data[0]]
     calib[1][[3, 5, 7], 0, 0, 0] = float("inf")

@@ -9,7 +9,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .calibrate import calibrate, check_batch, check_finite, first_batch
+from .calibrate import CalibrationView, calibrate, check_batch, check_finite, first_batch
 from .capture import capture
 from .errors import InputError, RecipeError
 from .ir import Graph
@@ -121,6 +121,8 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
             raise CalibrationError(f"recipe {r.name!r} quantizes activations statically and needs calibration data")
         act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples, nonfinite=nonfinite, summary=summary)
     _check_reconstruction_ops(r, graph)
+    if calib is not None and (max_calib_samples is not None or nonfinite == "drop"):
+        calib = CalibrationView(calib, max_calib_samples, drop_nonfinite=nonfinite == "drop")
     for step in PTQ_STEPS:
         graph = step(graph, r, act_qp, calib)
     program = lower(graph, r, act_qp)

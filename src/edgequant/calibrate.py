@@ -48,6 +48,32 @@ def iter_batches(data, batch_size: int = 64) -> Iterator[torch.Tensor]:
         yield x
 
 
+class CalibrationView:
+    """The calibration samples ``calibrate`` used, re-iterable, for the steps after it.
+
+    Why: post-training steps (bias correction, edge and binary recalibration, reconstruction)
+    iterate the calibration data again; they must see the same samples (``max_samples``,
+    ``nonfinite="drop"``) or a dropped NaN sample poisons a bias and ``max_samples`` is ignored.
+    """
+
+    def __init__(self, data, max_samples: int | None = None, drop_nonfinite: bool = False) -> None:
+        self.data, self.max_samples, self.drop_nonfinite = data, max_samples, drop_nonfinite
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        seen = 0
+        for x in iter_batches(self.data):
+            if self.drop_nonfinite and x.numel():
+                x = x[torch.isfinite(x.float()).reshape(x.shape[0], -1).all(dim=1)]
+            if self.max_samples is not None:
+                x = x[: self.max_samples - seen]
+            if x.shape[0] == 0:
+                if self.max_samples is not None and seen >= self.max_samples:
+                    return
+                continue
+            seen += x.shape[0]
+            yield x
+
+
 def check_finite(x: torch.Tensor, what: str) -> None:
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())

@@ -165,9 +165,38 @@ def _float_op(instr, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch
 
 def _gemm_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
     s_in = float(ctx.qp(instr.inputs[0]).scale)
-    w, b = _dequant_params(instr, s_in)
     lo, hi = act_bounds(instr, ctx)
-    return ctx.fq(_float_op(instr, inputs[0], w, b), instr.output, lo, hi)
+    y = _grid_gemm(instr, inputs[0], s_in, int(ctx.qp(instr.inputs[0]).zero_point))
+    if y is None:
+        w, b = _dequant_params(instr, s_in)
+        y = _float_op(instr, inputs[0], w, b)
+    return ctx.fq(y, instr.output, lo, hi)
+
+
+def _grid_gemm(instr, x: torch.Tensor, s_in: float, zx: int) -> torch.Tensor | None:
+    """The float64 conv/linear of on-grid inputs via the exact integer sum, scaled once.
+
+    Why: on the input grid ``x = s_in (k - zx)``, so ``conv(x, w_real) = s_in w_s conv(k - zx, w_int)``;
+    the exact float32 route (``float_accumulate``) computes that sum with oneDNN, where a float64
+    convolution has no fast kernel on CPU (simulate at 240x240 took minutes per batch). Same real
+    value; only float64 rounding differs. ``None`` (the float64 path) when gradients are needed or
+    the values are not on the grid.
+    """
+    if x.requires_grad or x.dtype != torch.float64 or "weight" not in instr.arrays:
+        return None
+    k = torch.round(x / s_in)
+    if not torch.equal(k * s_in, x):  # fake-quantized values are exactly s_in * integer
+        return None
+    k = (k + zx).clamp_(-128, 127).to(torch.int8).numpy()
+    acc = float_accumulate(instr, k, zx)
+    if acc is None:
+        return None
+    shape = (-1,) if instr.op.startswith("linear") else _channel_shape(acc)  # linear: channels last
+    ws = torch.as_tensor(instr.arrays["w_scale"], dtype=torch.float64).reshape(shape)
+    y = torch.from_numpy(acc).to(torch.float64)
+    if "bias" in instr.arrays:
+        y = y + torch.as_tensor(instr.arrays["bias"], dtype=torch.float64).reshape(shape)
+    return y * (s_in * ws)
 
 
 def rows(fn):
