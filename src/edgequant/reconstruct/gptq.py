@@ -88,7 +88,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
          binary: torch.Tensor | None = None, damp: float = DAMP, block: int = BLOCK, act_order: bool = False,
          label: str = "layer") -> torch.Tensor:
     """GPTQ integers for ``w`` (G, R, K) with Hessians ``h`` (G, K, K), per-row ``scale``/``lo``/``hi``
-    (G, R) and optional 1-bit rows ``binary`` (G, R). Returns the integers (G, R, K) as float64."""
+    (G, R) and optional 1-bit rows ``binary`` (G, R). Returns the integers (G, R, K) as float64. The
+    factorisations run in float64, the column sweep in float32 (as the reference code)."""
     W = w.double().clone()
     H = h.double().clone()
     g, r, k = W.shape
@@ -113,9 +114,11 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
         raise RecipeError(f"{label}: GPTQ's Hessian is not positive definite even with {damp:.0%} dampening ({e}); "
                           "raise the option gptq_damp or give more calibration samples") from None
 
+    W, Hinv, s, lo, hi = W.float(), Hinv.float(), s.float(), lo.float(), hi.float()
+
     def rnd(col: torch.Tensor) -> torch.Tensor:  # (G, R) weights -> integers on the row grids
         q = torch.clamp(torch.round(col / s[..., 0]), lo, hi)
-        return torch.where(binary, torch.where(col >= 0, 1.0, -1.0).double(), q)
+        return torch.where(binary, torch.where(col >= 0, 1.0, -1.0), q)
 
     Q = torch.zeros_like(W)
     for i1 in range(0, k, block):
@@ -133,7 +136,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
         W[:, :, i2:] -= E1 @ Hinv[:, i1:i2, i2:]
     if perm is not None:
         Q = torch.empty_like(Q).scatter_(2, perm.unsqueeze(1).expand(g, r, k), Q)
-    return Q
+    return Q.double()
 
 
 def gptq_node(node: Node, hess: Hessian, scale, lo, hi, binary=None, damp: float = DAMP, block: int = BLOCK,
