@@ -128,4 +128,8 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
     program = lower(graph, r, act_qp)
     if summary:
         program.meta["calibration"] = summary
+    if r.option("reconstruct") is not None:  # per-unit/per-layer seconds and losses of the rounding
+        from .reconstruct.pipeline import report_meta
+
+        program.meta["reconstruct"] = report_meta()
     return QuantizedModel(program, r, graph, float_param_bytes(graph))

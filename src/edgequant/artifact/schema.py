@@ -13,6 +13,9 @@ from .files import (_ST_CODES, PROGRAM, PROGRAM_SCHEMA, PROGRAM_VERSION, TENSORS
 MAX_INPUT_ELEMENTS = 1 << 27  # per sample; a larger input shape in a file is corruption, not a model
 
 
+RUN_ONLY_META = ("reconstruct",)  # program.meta keys kept in memory, not saved: seconds depend on the machine
+
+
 def _qparams_to_dict(qp: QParams) -> dict:
     return {"scale": to_jsonable(qp.scale), "zero_point": to_jsonable(qp.zero_point), "bits": int(qp.bits), "signed": bool(qp.signed),
             "narrow": bool(qp.narrow), "axis": None if qp.axis is None else int(qp.axis)}
@@ -50,8 +53,8 @@ def program_to_files(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
     infos = [{"name": name, "dtype": t.dtype, "shape": [int(d) for d in t.shape],
               "qparams": None if t.qparams is None else _qparams_to_dict(t.qparams)}
              for name, t in program.tensors.items()]
-    try:
-        meta = to_jsonable(program.meta)
+    try:  # run-only entries (the rounding's timings) would make two saves of one program differ
+        meta = to_jsonable({k: v for k, v in program.meta.items() if k not in RUN_ONLY_META})
     except TypeError as e:
         raise ArtifactError(f"cannot save the program's meta: {e}") from e
     doc = {"schema": PROGRAM_SCHEMA, "version": PROGRAM_VERSION, "input": program.input, "output": program.output,

@@ -1,4 +1,5 @@
-"""Reconstruction-based PTQ below 8 bits: AdaRound (per layer), BRECQ (per block) and QDrop.
+"""Reconstruction-based PTQ below 8 bits: AdaRound (per layer), BRECQ (per block), QDrop, and GPTQ
+(per layer, one pass, no training loop: ``w4a8-gptq``, ``w4a4-gptq``).
 
     import edgequant as eq
     q = eq.quantize(model, "w4a4-brecq", calib)                       # recipe default budget
@@ -7,8 +8,11 @@
 The learned integers replace the weight method's nearest-rounded ones in the same integer program
 (``weight_method="learned_rounding"``) on the weight method's scales; BRECQ also learns the
 activation steps inside each block (LSQ, zero points kept) and the program is lowered with them.
-Cost: every unit trains for ``iterations`` steps of ``batch_size`` samples through that unit only,
-so time grows linearly with depth x iterations x the unit's cost per sample. Defaults: 1000 steps
+Cost: every unit trains for ``iterations`` steps of ``batch_size`` (32) samples drawn from the
+cached calibration tensors, through that unit only (AdaRound: through one layer, whose input and
+float target are cached once per layer in float16, on disk beyond ``memory_mb``), on all cores;
+so time grows linearly with depth x iterations x the unit's cost per sample. GPTQ has no steps:
+one pass over the calibration samples per layer plus a Cholesky per layer. Defaults: 1000 steps
 per BRECQ unit, 300 per AdaRound layer; on a 2-core x86 box (load 1-3, one torch thread)
 mobilenet_v2_digits (9 units, 23 layers) took 71-84 s per BRECQ recipe, 110-125 s with QDrop (its
 random masks), 25-53 s for AdaRound, and digits_cnn 4-16 s (``bench/ptq_reconstruct.py``); an ImageNet-size MobileNetV2 has ~20 units of ~100x the cost per
@@ -22,6 +26,7 @@ from ..recipes import LayerOverride, Recipe, TensorSpec, register_recipe
 from .adaround import AdaRoundWeight, BetaSchedule, rectified_sigmoid
 from .blocks import Unit, cut_points, find_units
 from .brecq import ReconConfig, ReconResult, WeightGrid, reconstruct_graph
+from .gptq import gptq
 from .pipeline import LEARNED, METHODS, config_from_recipe, learned_weights, quantize, reconstruct_step, weight_grid, with_options
 
 if reconstruct_step not in PTQ_STEPS:
@@ -36,21 +41,23 @@ def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: f
     """A static recipe that reconstructs at W``weight_bits``A``act_bits`` (per-channel symmetric
     weights, MSE-searched weight and activation clips as the starting grid)."""
     label = method + ("-qdrop" if qdrop and method == "brecq" else "")
+    budget = {} if method == "gptq" else {"iterations": iterations or DEFAULT_ITERATIONS[method]}  # GPTQ: one pass
     opts = {"reconstruct": method, "weight_method": LEARNED, "reconstruct_base": base,
-            "iterations": iterations or DEFAULT_ITERATIONS[method], **({"qdrop": qdrop} if qdrop else {}), **options}
+            **budget, **({"qdrop": qdrop} if qdrop else {}), **options}
     return Recipe(
         name or f"w{weight_bits}a{act_bits}-{label}", "static",
         weights=TensorSpec(weight_bits, symmetric=True, narrow=True, per_channel=True, observer="mse"),
         activations=TensorSpec(act_bits, observer="mse"), overrides=tuple(overrides), options=tuple(opts.items()),
-        description=f"{label} learned weight rounding at W{weight_bits}A{act_bits} (arXiv "
-                    + {"adaround": "2004.10568", "brecq": "2102.05426"}[method] + (", QDrop 2203.05740" if qdrop else "") + ")")
+        description=f"{label} {'Hessian-compensated' if method == 'gptq' else 'learned'} weight rounding at "
+                    f"W{weight_bits}A{act_bits} (arXiv "
+                    + {"adaround": "2004.10568", "brecq": "2102.05426", "gptq": "2210.17323"}[method] + (", QDrop 2203.05740" if qdrop else "") + ")")
 
 
 for _wb, _ab, _m, _p in ((4, 8, "adaround", 0.0), (4, 4, "brecq", 0.0), (2, 4, "brecq", 0.0),
-                         (4, 4, "brecq", 0.5), (2, 4, "brecq", 0.5)):
+                         (4, 4, "brecq", 0.5), (2, 4, "brecq", 0.5), (4, 8, "gptq", 0.0), (4, 4, "gptq", 0.0)):
     register_recipe(make_recipe(_wb, _ab, _m, _p))
 
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",
-           "DEFAULT_ITERATIONS"]
+           "DEFAULT_ITERATIONS", "gptq"]

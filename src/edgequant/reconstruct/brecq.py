@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ from .cache import StoreSpace, TensorStore, map_stores
 class ReconConfig:
     """The knobs (recipe options of the same names; see ``pipeline.config_from_recipe``)."""
 
-    method: str = "brecq"             # "adaround" | "brecq"
+    method: str = "brecq"             # "adaround" | "brecq" | "gptq"
     iterations: int = 500             # per layer (adaround) or per unit (brecq): the budget knob
     batch_size: int = 32
     lr: float = 1e-3
@@ -75,6 +76,8 @@ class ReconConfig:
     requant: str = "gemmlowp"         # how the sim rounds conv/linear outputs: as q.run's default, or "exact"
     learn_act_scale: bool | None = None  # learn activation steps inside each unit (None: on for brecq, off for adaround)
     act_lr: float = 4e-3              # Adam lr on log(step) of the activation quantizers
+    damp: float = 0.01                # GPTQ: Hessian dampening, a fraction of its mean diagonal
+    act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
 
 
 @dataclass
@@ -84,6 +87,7 @@ class UnitReport:
     loss_start: float
     loss_end: float
     seconds: float
+    layer_seconds: dict[str, float] = field(default_factory=dict)  # per layer (AdaRound, GPTQ)
 
 
 @dataclass
@@ -214,6 +218,15 @@ class _Sim:
             q = torch.where(keep_float, y, q)
         return q
 
+    def node(self, n: Node, args: list[torch.Tensor], weights: dict | None = None, quant: bool = False) -> torch.Tensor:
+        """One node on its input tensors: the quantized model's (``quant``: int32-grid bias, fake-
+        quantized output) or the float model's, with ``weights[n.name]`` substituted if given."""
+        p = (self.qparams if quant else self.params).get(n.name) or self.params.get(n.name, {})
+        if weights and n.name in weights:
+            p = {**p, "weight": weights[n.name]}
+        y = run_node(n, args, p)
+        return self.fq(n.name, y, 0.0, None) if quant else y
+
     def run(self, nodes, entry: str, x: torch.Tensor, weights: dict | None = None, quant: bool = False,
             drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True) -> dict[str, torch.Tensor]:
         env = {entry: x}
@@ -305,30 +318,96 @@ class _Trainer:
         steps = self.sim.learn_steps(n.name for n in unit.nodes) if self.cfg.learn_act_scale else None
         return self.fit(unit.describe(), ada, loss_fn, steps)
 
-    def unit_adaround(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore) -> tuple[float, float]:
-        """Layer by layer inside the unit; each layer's input and target recomputed from the entry."""
+    def unit_adaround(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore, space: StoreSpace,
+                      times: dict[str, float]) -> tuple[float, float]:
+        """Layer by layer inside the unit. Each layer's input (through the already rounded layers
+        before it, quantized) and float target are computed once over the calibration set and cached
+        in float16 (``cache.TensorStore``, on disk beyond the budget), so a step costs one layer on
+        ``batch_size`` samples, not the unit's prefix twice."""
         nodes = list(unit.nodes)
         done: dict[str, torch.Tensor] = {}
         first = last = 0.0
         for k, n in enumerate(nodes):
             if n.name not in ada:
                 continue
+            t0 = time.perf_counter()
             a = ada[n.name]
-            prefix = nodes[:k]
+            prefix, src = nodes[:k], n.inputs[0]
+            inp = map_stores(space, [xq], lambda x, p=prefix, s=src: self.sim.run(p, unit.entry, x, done, quant=True)[s],
+                             dtype=np.float16)
+            tgt = map_stores(space, [xf], lambda x, p=prefix + [n], m=n.name: self.sim.run(p, unit.entry, x)[m],
+                             dtype=np.float16)
 
-            def loss_fn(w, n=n, prefix=prefix):
-                idx = self._sample(len(xq))
-                with torch.no_grad():
-                    env_q = self.sim.run(prefix, unit.entry, xq.get(idx), done, quant=True)
-                    env_f = self.sim.run(prefix + [n], unit.entry, xf.get(idx))
-                y = self.sim.run([n], n.inputs[0], env_q[n.inputs[0]], w)[n.name]
-                return _rec_loss(y, env_f[n.name])
+            def loss_fn(w, n=n, inp=inp, tgt=tgt):
+                idx = self._sample(len(inp))
+                y = self.sim.run([n], n.inputs[0], inp.get(idx), w)[n.name]
+                return _rec_loss(y, tgt.get(idx))
 
-            f, l = self.fit(f"layer {n.name}", {n.name: a}, loss_fn)
+            try:
+                f, l = self.fit(f"layer {n.name}", {n.name: a}, loss_fn)
+            finally:
+                inp.release()
+                tgt.release()
             first, last = first + f, last + l
             with torch.no_grad():
                 done[n.name] = a(hard=True)
+            times[n.name] = time.perf_counter() - t0
         return first, last
+
+    def unit_gptq(self, unit: Unit, grids: dict[str, "WeightGrid"], xq: TensorStore, space: StoreSpace,
+                  result: "ReconResult", times: dict[str, float]) -> tuple[TensorStore, dict, float, float]:
+        """GPTQ node by node inside the unit, each node's quantized output computed once into a store
+        (released after its last use), so a layer's Hessian sees the already rounded layers before
+        it at the cost of one forward pass; (unit output store, hard weights, nearest error, GPTQ error)."""
+        from .gptq import Hessian, gptq_node
+
+        nodes = list(unit.nodes)
+        last_use = {a: i for i, n in enumerate(nodes) for a in n.inputs}
+        stores: dict[str, TensorStore] = {unit.entry: xq}
+        done: dict[str, torch.Tensor] = {}
+        near = err = 0.0
+        bs = self.cfg.batch_size
+        try:
+            for i, n in enumerate(nodes):
+                t0 = time.perf_counter()
+                if n.name in grids:
+                    grid = grids[n.name]
+                    hess = Hessian(n)
+                    for x in stores[n.inputs[0]].batches(bs):
+                        hess.add(x)
+                    bits = grid.extra.get("channel_bits")
+                    binary = None if bits is None else np.asarray(bits) == 1
+                    q = gptq_node(n, hess, grid.scale, grid.lo, grid.hi, binary, self.cfg.damp, act_order=self.cfg.act_order)
+                    shape = (-1,) + (1,) * (q.ndim - 1)
+                    scale = torch.as_tensor(grid.scale, dtype=torch.float64).reshape(shape)
+                    w = torch.as_tensor(n.params["weight"], dtype=torch.float64)
+                    nearest = torch.clamp(torch.round(w / scale), torch.as_tensor(grid.lo, dtype=torch.float64).reshape(shape),
+                                          torch.as_tensor(grid.hi, dtype=torch.float64).reshape(shape))
+                    near += _hessian_error(w - nearest * scale, hess)
+                    err += _hessian_error(w - q * scale, hess)
+                    done[n.name] = (q * scale).float()
+                    result.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
+                stores[n.name] = map_stores(space, [stores[a] for a in n.inputs],
+                                            lambda *xs, n=n: self.sim.node(n, list(xs), done, quant=True), batch_size=bs)
+                for a in set(n.inputs):
+                    if last_use[a] == i and a != unit.entry:
+                        stores.pop(a).release()
+                if n.name in grids:
+                    times[n.name] = time.perf_counter() - t0
+                    self.progress.advance(f"layer {n.name}", err)
+            out = stores.pop(unit.output)
+        finally:
+            for k, st in stores.items():
+                if k != unit.entry:
+                    st.release()
+        return out, done, near, err
+
+
+def _hessian_error(d: torch.Tensor, hess) -> float:
+    """Mean squared output error ``tr(D H D^T) / M`` of a weight error ``d`` (O, ...) per input column."""
+    g = hess.h.shape[0]
+    dg = d.reshape(g, d.shape[0] // g, -1)
+    return float(torch.einsum("grk,gkj,grj->", dg, hess.h, dg) / max(hess.count, 1))
 
 
 def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, WeightGrid], calib,
@@ -351,40 +430,65 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
     result = ReconResult()
     space = StoreSpace(cfg.memory_mb << 20, cfg.cache_dir)
     per_unit = [sum(1 for n in u.layers if n.name in grids) for u in units]
-    total = sum((c if cfg.method == "adaround" else int(c > 0)) * cfg.iterations for c in per_unit)
+    per_layer = cfg.method in ("adaround", "gptq")
+    steps = 1 if cfg.method == "gptq" else cfg.iterations
+    total = sum((c if per_layer else int(c > 0)) * steps for c in per_unit)
     progress = Progress(total, enabled=progress)
     trainer = _Trainer(cfg, sim, progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_cores())  # reconstruction is the long phase: use every core it may
     try:
         xf, xq = initial_stores(space, graph, sim, calib, cfg.calib_samples)
+        if cfg.method == "gptq":  # GPTQ fits W X_q only: no float targets to carry
+            xf.release()
         for unit in units:
             tu = time.perf_counter()
-            ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
-            yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
-            if ada:
-                if cfg.method == "adaround":
-                    f, l = trainer.unit_adaround(unit, ada, xf, xq)
-                else:
-                    f, l = trainer.unit_brecq(unit, ada, xf, xq, yf)
-                for name, a in ada.items():
-                    result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
-                result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu))
-            if sim.log_steps:  # the learned grids become the program's: later units and yq use them
-                result.act_qp.update(sim.commit_steps())
-                sim.shifts = shifts() or {}
-                sim.grid_biases()
-            hard = {name: a(hard=True).detach() for name, a in ada.items()}
-            yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True)[u.output])
+            times: dict[str, float] = {}
+            if cfg.method == "gptq":
+                yq, hard, f, l = trainer.unit_gptq(unit, grids, xq, space, result, times)
+                if hard:
+                    result.units.append(UnitReport(unit.describe(), tuple(hard), f, l, time.perf_counter() - tu, times))
+            else:
+                ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
+                yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
+                if ada:
+                    if cfg.method == "adaround":
+                        f, l = trainer.unit_adaround(unit, ada, xf, xq, space, times)
+                    else:
+                        f, l = trainer.unit_brecq(unit, ada, xf, xq, yf)
+                    for name, a in ada.items():
+                        result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
+                    result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu, times))
+                if sim.log_steps:  # the learned grids become the program's: later units and yq use them
+                    result.act_qp.update(sim.commit_steps())
+                    sim.shifts = shifts() or {}
+                    sim.grid_biases()
+                hard = {name: a(hard=True).detach() for name, a in ada.items()}
+                yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True)[u.output])
             result.disk_bytes_peak = max(result.disk_bytes_peak, space.disk_bytes)
-            xf.release()
             xq.release()
-            xf, xq = yf, yq
-        xf.release()
+            if cfg.method != "gptq":
+                xf.release()
+                xf = yf
+            xq = yq
+            progress.unit_done(unit.describe(), time.perf_counter() - tu)
         xq.release()
+        if cfg.method != "gptq":
+            xf.release()
     finally:
+        torch.set_num_threads(threads)
         space.close()
         progress.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _cores() -> int:
+    """CPUs this process may run on (the container's, not the host's)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def _make_ada(node: Node, grid: WeightGrid) -> AdaRoundWeight:

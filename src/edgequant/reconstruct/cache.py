@@ -2,9 +2,9 @@
 
 Reconstruction walks the units in order and needs, at the current boundary, the float model's
 activation and the quantized model's activation for every calibration sample. A ``TensorStore``
-holds one such (N, ...) float32 tensor: in RAM while all stores together stay under the memory
-budget, otherwise as a ``.npy`` memmap in a temporary directory (deleted on ``close``), filled
-batch by batch. Moving to the next boundary streams batches from the old stores through the unit
+holds one such (N, ...) tensor (float32, or float16 for caches that only feed a loss, half the
+bytes): in RAM while all stores together stay under the memory budget, otherwise as a ``.npy``
+memmap in a temporary directory (deleted on ``close``), filled batch by batch; reads are float32. Moving to the next boundary streams batches from the old stores through the unit
 into new ones, so memory is bounded by the budget plus one batch, whatever the net's size;
 activations inside a unit are recomputed from its entry on every step instead of being stored.
 """
@@ -42,20 +42,21 @@ class StoreSpace:
 
 
 class TensorStore:
-    """One (N, ...) float32 tensor, written in order batch by batch, read by sample index."""
+    """One (N, ...) tensor, written in order batch by batch, read by sample index as float32."""
 
-    def __init__(self, space: StoreSpace, shape: tuple[int, ...]) -> None:
+    def __init__(self, space: StoreSpace, shape: tuple[int, ...], dtype=np.float32) -> None:
         self.space = space
         self.shape = tuple(int(d) for d in shape)
-        nbytes = int(np.prod(self.shape)) * 4
+        self.dtype = np.dtype(dtype)
+        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.on_disk = nbytes > space.memory_left
         self.path: Path | None = None
         if self.on_disk:
             self.path = space.path()
-            self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=self.shape)
+            self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
             space.disk_bytes += nbytes
         else:
-            self.data = np.empty(self.shape, np.float32)
+            self.data = np.empty(self.shape, self.dtype)
             space.memory_left -= nbytes
         self._nbytes = nbytes
         self._filled = 0
@@ -64,17 +65,17 @@ class TensorStore:
         return self.shape[0]
 
     def append(self, batch: torch.Tensor) -> None:
-        b = batch.detach().to(torch.float32).cpu().numpy()
+        b = batch.detach().to(torch.float32).cpu().numpy().astype(self.dtype, copy=False)
         self.data[self._filled : self._filled + len(b)] = b
         self._filled += len(b)
 
     def get(self, index: np.ndarray) -> torch.Tensor:
         """Rows ``index`` (sorted reads are fastest on disk) as a float32 tensor."""
-        return torch.from_numpy(np.ascontiguousarray(self.data[np.sort(index)]))
+        return torch.from_numpy(np.ascontiguousarray(self.data[np.sort(index)], np.float32))
 
     def batches(self, size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self), size):
-            yield torch.from_numpy(np.ascontiguousarray(self.data[i : i + size]))
+            yield torch.from_numpy(np.ascontiguousarray(self.data[i : i + size], np.float32))
 
     def release(self) -> None:
         """Give the memory (or the file) back."""
@@ -90,7 +91,7 @@ class TensorStore:
 
 
 def map_stores(space: StoreSpace, inputs: list[TensorStore], fn: Callable[..., torch.Tensor],
-               batch_size: int = 128) -> TensorStore:
+               batch_size: int = 128, dtype=np.float32) -> TensorStore:
     """A new store holding ``fn(*batches)`` over the rows of ``inputs`` (streamed, no grad)."""
     out: TensorStore | None = None
     with torch.no_grad():
@@ -98,7 +99,7 @@ def map_stores(space: StoreSpace, inputs: list[TensorStore], fn: Callable[..., t
         for parts in zip(*iters):
             y = fn(*parts)
             if out is None:
-                out = TensorStore(space, (len(inputs[0]),) + tuple(y.shape[1:]))
+                out = TensorStore(space, (len(inputs[0]),) + tuple(y.shape[1:]), dtype)
             out.append(y)
     if out is None:
         raise ValueError("map_stores over an empty store")

@@ -1,7 +1,7 @@
 """How reconstruction plugs into ``edgequant.quantize``: a PTQ step, a weight method, recipes.
 
 * The PTQ step ``reconstruct_step`` (in ``api.PTQ_STEPS``) runs when a recipe has the option
-  ``("reconstruct", "adaround" | "brecq")``. For every conv/linear it asks the recipe's base weight
+  ``("reconstruct", "adaround" | "brecq" | "gptq")``. For every conv/linear it asks the recipe's base weight
   method (option ``reconstruct_base``, default ``"observer"``; any ``WEIGHT_METHODS`` entry, e.g.
   ACIQ or per-channel bit allocation) for the scale and integers at that layer's own width (after
   ``LayerOverride``s), learns the rounding on that grid, and stores the integers on the node
@@ -14,7 +14,7 @@
 
 Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound, per block for
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
-``memory_mb``, ``cache_dir``, ``seed``, ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
+``memory_mb``, ``cache_dir``, ``seed``, ``damp`` and ``act_order`` (GPTQ), ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
 outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
 ``rounding="onnxruntime"``), ``learn_act_scale`` (BRECQ: learn the activation steps inside each
 unit; default on for brecq, off for adaround), ``act_lr``, ``progress`` (None = when stderr is a
@@ -40,7 +40,7 @@ from ..weight_quant import WEIGHT_METHODS, register_weight_method
 from .blocks import GEMM_OPS
 from .brecq import ReconConfig, ReconResult, WeightGrid, reconstruct_graph
 
-METHODS = ("adaround", "brecq")
+METHODS = ("adaround", "brecq", "gptq")
 LEARNED = "learned_rounding"
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(ReconConfig)} - {"method"}
 
@@ -59,6 +59,11 @@ def config_from_recipe(recipe: Recipe) -> ReconConfig:
     if cfg.learn_act_scale and method == "adaround":
         raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale needs reconstruct='brecq' (AdaRound's layer "
                           "objective keeps activations in float, so there is no activation step to learn)")
+    if method == "gptq" and (cfg.learn_act_scale or cfg.qdrop):
+        raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale and qdrop belong to BRECQ's training loop; "
+                          "GPTQ rounds in one pass with the calibrated activation grids")
+    if not 0.0 <= cfg.damp < 1.0:
+        raise RecipeError(f"recipe {recipe.name!r}: damp={cfg.damp} is a fraction of the Hessian's mean diagonal in [0, 1)")
     if not 0.0 <= cfg.qdrop < 1.0:
         raise RecipeError(f"recipe {recipe.name!r}: qdrop={cfg.qdrop} is a probability in [0, 1)")
     return cfg
@@ -125,6 +130,15 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
     return g
 
 
+def report_meta() -> dict:
+    """The last reconstruction's report for ``program.meta["reconstruct"]``: total and per-unit
+    (and per-layer) seconds, losses, the peak disk the boundary tensors took."""
+    if LAST_RESULT is None:
+        return {}
+    return {"seconds": LAST_RESULT.seconds, "disk_bytes_peak": LAST_RESULT.disk_bytes_peak,
+            "units": [dataclasses.asdict(u) for u in LAST_RESULT.units]}
+
+
 def with_options(recipe: str | Recipe, **options: Any) -> Recipe:
     """A copy of ``recipe`` with options replaced (``None`` values are ignored)."""
     r = get_recipe(recipe)
@@ -141,11 +155,4 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable, exam
     from ..api import quantize as _quantize
 
     r = with_options(recipe, iterations=iterations, progress=progress, **options)
-    q = _quantize(model, r, calib, example_input)
-    if LAST_RESULT is not None and r.option("reconstruct"):
-        q.program.meta["reconstruct"] = {
-            "seconds": LAST_RESULT.seconds,
-            "disk_bytes_peak": LAST_RESULT.disk_bytes_peak,
-            "units": [dataclasses.asdict(u) for u in LAST_RESULT.units],
-        }
-    return q
+    return _quantize(model, r, calib, example_input)  # it records report_meta() in program.meta

@@ -1,15 +1,21 @@
-"""Progress of a reconstruction: a rich bar on a terminal, silent otherwise (tests, pipes)."""
+"""Progress of a reconstruction: a rich bar on a terminal, plain rate-limited lines otherwise (logs)."""
 from __future__ import annotations
 
 import sys
+import time
+
+LINE_EVERY_S = 20.0  # plain lines (stderr not a terminal): at most one per this many seconds, plus the last
 
 
 class Progress:
-    """``advance(label, loss)`` once per optimisation step. ``enabled=None``: on when stderr is a
-    terminal. Rich is optional; without it a line per unit is printed instead."""
+    """``advance(label, loss)`` once per optimisation step, ``unit_done(label, seconds)`` per unit.
+    ``enabled=None``: a bar when stderr is a terminal, else a plain line per finished unit (rate
+    limited, for logs); ``False``: silent. Rich is optional; without it a line per unit is printed."""
 
     def __init__(self, total: int, enabled: bool | None = None, title: str = "reconstruct") -> None:
+        self.lines = enabled is None and not sys.stderr.isatty()
         self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.title, self._t0, self._last_line = title, time.monotonic(), float("-inf")
         self.total = max(int(total), 1)
         self._bar = self._task = None
         self._label = None
@@ -34,6 +40,17 @@ class Progress:
         elif label != self._label:
             print(f"[{self._done}/{self.total}] {label}", file=sys.stderr)
         self._label = label
+
+    def unit_done(self, label: str, seconds: float) -> None:
+        """A unit (layer or block) finished: in line mode, say so if the last line is old enough."""
+        now = time.monotonic()
+        last = self._done >= self.total and self._last_line != float("inf")
+        if self.lines and (now - self._last_line >= LINE_EVERY_S or last):
+            el = now - self._t0
+            eta = el / max(self._done, 1) * (self.total - self._done)
+            print(f"{self.title}: {self._done}/{self.total} steps, {label[:60]} {seconds:.1f} s; "
+                  f"elapsed {el:.0f} s, about {eta:.0f} s left", file=sys.stderr, flush=True)
+            self._last_line = float("inf") if last else now
 
     def close(self) -> None:
         if self._bar is not None:
