@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..deadline import check_deadline
+
 
 class Progress:
     """``advance(label, loss)`` once per optimisation step. ``enabled=None``: on when stderr is a
@@ -27,6 +29,7 @@ class Progress:
 
     def advance(self, label: str, loss: float) -> None:
         self._done += 1
+        check_deadline(f"reconstruction {label}")  # a sweep row's time limit bites between steps
         if not self.enabled:
             return
         if self._bar is not None:
