@@ -312,3 +312,66 @@ def test_w4a4_aciq_close_to_fp32(predictions, digits, digits_model, digits_test_
     assert np.mean(predictions["w2a4-aciq"][0] == y) >= 0.85
     # binary activations calibrated on the binarized upstream (float-calibrated: chance, 0.12)
     assert np.mean(predictions["w1a1-xnor"][0] == y) >= 0.35
+
+
+def _recalibrate_binary_per_tensor(graph, recipe, act_qp, calib) -> None:
+    """The former quadratic definition: one forward of the calibration data per binary tensor."""
+    from edgequant.calibrate import iter_batches
+    from edgequant.graph_exec import GraphModule
+    from edgequant.lowbit.bias_correction import dequantized_weight
+    from edgequant.lowbit.binary_act import is_binary_tensor
+    from edgequant.lowbit.binary_calib import fake_binarize
+    from edgequant.lowbit.edges import node_bits
+
+    binary = [n.name for n in graph.nodes if is_binary_tensor(act_qp.get(n.name))]
+    g = graph.copy()
+    for n in g.nodes:
+        if n.op in ("conv", "linear") and node_bits(graph, recipe, n)[0] is not None:
+            n.params["weight"] = dequantized_weight(n, recipe, node_bits(graph, recipe, n)[0]).astype(np.float32)
+    gm, done, spec = GraphModule(g), set(), recipe.activations
+    for name in binary:
+        ob = make_observer(spec.observer, bits=1, signed=True, symmetric=spec.symmetric, narrow=spec.narrow)
+
+        def hook(node, y):
+            if node.name == name:
+                ob.update(y.numpy())
+            return fake_binarize(y, act_qp[node.name]) if node.name in done else y
+
+        with torch.no_grad():
+            for x in iter_batches(calib):
+                gm(x.float(), hook)
+        act_qp[name] = ob.qparams()
+        done.add(name)
+
+
+def test_binary_calibration_in_one_pass_equals_the_per_tensor_rerun(digits, digits_model, monkeypatch) -> None:
+    """The layer-wise pass gives every 1-bit tensor the qparams the quadratic re-run gave, and it
+    runs each graph node once per batch."""
+    from edgequant import api, graph_exec
+    from edgequant.lowbit import binary_calib
+
+    recipe = eq.RECIPES["w1a1-xnor"]
+    seen = {}
+
+    def capture(graph, r, act_qp, calib):
+        seen["args"] = (graph.copy(), r, dict(act_qp), calib)
+        return graph
+
+    monkeypatch.setattr(api, "PTQ_STEPS", [capture])
+    eq.quantize(digits_model, recipe, digits[0])  # stops short of the low-bit step: its inputs are kept
+    graph, r, act_qp, calib = seen["args"]
+    from edgequant.lowbit.edges import recalibrate_edges
+
+    recalibrate_edges(graph, r, act_qp, calib)
+    want, got = dict(act_qp), dict(act_qp)
+    _recalibrate_binary_per_tensor(graph, r, want, calib)
+    calls = []
+    real = graph_exec.run_node
+    monkeypatch.setattr(binary_calib, "run_node", lambda n, a, p: calls.append(n.name) or real(n, a, p))
+    binary_calib.recalibrate_binary(graph, r, got, calib)
+    binary = [n for n in want if want[n] is not act_qp[n]]
+    assert len(binary) >= 2
+    for n in want:
+        assert (float(want[n].scale), int(want[n].zero_point)) == (float(got[n].scale), int(got[n].zero_point)), n
+    n_batches = sum(1 for _ in calib)
+    assert max(calls.count(n) for n in set(calls)) == n_batches  # no node ran twice on a batch

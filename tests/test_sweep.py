@@ -96,8 +96,10 @@ def test_sweep_user_plugins_writes_everything(swept, capsys):
         assert r["runtime"] in r["latency_by_runtime"] and r["latency_ms"] == min(r["latency_by_runtime"].values())
         assert r["drop"] == pytest.approx(rep["baseline"]["accuracy"] - r["accuracy"])
     assert rep["baseline"]["accuracy"] == 100.0  # labels are the float model's predictions
+    sizing = rep["data"].pop("sizing")  # a small model keeps the configured counts
     assert rep["data"] == {"spec": rep["data"]["spec"], "calib_samples": 256, "eval_samples": 200, "latency_batch": 16,
                            "layer_samples": 200}
+    assert (sizing["latency_batch"], sizing["sensitivity_samples"]) == (16, None)
     md = (run / "report.md").read_text()
     assert "## Answer" in md and "w8a8-pc" in md and "frontier.png" in md
 

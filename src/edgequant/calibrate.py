@@ -10,6 +10,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from .deadline import check_deadline
 from .errors import CalibrationError
 from .graph_exec import GraphModule
 from .ir import Graph, Node
@@ -40,6 +41,7 @@ def iter_batches(data, batch_size: int = 64) -> Iterator[torch.Tensor]:
     except TypeError:
         raise CalibrationError(f"calibration data must be iterable (DataLoader, list of tensors, or a tensor); got {type(data).__name__}") from None
     for item in it:
+        check_deadline("calibration")  # every calibration-data loop comes through here
         x = item[0] if isinstance(item, (tuple, list)) else item
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)

@@ -28,10 +28,11 @@ plug-ins:
   --model FILE.py:FUNC   FUNC() returns a trained torch.nn.Module: one tensor in (N, ...), logits out
   --data  FILE.py:FUNC   FUNC() returns (calib, eval) or (calib, eval, train); each an iterable of
                          (x, y) batches (DataLoader, list, generator). train is used by QAT rows only.
-  --metric top1|top5|FILE.py:FUNC
+  --metric top1|top5|agreement|FILE.py:FUNC
                          FUNC(logits, y) -> float, called once on the whole eval set (logits float32
                          (N, classes), y the labels). Higher is better; return a fraction in [0, 1] or a
                          percentage (a baseline <= 1 is read as a fraction). Drops are in points.
+                         agreement (sweep): top-1 agreement with the fp32 model, no labels needed.
   built-ins: --model digits_cnn|resnet_digits|mobilenet_v2_digits (pretrained), --data digits
 """
 
@@ -87,12 +88,18 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                       preset=a.preset, budget=a.budget, out=a.out, qat_epochs=a.qat_epochs, iterations=a.iterations,
                       qat_lr=a.qat_lr, threads=a.threads if a.threads > 0 else None,
                       calib_samples=a.calib_samples, eval_samples=a.eval_samples, latency_batch=a.latency_batch,
-                      repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save)
+                      repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save,
+                      max_minutes=a.max_minutes if a.max_minutes > 0 else None, max_row_minutes=a.max_row_minutes)
     to_stdout_json = a.json == "-"
     out_console = _console(stderr=to_stdout_json)
     t0 = time.perf_counter()
     if a.quiet:
         result = run_sweep(cfg)
+    elif not sys.stderr.isatty():  # a log file or a pipe: plain lines, one per phase and per row
+        from .sweep.lines import PlainProgress
+
+        lines = PlainProgress(sys.stderr)
+        result = run_sweep(cfg, lines, lines.row)
     else:
         cols = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn())
@@ -120,6 +127,11 @@ def _eval_accuracy(q, data_spec: str | None, metric: str | None, rounding: str =
     from .sweep import plugins
 
     name, fn = plugins.load_metric(metric)
+    if name == "agreement":
+        from .errors import PluginError
+
+        raise PluginError("--metric agreement compares with the fp32 model, which only `edgequant sweep` runs; "
+                          "use --metric top1, top5 or FILE.py:FUNC here")
     d = plugins.load_data(data_spec)
     logits = torch.from_numpy(np.concatenate([np.asarray(q.run(x.numpy(), rounding=rounding), np.float32) for x, _ in d.eval]))
     v = fn(logits, d.eval_y)
@@ -253,7 +265,8 @@ def _plugin_args(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", metavar="FILE.py:FUNC", help="model plug-in (default: built-in digits_cnn, pretrained)")
     p.add_argument("--data", metavar="FILE.py:FUNC", help="data plug-in (default: built-in digits, real data)")
-    p.add_argument("--metric", metavar="top1|top5|FILE.py:FUNC", help="task metric (default top1)")
+    p.add_argument("--metric", metavar="top1|top5|agreement|FILE.py:FUNC",
+                   help="task metric (default top1; agreement = top-1 agreement with the fp32 model, sweep only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounding", choices=("gemmlowp", "onnxruntime"), default="gemmlowp")
     s.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time study")
     s.add_argument("--no-save", action="store_true", help="do not save the answer's artifact")
-    s.add_argument("--quiet", action="store_true", help="no live progress display")
+    s.add_argument("--max-minutes", type=float, default=20.0,
+                   help="time limit of the whole sweep in minutes (default 20; 0 = none): rows that would overrun are "
+                        "cut and reported as cut, the sweep still finishes")
+    s.add_argument("--max-row-minutes", type=float, default=None,
+                   help="time limit per row in minutes (default: an even share of the time left)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress (default: a live display on a terminal, plain lines on stderr otherwise)")
     s.set_defaults(fn=cmd_sweep)
 
     q = sub.add_parser("quantize", help="quantize a model with one recipe and save the artifact", formatter_class=fmt,

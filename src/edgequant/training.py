@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .deadline import check_deadline
+
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
@@ -26,6 +28,7 @@ def train_classifier(model: nn.Module, train: Iterable, epochs: int = 20, lr: fl
     for ep in range(epochs):
         total, n = 0.0, 0
         for x, y in train:
+            check_deadline(f"training epoch {ep + 1}/{epochs}")
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()

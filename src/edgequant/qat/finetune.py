@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..deadline import check_deadline
 from ..errors import CalibrationError, RecipeError
 from ..quantized import QuantizedModel
 from ..recipes import Recipe, get_recipe
@@ -73,6 +74,7 @@ def train_qat(qat_model: QATModel, train: Iterable, epochs: int = 5, lr: float =
         for ep in range(epochs):
             loss_sum, n = 0.0, 0
             for x, y in _batches(train):
+                check_deadline(f"QAT epoch {ep + 1}/{epochs}")
                 x, y = x.to(device), y.to(device)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(qat_model(x), y)

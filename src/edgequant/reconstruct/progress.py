@@ -6,6 +6,8 @@ import time
 
 LINE_EVERY_S = 20.0  # plain lines (stderr not a terminal): at most one per this many seconds, plus the last
 
+from ..deadline import check_deadline
+
 
 class Progress:
     """``advance(label, loss)`` once per optimisation step, ``unit_done(label, seconds)`` per unit.
@@ -33,6 +35,7 @@ class Progress:
 
     def advance(self, label: str, loss: float) -> None:
         self._done += 1
+        check_deadline(f"reconstruction {label}")  # a sweep row's time limit bites between steps
         if not self.enabled:
             return
         if self._bar is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import interpreter
+from ..deadline import check_deadline
 from ..graph_exec import GraphModule, run_node
 from ..ir import Graph
 from ..kernels import SIM
@@ -100,14 +101,54 @@ def program_outputs(program: Program, x: np.ndarray, names: set[str], rounding: 
     return {k: np.concatenate(v) for k, v in keep.items()}
 
 
-def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = "gemmlowp") -> list[dict]:
-    """[{layer, module, op, weight_bits, sqnr_db}] for every quantized layer, in program order."""
+SQNR_MEMORY_MB = 192  # float copies of every node's output held at once by ``layer_sqnr``
+SENSITIVITY_MEMORY_MB = 256  # the same for one batch of ``sensitivity``
+
+
+def graph_bytes_per_sample(graph: Graph) -> int:
+    """Bytes of one sample's outputs of *every* node, float32 reference and float64 program copy.
+
+    ``GraphModule`` and ``sensitivity`` keep every node's output of a batch (no liveness), so this,
+    not the live peak, sizes their chunks.
+    """
+    elems = sum(int(np.prod(tuple(n.shape)[1:], dtype=np.int64)) for n in graph.nodes if len(tuple(n.shape)) > 1)
+    return 12 * max(elems, 1)
+
+
+def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = "gemmlowp",
+               memory_mb: float = SQNR_MEMORY_MB) -> list[dict]:
+    """[{layer, module, op, weight_bits, sqnr_db}] for every quantized layer, in program order.
+
+    Streams over chunks of samples sized so the outputs of all nodes (fp32 reference, program copy)
+    stay within ``memory_mb``: only the per-layer signal and noise sums are kept.
+    """
     layers = quantized_layers(program, graph)
     names = {l.node for l in layers}
-    ref = float_outputs(graph, x, names)
-    got = program_outputs(program, x.numpy(), names, rounding)
+    chunk = int(max(1, min(x.shape[0], memory_mb * 2**20 // max(graph_bytes_per_sample(graph), 1))))
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    for s in range(0, x.shape[0], chunk):
+        check_deadline("per-layer SQNR")
+        xs = x[s:s + chunk]
+        ref = float_outputs(graph, xs, names)
+        got = program_outputs(program, xs.numpy(), names, rounding)
+        for n in names:
+            if n in ref and n in got:
+                r = np.asarray(ref[n], np.float64)
+                signal[n] = signal.get(n, 0.0) + float(np.sum(r**2))
+                noise[n] = noise.get(n, 0.0) + float(np.sum((r - np.asarray(got[n], np.float64)) ** 2))
+        del ref, got
     return [{"layer": l.node, "module": l.module, "op": l.op, "weight_bits": l.weight_bits,
-             "sqnr_db": sqnr_db(ref[l.node], got[l.node])} for l in layers if l.node in ref and l.node in got]
+             "sqnr_db": _db(signal[l.node], noise[l.node])} for l in layers if l.node in signal]
+
+
+def _db(signal: float, noise: float) -> float | None:
+    """As ``sqnr_db`` from the two sums."""
+    if noise == 0.0:
+        return None
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
 
 
 def _producer_nodes(program: Program) -> dict[str, str]:
@@ -155,6 +196,7 @@ def sensitivity(program: Program, graph: Graph, batches: list[tuple[torch.Tensor
             for n in graph.nodes:
                 env[n.name] = x.float() if n.op == "input" else run_node(n, [env[i] for i in n.inputs], params[n.name])
             for layer in todo:
+                check_deadline("sensitivity")  # a sweep's time limit bites between layers
                 if progress and b == 0:
                     progress(layer.node)
                 new = {layer.node: _quantized_output(program, layer, env, ctx, producer)}

@@ -116,6 +116,8 @@ def _frontier_axis(ax, rows: list[dict], cost: str, front_key: str, xlabel: str,
     labels = []
     number = {r["recipe"]: str(i) for i, r in enumerate(rows, 1)}  # the same in both panels
     for r in ok:
+        if r.get(cost) is None:  # latency not measured (time limit): nothing to place on this axis
+            continue
         below = r["accuracy"] < floor
         marker = "v" if below else (_RUNTIME_MARKERS.get(r["runtime"], "D") if cost == "latency_ms" else "o")
         ax.scatter([r[cost]], [y_of(r)], s=46, color=_colour(r["weight_bits"]), edgecolor="black", linewidth=0.5,

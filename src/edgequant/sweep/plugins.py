@@ -7,6 +7,8 @@ Contracts (what the CLI documents):
 * ``--data FILE.py:FUNC`` -- ``FUNC()`` returns ``(calib, eval)`` or ``(calib, eval, train)``: each
   an iterable of ``(x, y)`` batches (a DataLoader works; lists and generators too -- every
   iterable is read exactly once). ``train`` is only needed for QAT rows.
+* ``--metric agreement`` -- top-1 agreement with the fp32 model (the sweep uses the fp32 model's
+  own argmax as the labels): for data without labels, or to measure quantization alone.
 * ``--metric top1|top5|FILE.py:FUNC`` -- ``FUNC(logits, y) -> float`` over the *whole* evaluation
   set at once (``logits`` a float32 tensor (N, classes), ``y`` the concatenated labels). Higher is
   better. Return a fraction in [0, 1] or a percentage in [0, 100]: the scale is decided once from
@@ -193,10 +195,15 @@ def _topk(k: int) -> Metric:
 
 
 def load_metric(spec: str | None) -> tuple[str, Metric]:
-    """(name, fn): ``top1`` (default), ``top5`` or ``FILE.py:FUNC``; see the module doc for the contract."""
+    """(name, fn): ``top1`` (default), ``top5``, ``agreement`` or ``FILE.py:FUNC``; see the module doc.
+
+    ``agreement`` is top-1 against labels the caller sets to the fp32 model's argmax (the sweep does).
+    """
     spec = spec or "top1"
     if spec in ("top1", "top5"):
         return spec, _topk(int(spec[3:]))
+    if spec == "agreement":
+        return spec, _topk(1)
     fn = load_callable(spec, "metric")
 
     def metric(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -76,7 +76,8 @@ def answer_line(report: dict) -> str:
                 "raise --budget or try QAT (--preset qat --qat-epochs N).")
 
     def desc(p: dict) -> str:
-        return f"{p['recipe']} ({p['accuracy']:.2f}%, drop {p['drop']:+.2f}, {fmt_bytes(p['size_bytes'])} = {p['size_ratio']:.3f}x fp32, {p['latency_ms']:.2f} ms on {p['runtime']})"
+        return f"{p['recipe']} ({p['accuracy']:.2f}%, drop {p['drop']:+.2f}, {fmt_bytes(p['size_bytes'])} = {p['size_ratio']:.3f}x fp32, " + (
+            f"{p['latency_ms']:.2f} ms on {p['runtime']})" if p.get("latency_ms") is not None else "latency not measured)")
 
     s, f = a["smallest"], a["fastest"]
     line = f"Within {budget:g} point{'s' if budget != 1 else ''} of fp32 {metric} {b['accuracy']:.2f}%: smallest {desc(s)}"
@@ -87,26 +88,42 @@ def answer_line(report: dict) -> str:
     return line
 
 
+def _why(r: dict) -> str:
+    """Why a row has no numbers: the error, or where and when it was cut."""
+    c = r.get("cut")
+    if r["status"] == "cut" and c:
+        proj = f", projected {c['projected_s']:.0f} s" if c.get("projected_s") is not None else ""
+        return f"cut in {c['phase']} at {c['elapsed_s']:.0f} s (limit {c['limit_s']:.0f} s{proj})"
+    return r.get("error") or ""
+
+
+def _engine(r: dict) -> str:
+    """Which engine produced the accuracy ('ort' verified, or the interpreter) and its rounding."""
+    e = r.get("eval_engine", "interpreter")
+    return {"onnxruntime": "ort"}.get(e, "interp" if e == "interpreter" else e) + "/" + str(r.get("eval_rounding", ""))[:3]
+
+
 def table(report: dict) -> Table:
     b = report["baseline"]
     t = Table(title=f"edgequant sweep - {report['model']['spec']} on {report['data']['eval_samples']} eval samples "
                     f"({report['metric']['name']}, latency per batch of {report['data']['latency_batch']})",
               title_justify="left", box=box.SIMPLE_HEAD)
     for col, just in (("recipe", "left"), ("bits", "left"), ("acc %", "right"), ("drop", "right"), ("size", "right"),
-                      ("x fp32", "right"), ("latency ms", "right"), ("runtime", "left"), ("int=sim %", "right"),
-                      ("quant s", "right"), ("Pareto", "left")):
+                      ("x fp32", "right"), ("latency ms", "right"), ("runtime", "left"), ("acc by", "left"),
+                      ("int=sim %", "right"), ("quant s", "right"), ("Pareto", "left")):
         t.add_column(col, justify=just, no_wrap=col in ("recipe", "bits"))
     t.add_row(b["recipe"], "fp32", f"{b['accuracy']:.2f}", "", fmt_bytes(b["size_bytes"]), "1.000",
-              f"{b['latency_ms']:.2f}", b["runtime"], "", "", "", style="dim")
+              f"{b['latency_ms']:.2f}", b["runtime"], "torch", "", "", "", style="dim")
     picks = {p["recipe"] for p in (report["answer"]["smallest"], report["answer"]["fastest"]) if p}
     for r in report["rows"]:
         if r["status"] != "ok":
-            t.add_row(r["recipe"], _bits(r), "[red]failed[/red]", "", "", "", "", "", "", "", (r["error"] or "")[:60])
+            t.add_row(r["recipe"], _bits(r), f"[red]{r['status']}[/red]", "", "", "", "", "", "", "", "", _why(r)[:60])
             continue
         over = r["drop"] > report["answer"]["budget_points"] + 1e-9
         t.add_row(("* " if r["recipe"] in picks else "") + r["recipe"], _bits(r), f"{r['accuracy']:.2f}",
                   f"[red]{r['drop']:+.2f}[/red]" if over else f"{r['drop']:+.2f}", fmt_bytes(r["size_bytes"]),
-                  f"{r['size_ratio']:.3f}", f"{r['latency_ms']:.2f}", r["runtime"], _num(r["sim_agreement_pct"], ".1f"),
+                  f"{r['size_ratio']:.3f}", _num(r["latency_ms"], ".2f"), r["runtime"] or "-", _engine(r),
+                  _num(r["sim_agreement_pct"], ".1f"),
                   _num(r["quantize_s"], ".2f"), _front(r), style="bold green" if r["recipe"] in picks else None)
     return t
 
@@ -115,8 +132,12 @@ def print_summary(report: dict, console: Console) -> None:
     console.print(table(report))
     console.print(f"[dim]* = the answer; drop in points vs fp32 (red: over budget); int=sim: argmax agreement of the "
                   f"integer program and its fake-quant simulation on {report['data']['layer_samples']} inputs; "
-                  "Pareto: on the accuracy-vs-size/latency front[/dim]")
+                  "Pareto: on the accuracy-vs-size/latency front; acc by: the engine that computed the accuracy "
+                  "(ort = ONNX Runtime verified equal to the interpreter on that row, interp = the interpreter) / "
+                  "its rounding (gem = gemmlowp, onn = onnxruntime)[/dim]")
     sens = report["layers"]["sensitivity"]
+    if sens and sens.get("cut"):
+        console.print(f"Sensitivity study under {sens['recipe']} cut: {sens['cut']['phase']} at {sens['cut']['elapsed_s']:.0f} s.")
     if sens:
         worst = max(sens["layers"], key=lambda l: l["drop"], default=None)
         if worst is not None:
@@ -145,16 +166,20 @@ def markdown(report: dict) -> str:
              "## Answer", "", a["line"], ""]
     lines += [f"- note: {n}" for n in a.get("notes", [])]
     lines += ["", "```json", json.dumps(_clean(a), indent=2), "```", "", "## Recipes", "",
-              "| recipe | bits | accuracy % | drop | size | x fp32 | latency ms | runtime | int=sim % | quantize s | Pareto |",
-              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
-              f"| {b['recipe']} | fp32 | {b['accuracy']:.2f} | | {fmt_bytes(b['size_bytes'])} | 1.000 | {b['latency_ms']:.2f} | torch | | | |"]
+              "| recipe | bits | accuracy % | drop | size | x fp32 | latency ms | runtime | accuracy by | int=sim % | quantize s | peak RSS MB | Pareto |",
+              "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|",
+              f"| {b['recipe']} | fp32 | {b['accuracy']:.2f} | | {fmt_bytes(b['size_bytes'])} | 1.000 | {b['latency_ms']:.2f} | torch | torch | | | | |"]
     for r in report["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['recipe']} | {_bits(r)} | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['recipe']} | {_bits(r)} | {r['status']}: {_why(r)} | | | | | | | | | {_num(r.get('peak_rss_mb'), '.0f')} | |")
             continue
         lines.append(f"| {r['recipe']} | {_bits(r)} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {fmt_bytes(r['size_bytes'])} | "
-                     f"{r['size_ratio']:.3f} | {r['latency_ms']:.2f} | {r['runtime']} | {_num(r['sim_agreement_pct'], '.1f')} | "
-                     f"{_num(r['quantize_s'], '.2f')} | {_front(r)} |")
+                     f"{r['size_ratio']:.3f} | {_num(r['latency_ms'], '.2f')} | {r['runtime'] or '-'} | {r.get('eval_engine', 'interpreter')} "
+                     f"({r.get('eval_rounding')}) | {_num(r['sim_agreement_pct'], '.1f')} | "
+                     f"{_num(r['quantize_s'], '.2f')} | {_num(r.get('peak_rss_mb'), '.0f')} | {_front(r)} |")
+    engines = [f"- {r['recipe']}: {r['eval_engine_note']}" for r in report["rows"] if r.get("eval_engine_note")]
+    if engines:
+        lines += ["", "Accuracy engines (ONNX Runtime only where verified equal to the interpreter on that row):", ""] + engines
     budgets = [f"- {r['recipe']}: {_budget(r)}" for r in report["rows"] if r.get("budget")]
     if budgets:
         lines += ["", "Training budgets (reconstruction iterations per layer/block, QAT epochs):", ""] + budgets
@@ -176,8 +201,10 @@ def markdown(report: dict) -> str:
                 cells.append("exact" if v is None and any(l["layer"] == n for l in sqnr[rec]) else _num(v, ".1f"))
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     sens = report["layers"]["sensitivity"]
+    if sens and sens.get("cut"):
+        lines += ["", f"Sensitivity study under `{sens['recipe']}` cut: {sens['cut']['phase']} at {sens['cut']['elapsed_s']:.0f} s."]
     if sens:
-        lines += ["", f"One layer at a time under `{sens['recipe']}` (all other layers fp32):", "",
+        lines += ["", f"One layer at a time under `{sens['recipe']}` (all other layers fp32, {sens.get('samples', '')} samples):", "",
                   "| layer | module | op | weight bits | accuracy % | drop |", "|---|---|---|---:|---:|---:|"]
         lines += [f"| {l['layer']} | {l['module']} | {l['op']} | {l['weight_bits']} | {l['accuracy']:.2f} | {l['drop']:+.2f} |"
                   for l in sens["layers"]]

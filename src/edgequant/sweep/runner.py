@@ -1,15 +1,21 @@
 """The sweep: every recipe through the integer program, measured side by side, then the answer.
 
-Per recipe: quantize (timed), the task metric of the integer program on the whole evaluation set,
-its drop against the fp32 model, packed size, latency on the fastest runtime that runs it (ONNX
+Per recipe: quantize (timed), the task metric of the integer program on the whole evaluation set
+(computed by the fastest engine verified equal to the interpreter on that row, ``engines``), its
+drop against the fp32 model, packed size, latency on the fastest runtime that runs it (ONNX
 Runtime where the export path handles the recipe, the reference interpreter otherwise), and how
 well the interpreter agrees with the fake-quant simulation. Per layer: SQNR for every recipe,
 one-layer-at-a-time sensitivity for the lowest one.
+
+Bounded at real size: each row runs under a time limit (``bounds``; a row over it is ``cut``),
+sample counts follow the activation footprint (``footprint``), and only the models the answer may
+need are kept.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import io
 import importlib.util
 import platform
@@ -24,14 +30,17 @@ import torch
 
 from .. import __version__
 from ..api import capture_prepared, quantize
+from ..deadline import Deadline, TimeLimitExceeded, check_deadline, remaining_s
 from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpError
 from ..quantized import QuantizedModel
 from ..recipes import RECIPES
-from . import layers, plugins, timing
+from . import bounds, engines, footprint, layers, plugins, rss, timing
+from .choice import choose, lowest, pareto
 from .presets import Plan, bits, default_qat_epochs, resolve
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, int], None]  # (what is happening, steps done, steps total)
+RowHook = Callable[[dict], None]  # called with each finished row
 
 
 @dataclass
@@ -40,7 +49,7 @@ class SweepConfig:
 
     model: str | None = None  # FILE.py:FUNC or built-in name; None = digits_cnn (pretrained)
     data: str | None = None  # FILE.py:FUNC or "digits"
-    metric: str | None = None  # top1 | top5 | FILE.py:FUNC
+    metric: str | None = None  # top1 | top5 | agreement | FILE.py:FUNC
     recipes: list[str] | None = None
     preset: str | None = None  # default | all | int8 | lowbit | qat (None = default)
     budget: float = 1.0  # accuracy drop allowed, in points
@@ -50,9 +59,9 @@ class SweepConfig:
     qat_lr: float | None = None  # None = each QAT recipe's tuned learning rate
     calib_samples: int | None = 512
     eval_samples: int | None = None
-    latency_batch: int = 64
+    latency_batch: int = 64  # a cap: smaller when one sample's activations are large (footprint.size)
     repeats: int = 5
-    layer_samples: int = 256  # eval inputs for per-layer SQNR and the interpreter-vs-simulation check
+    layer_samples: int = 256  # eval inputs for per-layer SQNR, simulation and engine checks (a cap, as above)
     sensitivity: bool = True
     rounding: str = "gemmlowp"
     save: bool = True
@@ -62,6 +71,8 @@ class SweepConfig:
     # small models the training steps (reconstruction, QAT) ran ~10x slower with 2 threads on a busy
     # 2-core machine (synchronisation, not work), and one-thread latencies compare like for like
     threads: int | None = 1
+    max_minutes: float | None = 20.0  # the whole sweep; rows that would overrun are cut, never hang it
+    max_row_minutes: float | None = None  # None: an even share of the time left (bounds.row_limit_s)
 
 
 @dataclass
@@ -74,8 +85,15 @@ def _argmax_agree(a: np.ndarray, b: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if a.ndim == 2 else float(np.allclose(a, b)) * 100
 
 
-def _logits(fn: Callable[[np.ndarray], object], batches) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x.numpy()), np.float32) for x, _ in batches])
+def _logits(fn: Callable[[np.ndarray], object], batches, phase: str = "evaluate") -> np.ndarray:
+    """Outputs over all batches; checks the deadline with the projected time of the batches left."""
+    out, t0 = [], time.perf_counter()
+    n = len(batches) if hasattr(batches, "__len__") else None
+    for i, (x, _) in enumerate(batches):
+        out.append(np.asarray(fn(x.numpy()), np.float32))
+        per = (time.perf_counter() - t0) / (i + 1)
+        check_deadline(phase, None if n is None else per * (n - i - 1))
+    return np.concatenate(out)
 
 
 class _Scorer:
@@ -160,92 +178,139 @@ def _quantize(plan: Plan, model, data: plugins.Data, calib_x: list[torch.Tensor]
 
 
 def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, score: _Scorer, baseline: dict,
-             xb: np.ndarray, layer_x: torch.Tensor, graph) -> tuple[dict, QuantizedModel | None]:
+             xb: np.ndarray, layer_x: torch.Tensor, graph, limit_s: float | None,
+             say: Callable[[str], None]) -> tuple[dict, QuantizedModel | None]:
     r = plan.resolved()
     wb, ab = bits(r)
     budget = ({"qat_epochs": cfg.qat_epochs} if plan.qat else {}) | (
         {"iterations": r.option("iterations")} if r.option("iterations") is not None else {})
     row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "budget": budget, "mode": r.mode,
                  "weight_bits": wb, "act_bits": ab, "description": r.description, "status": "ok", "error": None,
-                 "latency_by_runtime": {}, "runtime_notes": {}, "runtime_agreement_pct": {}}
+                 "cut": None, "extras_cut": None, "limit_s": limit_s, "latency_by_runtime": {}, "runtime_notes": {},
+                 "runtime_agreement_pct": {}, "latency_ms": None, "runtime": None, "sim_agreement_pct": None,
+                 "sim_max_abs_diff": None, "sim_max_diff_lsb": None, "layers_sqnr": []}
+    rss.reset_peak()
     t_row = time.perf_counter()
+    q = None
+    phases: dict[str, float] = {}  # seconds per phase, to see where a slow row spends its time
+    mark = [None, t_row]
+
+    def lap(what: str | None) -> None:
+        now = time.perf_counter()
+        if mark[0] is not None:
+            phases[mark[0]] = round(now - mark[1], 3)
+        mark[:] = [what, now]
+
+    def say(what: str, _say=say) -> None:
+        lap(what)
+        _say(what)
+
     try:
-        t = time.perf_counter()
-        q = _quantize(plan, model, data, calib_x, cfg)
-        row["quantize_s"] = time.perf_counter() - t
-        run = _logits(lambda x: q.run(x, rounding=cfg.rounding), data.eval)
-        # the float64 twin is the slow half of a row: compare it on the first layer_samples inputs
-        sim = np.asarray(q.simulate(layer_x.numpy(), rounding=cfg.rounding), np.float32)
-        run_sub = run[: len(sim)]
-        row["accuracy"] = score(run)
-        row["drop"] = baseline["accuracy"] - row["accuracy"]
-        row["size_bytes"] = int(q.size_bytes)
-        row["size_ratio"] = row["size_bytes"] / baseline["size_bytes"]
-        row["sim_agreement_pct"] = _argmax_agree(run_sub, sim)
-        diff = float(np.max(np.abs(run_sub.astype(np.float64) - sim.astype(np.float64)))) if run.size else 0.0
-        oqp = q.program.output_qparams
-        row["sim_max_abs_diff"] = diff
-        row["sim_max_diff_lsb"] = diff / float(np.max(oqp.scale)) if oqp is not None else None
-        ref = np.asarray(q.run(xb, rounding=cfg.rounding), np.float32)
-        row["latency_by_runtime"]["interpreter"] = timing.median_ms(lambda: q.run(xb, rounding=cfg.rounding), cfg.repeats,
-                                                                    warm=True)  # the run above warmed it
-        _fast_path(q, xb, ref, cfg, row)
-        row["runtime"] = min(row["latency_by_runtime"], key=row["latency_by_runtime"].get)
-        row["latency_ms"] = row["latency_by_runtime"][row["runtime"]]
-        row["layers_sqnr"] = layers.layer_sqnr(q.program, graph, layer_x, cfg.rounding) if r.mode != "float" else []
-        row["measure_s"] = time.perf_counter() - t_row  # everything this row cost, quantization included
-        return row, q
+        with Deadline(limit_s, label=plan.label):
+            if limit_s is not None and limit_s <= 0:
+                raise TimeLimitExceeded(f"{plan.label}: not started (the sweep's time is spent)", 0.0, 0.0)
+            say("quantize")
+            t = time.perf_counter()
+            q = _quantize(plan, model, data, calib_x, cfg)
+            row["quantize_s"] = time.perf_counter() - t
+            check_deadline("quantize")
+            say("verify the evaluation engine")
+            lx = layer_x.numpy()
+            t = time.perf_counter()
+            ref_lx = np.asarray(q.run(lx, rounding=cfg.rounding), np.float32)
+            cache = {cfg.rounding: (ref_lx, time.perf_counter() - t)}
+            engine = engines.select(q, lx, cfg.fast_backends, cfg.threads, cfg.rounding, cache)
+            row.update(engine.report())
+            check_deadline("verify the evaluation engine")
+            say(f"evaluate on {engine.name}")
+            run = _logits(engine.fn, data.eval)
+            row["accuracy"] = score(run)
+            row["drop"] = baseline["accuracy"] - row["accuracy"]
+            row["size_bytes"] = int(q.size_bytes)
+            row["size_ratio"] = row["size_bytes"] / baseline["size_bytes"]
+            try:  # the row's numbers are in: past this point running out of time shortens, not cuts, it
+                _extras(q, row, cfg, xb, lx, ref_lx, layer_x, graph, say)
+            except TimeLimitExceeded as e:
+                row["extras_cut"] = e.as_dict()
     except PluginError:
         raise
+    except TimeLimitExceeded as e:  # the row is reported as cut, with where and when; the sweep goes on
+        q = None
+        row.update(status="cut", cut=e.as_dict(), error=str(e))
     except Exception as e:  # one recipe failing must not hide the others; the row says why
-        row.update(status="failed", error=f"{type(e).__name__}: {e}", accuracy=None, drop=None, size_bytes=None,
-                   size_ratio=None, latency_ms=None, runtime=None, quantize_s=None, sim_agreement_pct=None,
-                   layers_sqnr=[], measure_s=time.perf_counter() - t_row)
-        return row, None
+        q = None
+        row.update(status="failed", error=f"{type(e).__name__}: {e}")
+    if row["status"] != "ok":
+        for k in ("accuracy", "drop", "size_bytes", "size_ratio", "latency_ms", "runtime", "sim_agreement_pct"):
+            row[k] = None
+        row["latency_by_runtime"] = {}
+        row.setdefault("quantize_s", None)
+        row["layers_sqnr"] = []
+    lap(None)
+    row["phases_s"] = phases
+    row["measure_s"] = time.perf_counter() - t_row  # everything this row cost, quantization included
+    row["peak_rss_mb"] = round(rss.peak_mb(), 1)
+    return row, q
 
 
-def pareto(rows: list[dict], cost: str) -> set[str]:
-    """Labels of rows that no other row beats on both ``cost`` (lower) and accuracy (higher)."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get(cost) is not None]
-    front = set()
-    for r in ok:
-        dominated = any(o is not r and o[cost] <= r[cost] and o["accuracy"] >= r["accuracy"]
-                        and (o[cost] < r[cost] or o["accuracy"] > r["accuracy"]) for o in ok)
-        if not dominated:
-            front.add(r["recipe"])
-    return front
+def _extras(q: QuantizedModel, row: dict, cfg: SweepConfig, xb: np.ndarray, lx: np.ndarray, ref_lx: np.ndarray,
+            layer_x: torch.Tensor, graph, say: Callable[[str], None]) -> None:
+    """Latency, the interpreter-vs-simulation check and per-layer SQNR, in that order of value.
+
+    The interpreter's latency is timed over ``repeats`` runs only when that fits the time left;
+    otherwise its first run is the figure (and ``runtime_notes`` says so).
+    """
+    say("time")
+    t = time.perf_counter()
+    ref = np.asarray(q.run(xb, rounding=cfg.rounding), np.float32)
+    t_ref = time.perf_counter() - t
+    if remaining_s() > 3 * t_ref * max(cfg.repeats, 1):
+        row["latency_by_runtime"]["interpreter"] = timing.median_ms(lambda: q.run(xb, rounding=cfg.rounding),
+                                                                    cfg.repeats, warm=True)  # the run above warmed it
+    else:
+        row["latency_by_runtime"]["interpreter"] = 1000.0 * t_ref
+        row["runtime_notes"]["interpreter"] = "one cold run timed (repeats did not fit the row's time limit)"
+    _fast_path(q, xb, ref, cfg, row)
+    row["runtime"] = min(row["latency_by_runtime"], key=row["latency_by_runtime"].get)
+    row["latency_ms"] = row["latency_by_runtime"][row["runtime"]]
+    check_deadline("latency")
+    say("simulate")
+    # the float64 twin is the slow half of a row: compare it on the first layer_samples inputs
+    sim = np.asarray(q.simulate(lx, rounding=cfg.rounding), np.float32)
+    row["sim_agreement_pct"] = _argmax_agree(ref_lx, sim)
+    diff = float(np.max(np.abs(ref_lx.astype(np.float64) - sim.astype(np.float64)))) if ref_lx.size else 0.0
+    oqp = q.program.output_qparams
+    row["sim_max_abs_diff"] = diff
+    row["sim_max_diff_lsb"] = diff / float(np.max(oqp.scale)) if oqp is not None else None
+    check_deadline("simulate")
+    if q.recipe.mode != "float":
+        say("per-layer SQNR")
+        row["layers_sqnr"] = layers.layer_sqnr(q.program, graph, layer_x, cfg.rounding)
 
 
-def lowest(rows: list[dict]) -> dict | None:
-    """The most aggressive post-training row that ran: fewest weight+activation bits, then smallest."""
-    cands = [r for r in rows if r["status"] == "ok" and not r["qat"] and r["mode"] != "float"]
-    return min(cands, key=lambda r: (r["weight_bits"] + r["act_bits"], r["size_bytes"])) if cands else None
+def run_sweep(cfg: SweepConfig, progress: Progress | None = None, on_row: RowHook | None = None) -> SweepResult:
+    """Run the whole sweep in memory (no files written; see ``write_outputs``).
 
-
-def choose(rows: list[dict], budget: float) -> tuple[dict | None, dict | None]:
-    """(smallest, fastest) among rows whose drop is within ``budget`` points."""
-    within = [r for r in rows if r["status"] == "ok" and r["drop"] <= budget + 1e-9]
-    if not within:
-        return None, None
-    smallest = min(within, key=lambda r: (r["size_bytes"], -r["accuracy"], r["latency_ms"]))
-    fastest = min(within, key=lambda r: (r["latency_ms"], r["size_bytes"], -r["accuracy"]))
-    return smallest, fastest
-
-
-def run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
-    """Run the whole sweep in memory (no files written; see ``write_outputs``)."""
+    ``progress(what, done, total)`` at every phase; ``on_row(row)`` after every row.
+    """
     if cfg.threads is not None and cfg.threads < 1:
         raise PluginError(f"--threads {cfg.threads}: use 1 or more torch threads")
     before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_sweep(cfg, progress)
+        if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+            raise PluginError(f"--max-minutes {cfg.max_minutes}: give the sweep a positive time limit")
+        if cfg.max_row_minutes is not None and cfg.max_row_minutes <= 0:
+            raise PluginError(f"--max-row-minutes {cfg.max_row_minutes}: give each row a positive time limit")
+        with Deadline(None if cfg.max_minutes is None else 60.0 * cfg.max_minutes, label="sweep") as whole:
+            return _run_sweep(cfg, whole, progress, on_row)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
+def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = None,
+               on_row: RowHook | None = None) -> SweepResult:
     t0 = time.perf_counter()
     say = progress or (lambda *_: None)
     if cfg.budget < 0:
@@ -268,9 +333,10 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
     graph = _capture(model, calib_x[0][:2], cfg.model)
     eval_x = data.eval_x
     score = _Scorer(metric_name, metric_fn, data.eval_y)
-    reps = -(-cfg.latency_batch // eval_x.shape[0])
-    xb = eval_x.repeat((reps,) + (1,) * (eval_x.ndim - 1))[: cfg.latency_batch].numpy()
-    layer_x = eval_x[: cfg.layer_samples]
+    sizes = footprint.size(graph, cfg.latency_batch, cfg.layer_samples, int(eval_x.shape[0]))
+    reps = -(-sizes.latency_batch // eval_x.shape[0])
+    xb = eval_x.repeat((reps,) + (1,) * (eval_x.ndim - 1))[: sizes.latency_batch].numpy()
+    layer_x = eval_x[: sizes.layer_samples]
 
     say("fp32 baseline (torch)", 0, total)
     with torch.no_grad():
@@ -283,6 +349,9 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
             raise
         except Exception as e:
             raise PluginError(f"--model {cfg.model or 'digits_cnn'} failed on the evaluation data: {type(e).__name__}: {e}") from e
+    if metric_name == "agreement":  # top-1 agreement with the fp32 model: its own argmax are the labels
+        score.y = base_logits.argmax(1)
+        raw = metric_fn(base_logits, score.y)
     score.fix_scale(raw)
     fp32_bytes = int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
     baseline = {"recipe": "fp32 (torch)", "accuracy": score(base_logits), "size_bytes": fp32_bytes,
@@ -292,11 +361,19 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
     rows, models = [], {}
     t_rows = time.perf_counter()
     for i, plan in enumerate(plans):
-        say(f"{plan.label}: quantize, evaluate, time", i + 1, total)
-        row, q = _measure(plan, model, data, calib_x, cfg, score, baseline, xb, layer_x, graph)
+        limit = bounds.row_limit_s(whole, len(plans) - i, cfg.max_row_minutes, cfg.sensitivity)
+        step = lambda what, i=i, plan=plan: say(f"{plan.label}: {what}", i + 1, total)  # noqa: E731
+        row, q = _measure(plan, model, data, calib_x, cfg, score, baseline, xb, layer_x, graph, limit, step)
         rows.append(row)
         if q is not None:
             models[plan.label] = q
+        keep = bounds.needed(rows, cfg.budget, cfg.sensitivity)
+        for label in [m for m in models if m not in keep]:  # memory stays bounded by the rows still needed
+            del models[label]
+        del q
+        gc.collect()
+        if on_row is not None:
+            on_row(row)
     if not any(r["status"] == "ok" for r in rows):
         raise EdgequantError("every recipe failed on this model: " + "; ".join(f"{r['recipe']}: {r['error']}" for r in rows))
     for cost, key in (("size_bytes", "pareto_size"), ("latency_ms", "pareto_latency")):
@@ -309,13 +386,8 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
     sens = None
     low = lowest(rows)
     if cfg.sensitivity and low is not None:
-        q = models[low["recipe"]]
-        tick = lambda layer: say(f"sensitivity of {low['recipe']}: {layer}", len(plans) + 1, total)  # noqa: E731
-        per = layers.sensitivity(q.program, graph, data.eval, score, cfg.rounding, tick)
-        for p in per:
-            p["accuracy"] = p.pop("score")
-            p["drop"] = baseline["accuracy"] - p["accuracy"]
-        sens = {"recipe": low["recipe"], "layers": per}
+        sens = _sensitivity(models[low["recipe"]], low["recipe"], graph, eval_x, score, base_logits, sizes, cfg,
+                            lambda layer: say(f"sensitivity of {low['recipe']}: {layer}", len(plans) + 1, total))
     timings["sensitivity_s"] = time.perf_counter() - t_sens
 
     sqnr = {}
@@ -332,7 +404,7 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
                   "input_shape": [None] + list(eval_x.shape[1:]), "graph_nodes": len(graph.nodes)},
         "data": {"spec": cfg.data or "digits", "calib_samples": int(sum(x.shape[0] for x in calib_x)),
                  "eval_samples": int(eval_x.shape[0]), "latency_batch": int(xb.shape[0]),
-                 "layer_samples": int(layer_x.shape[0])},
+                 "layer_samples": int(layer_x.shape[0]), "sizing": sizes.report()},
         "metric": {"name": metric_name, "unit": "percent", "scaled_from_fraction": score.factor == 100.0},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads()},
@@ -350,6 +422,27 @@ def _run_sweep(cfg: SweepConfig, progress: Progress | None = None) -> SweepResul
     report["wall_s"] = time.perf_counter() - t0
     say("done", total, total)
     return SweepResult(report, models)
+
+
+def _sensitivity(q: QuantizedModel, label: str, graph, eval_x: torch.Tensor, score: _Scorer, base_logits: torch.Tensor,
+                 sizes: footprint.Sizes, cfg: SweepConfig, tick: Callable[[str], None]) -> dict:
+    """One layer at a time under ``label`` on the sized sample (drops against fp32 on the same
+    sample); cut, and said so, at the sweep's deadline."""
+    n = min(eval_x.shape[0] if sizes.sensitivity_samples is None else sizes.sensitivity_samples, eval_x.shape[0])
+    bs = int(max(1, min(64, layers.SENSITIVITY_MEMORY_MB * 2**20 // layers.graph_bytes_per_sample(graph))))
+    batches = [(eval_x[s:min(s + bs, n)], score.y[s:min(s + bs, n)]) for s in range(0, n, bs)]
+    ref = score(base_logits[:n], score.y[:n])
+    out = {"recipe": label, "samples": int(n), "fp32_accuracy": ref, "layers": [], "cut": None}
+    try:
+        per = layers.sensitivity(q.program, graph, batches, score, cfg.rounding, tick)
+    except TimeLimitExceeded as e:
+        out["cut"] = e.as_dict()
+        return out
+    for p in per:
+        p["accuracy"] = p.pop("score")
+        p["drop"] = ref - p["accuracy"]
+    out["layers"] = per
+    return out
 
 
 def _pick(r: dict | None) -> dict | None:
