@@ -375,3 +375,25 @@ def test_binary_calibration_in_one_pass_equals_the_per_tensor_rerun(digits, digi
         assert (float(want[n].scale), int(want[n].zero_point)) == (float(got[n].scale), int(got[n].zero_point)), n
     n_batches = sum(1 for _ in calib)
     assert max(calls.count(n) for n in set(calls)) == n_batches  # no node ran twice on a batch
+
+
+# -- depthwise nets: what a recipe keeps at 8 bits (issue 14) ----------------------------------------
+def test_keep8_recipe_keeps_depthwise_and_edges_at_8_bits_and_beats_naive(digits, digits_test_x) -> None:
+    """``depthwise_bits`` widens exactly the depthwise convs; the recipe is never below naive W4A8."""
+    from edgequant.lowbit.edges import is_depthwise
+
+    model = eq.models.mobilenet_v2_digits(pretrained=True)
+    calib = [x for x, _ in digits[0]]
+    naive, keep = eq.quantize(model, "w4a8", calib), eq.quantize(model, "w4a8-keep8", calib)
+    by = keep.graph.by_name()
+    gemms = _gemms(keep)
+    dw = [i for i in gemms if is_depthwise(by[i.node])]
+    assert dw and all(i.attrs["weight_bits"] == 8 for i in dw)
+    assert gemms[0].attrs["weight_bits"] == 8 and gemms[-1].attrs["weight_bits"] == 8
+    inner = [i for i in gemms[1:-1] if not is_depthwise(by[i.node])]
+    assert inner and all(i.attrs["weight_bits"] == 4 for i in inner)
+    assert all(i.attrs["weight_bits"] == 4 for i in _gemms(naive))
+    with torch.no_grad():
+        ref = model(digits_test_x).argmax(1).numpy()
+    agree = {k: float(np.mean(q.run(digits_test_x.numpy()).argmax(1) == ref)) for k, q in (("naive", naive), ("keep", keep))}
+    assert agree["keep"] >= agree["naive"] and agree["keep"] > 0.97, agree

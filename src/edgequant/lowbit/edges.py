@@ -70,13 +70,26 @@ def edge_roles(graph: Graph) -> dict[str, set[str]]:
     return roles
 
 
+def is_depthwise(node: Node) -> bool:
+    """A grouped conv with one input channel per group (MobileNet/EfficientNet depthwise)."""
+    return node.op == "conv" and node.attrs.get("groups", 1) > 1 and node.params["weight"].shape[1] == 1
+
+
 def node_bits(graph: Graph, recipe: Recipe, node: Node) -> tuple[int | None, int | None]:
-    """(weight_bits, act_bits) of ``node`` after the first/last rule and then the overrides."""
-    fl = recipe.option("first_last_bits")
-    if fl is None:
-        return recipe.layer_bits(node.module)
-    role = edge_roles(graph).get(node.name, set())
+    """(weight_bits, act_bits) of ``node`` after the depthwise rule, the first/last rule and then
+    the overrides.
+
+    ``depthwise_bits`` (recipe option): weight width of depthwise convs. Why: a 3x3 depthwise
+    filter has 9 weights per output channel, so its rounding error does not average out; at 4 bits
+    it alone collapses EfficientNet-Lite (bench/RESULTS.md, issue 14), at 1-2% of the weights.
+    """
+    fl, dw = recipe.option("first_last_bits"), recipe.option("depthwise_bits")
     base = recipe
+    if dw is not None and is_depthwise(node) and base.weights is not None:
+        base = dataclasses.replace(base, weights=dataclasses.replace(base.weights, bits=int(dw)))
+    if fl is None:
+        return base.layer_bits(node.module)
+    role = edge_roles(graph).get(node.name, set())
     if "weights" in role and base.weights is not None:
         base = dataclasses.replace(base, weights=dataclasses.replace(base.weights, bits=int(fl)))
     if "act" in role and base.activations is not None:

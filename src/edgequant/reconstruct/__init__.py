@@ -21,6 +21,8 @@ converge (mobilenet_v2_digits W2A4: 23% agreement with fp32 at 200 steps, 94% at
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..api import PTQ_STEPS
 from ..recipes import LayerOverride, Recipe, TensorSpec, register_recipe
 from .adaround import AdaRoundWeight, BetaSchedule, rectified_sigmoid
@@ -56,6 +58,9 @@ def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: f
 for _wb, _ab, _m, _p in ((4, 8, "adaround", 0.0), (4, 4, "brecq", 0.0), (2, 4, "brecq", 0.0),
                          (4, 4, "brecq", 0.5), (2, 4, "brecq", 0.5), (4, 8, "gptq", 0.0), (4, 4, "gptq", 0.0)):
     register_recipe(make_recipe(_wb, _ab, _m, _p))
+register_recipe(dataclasses.replace(
+    make_recipe(4, 8, "gptq", name="w4a8-gptq-keep8", depthwise_bits=8, first_last_bits=8),
+    description="GPTQ at W4A8 with depthwise and first/last layers kept at 8 bits (arXiv 2210.17323)"))
 
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
