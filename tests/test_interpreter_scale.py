@@ -55,6 +55,8 @@ def test_chunked_run_is_bit_identical(net_and_data, recipe, rounding):
         np.testing.assert_array_equal(part, whole)
     tiny_budget = interpreter.run(q.program, x.numpy(), rounding=rounding, return_int=True, memory_mb=1e-3)
     np.testing.assert_array_equal(tiny_budget, whole)
+    np.testing.assert_array_equal(q.run(x, rounding=rounding, return_int=True, chunk=2).numpy(), whole)  # public API
+    np.testing.assert_array_equal(q.run(x.numpy(), rounding=rounding, return_int=True, memory_mb=1e-3), whole)
     sim_whole = interpreter.simulate(q.program, x.numpy(), rounding=rounding, chunk=x.shape[0])
     sim_parts = interpreter.simulate(q.program, x.numpy(), rounding=rounding, chunk=4)
     assert torch.equal(sim_whole, sim_parts)

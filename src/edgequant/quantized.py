@@ -62,22 +62,29 @@ class QuantizedModel:
         return arr, was_torch
 
     def run(self, x, rounding: str = "gemmlowp", return_int: bool = False, check_finite: bool = True,
-            backend: str = "interpreter"):
-        """Execute the program (reference interpreter). Output type follows the input type."""
+            backend: str = "interpreter", chunk: int | None = None, memory_mb: float | None = None):
+        """Execute the program (reference interpreter). Output type follows the input type.
+
+        Large batches run in chunks of ``chunk`` samples, or as many as fit ``memory_mb`` of working
+        memory (default ``interpreter.DEFAULT_MEMORY_MB``); the output does not depend on it.
+        """
         arr, was_torch = self._input(x, check_finite)
         if backend != "interpreter":
             from .backends import run_backend  # the ONNX Runtime fast path, when available
 
             y = run_backend(self, arr, backend)
         else:
-            y = interpreter.run(self.program, arr, rounding=rounding, return_int=return_int)
+            y = interpreter.run(self.program, arr, rounding=rounding, return_int=return_int, chunk=chunk,
+                                memory_mb=memory_mb)
         return torch.from_numpy(np.ascontiguousarray(y)) if was_torch else y
 
-    def simulate(self, x, rounding: str = "gemmlowp", return_int: bool = False, check_finite: bool = True):
-        """Float fake-quant model of the same program (float64)."""
+    def simulate(self, x, rounding: str = "gemmlowp", return_int: bool = False, check_finite: bool = True,
+                 chunk: int | None = None, memory_mb: float | None = None):
+        """Float fake-quant model of the same program (float64), chunked like ``run``."""
         arr, was_torch = self._input(x, check_finite)
         with torch.no_grad():
-            y = interpreter.simulate(self.program, arr, rounding=rounding, return_int=return_int)
+            y = interpreter.simulate(self.program, arr, rounding=rounding, return_int=return_int, chunk=chunk,
+                                     memory_mb=memory_mb)
         y = y.float()
         return y if was_torch else y.numpy()
 
