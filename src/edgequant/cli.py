@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,21 @@ def _console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     # not a terminal (a pipe, a log file): no width to respect, so do not squeeze the table into 80
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 150)
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere)."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _minutes_left(max_minutes: float) -> float:
+    """``--max-minutes`` counts from the command's start: Python and torch imports are spent already."""
+    return max(max_minutes - _process_age_s() / 60.0, 0.05)
 
 
 def _csv(s: str) -> list[str]:
@@ -89,7 +105,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                       qat_lr=a.qat_lr, threads=a.threads if a.threads > 0 else None,
                       calib_samples=a.calib_samples, eval_samples=a.eval_samples, latency_batch=a.latency_batch,
                       repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save,
-                      max_minutes=a.max_minutes if a.max_minutes > 0 else None, max_row_minutes=a.max_row_minutes)
+                      max_minutes=_minutes_left(a.max_minutes) if a.max_minutes > 0 else None,
+                      max_row_minutes=a.max_row_minutes)
     to_stdout_json = a.json == "-"
     out_console = _console(stderr=to_stdout_json)
     t0 = time.perf_counter()
