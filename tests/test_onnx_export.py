@@ -208,3 +208,48 @@ def test_sweep_fast_runner_uses_the_sweeps_thread_count(nets, digits_test_x):
     assert_parity(fn(digits_test_x[:32].numpy()), ref[:32], q)
     assert ort_session(q, 1).get_session_options().intra_op_num_threads == 1
     assert any(k[1] == 1 for k in q.__dict__["_ort_sessions"])
+
+
+class _DeadChannelNet(torch.nn.Module):
+    """Stem (8-bit), depthwise + pointwise (binary under w1a8-xnor), ReLU6, residual, linear head.
+    One output channel of the stem and of the pointwise conv is dead (BN-folded weights ~1e-8
+    with a large bias, as in EfficientNet-Lite1): its int32 bias ``b / (s_in * s_w)`` saturates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        nn = torch.nn
+        self.stem, self.dw = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+        for m in (self.stem, self.dw, self.pw, self.fc):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.1
+        for conv, c in ((self.stem, 2), (self.pw, 5)):
+            conv.weight.data[c] *= 1e-8
+            conv.bias.data[c] = -100.0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu6 = torch.nn.functional.relu6
+        h = relu6(self.stem(x))
+        h = h + relu6(self.pw(relu6(self.dw(h))))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("recipe", ["w1a8-xnor", "w8a8-pc"])
+def test_saturated_int32_bias_of_dead_channels_keeps_export_parity(digits, digits_test_x, recipe):
+    """Regression (w1a8-xnor on EfficientNet-Lite1: up to 22 LSB off the interpreter): a channel
+    with a ~1e-9 weight scale got an int32 bias clipped at INT32_MIN/MAX; the interpreter adds
+    ``bias + sum(x * w)`` in int64, ONNX Runtime in int32, where it wrapped around. The lowering
+    now bounds the bias so that no partial sum leaves int32 (``qmath.bias_limit``)."""
+    from edgequant import qmath
+
+    q = eq.quantize(_DeadChannelNet(), recipe, digits[0], max_calib_samples=256)
+    for ins in q.program.instrs:
+        if "bias" in ins.arrays and "weight" in ins.arrays:
+            headroom = 2 * 255 * np.abs(ins.arrays["weight"].astype(np.int64)).reshape(len(ins.arrays["bias"]), -1).sum(1)
+            assert np.all(np.abs(ins.arrays["bias"].astype(np.int64)) + headroom <= qmath.INT32_MAX), ins.output
+    x = digits_test_x.numpy()
+    ref = q.run(x, rounding="onnxruntime", return_int=True)
+    assert_parity(q.run(x, backend="onnxruntime"), ref, q)
+    assert np.array_equal(out_ints(q.run(x, backend="onnxruntime"), q), ref.astype(np.int64))

@@ -104,7 +104,9 @@ def _s_gemm(L: _Lowering, node: Node) -> None:
     w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
     s_in = np.float32(qx.scale)
     bias_scale = (s_in * w_scale).astype(np.float32)
-    bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), qmath.INT32_MIN, qmath.INT32_MAX)
+    # saturate so that bias + sum(x * w) never leaves int32 in any runtime (qmath.bias_limit)
+    limit = qmath.bias_limit(w_int).astype(np.float64)
+    bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), -limit, limit)
     real = float(s_in) * w_scale.astype(np.float64) / float(np.float32(qy.scale))
     real_f32 = (s_in * w_scale.astype(np.float32) / np.float32(qy.scale)).astype(np.float32)
     arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int32), "w_scale": w_scale.astype(np.float32),

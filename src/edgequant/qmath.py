@@ -261,6 +261,22 @@ def multiply_by_quantized_multiplier_single(x: np.ndarray, m0: np.ndarray, shift
     return np.clip(np.where(x < 0, -q, q), INT32_MIN, INT32_MAX)
 
 
+def bias_limit(w_int: np.ndarray) -> np.ndarray:
+    """Per-output-channel bound on the int32 bias that keeps every partial sum of the conv/linear
+    inside int32, whatever order a runtime adds in.
+
+    ONNX Runtime (QLinearConv/QGemm) and TFLite accumulate ``bias + sum(x * w)`` in int32 and
+    wrap on overflow; MLAS first folds the input zero point into the bias (``bias - zx * sum(w)``,
+    zx up to 255 for uint8) and then adds ``sum(x_u8 * w)``. Each of the two terms is bounded by
+    ``255 * sum|w_c|``, so ``|bias_c| <= INT32_MAX - 2 * 255 * sum|w_c|`` leaves no partial sum
+    outside int32. A bias that needs more is a channel with a near-zero weight scale (a dead
+    channel: BN-folded weights ~1e-9, as in EfficientNet-Lite1) and was saturated anyway; the
+    interpreter sums in int64, so without this bound it and the runtimes disagreed by tens of LSB.
+    """
+    w = np.abs(np.asarray(w_int).astype(np.int64)).reshape(np.shape(w_int)[0], -1).sum(axis=1)
+    return np.maximum(INT32_MAX - 2 * 255 * w, 0)
+
+
 def requant_rounding(bits: int) -> str | None:
     """The recorded rounding of a gemmlowp requantization writing a ``bits``-wide tensor.
 
