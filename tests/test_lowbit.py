@@ -397,3 +397,6 @@ def test_keep8_recipe_keeps_depthwise_and_edges_at_8_bits_and_beats_naive(digits
         ref = model(digits_test_x).argmax(1).numpy()
     agree = {k: float(np.mean(q.run(digits_test_x.numpy()).argmax(1) == ref)) for k, q in (("naive", naive), ("keep", keep))}
     assert agree["keep"] >= agree["naive"] and agree["keep"] > 0.97, agree
+    naive4, keep4 = eq.quantize(model, "w4a4", calib), eq.quantize(model, "w4a4-keep8", calib)
+    a4 = {k: float(np.mean(q.run(digits_test_x.numpy()).argmax(1) == ref)) for k, q in (("naive", naive4), ("keep", keep4))}
+    assert a4["keep"] >= a4["naive"], a4

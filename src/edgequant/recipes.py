@@ -149,6 +149,10 @@ register_recipe(Recipe("w4a8-keep8", "static", weights=low_bit_weights(4), activ
                        options=KEEP8 + (("bias_correction", "empirical"),),
                        description="4-bit per-channel weights except depthwise and first/last layers (8-bit), int8 "
                                    "activations, empirical bias correction"))
+register_recipe(Recipe("w4a4-keep8", "static", weights=low_bit_weights(4), activations=TensorSpec(bits=4, observer="mse"),
+                       options=KEEP8 + (("bias_correction", "empirical"),),
+                       description="W4A4 except depthwise and first/last layers (8-bit), MSE activation clips, "
+                                   "empirical bias correction"))
 register_recipe(Recipe("w4a4", "static", weights=low_bit_weights(4), activations=TensorSpec(bits=4),
                        description="4-bit weights and activations, min/max ranges: the naive baseline"))
 register_recipe(Recipe("w4a4-aciq", "static", weights=low_bit_weights(4, "aciq"),

@@ -33,7 +33,7 @@ from ..recipes import RECIPES, Recipe
 
 PRESETS = ("default", "all", "int8", "lowbit", "qat")
 INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc")
-LOWBIT_ORDER = ("w4a8", "w4a8-keep8", "w4a4", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
+LOWBIT_ORDER = ("w4a8", "w4a8-keep8", "w4a4", "w4a4-keep8", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
 DEFAULT_RECONSTRUCT = ("w4a8-adaround", "w4a4-brecq", "w2a4-brecq-qdrop")
 DEFAULT_ITERATIONS = 100  # per layer (AdaRound) / block (BRECQ) in the default preset; recipes ship 300 (AdaRound) and 1000 (BRECQ)
 DEFAULT_QAT_EPOCHS = 1  # default preset; ``all`` and ``qat`` fine-tune QAT_EPOCHS
