@@ -530,3 +530,19 @@ def test_windowed_reconstruction_still_beats_nearest(digits, recipe, bits):
     assert any(u["windows"] for u in units) and all(tuple(v) == (3, 3) for u in units for v in u["windows"].values())
     agree = lambda m: (np.asarray(m.run(x.numpy())).argmax(1) == y).mean()  # noqa: E731
     assert agree(q) > agree(near) + 0.01
+
+
+def test_cpu_budget_cuts_costly_steps_and_is_reported(digits, cnn):
+    """A CPU budget that every layer exceeds cuts each to the floor (50 steps) and the report says so;
+    without one (or with the default, on a digits-size net) every layer gets ``iterations``."""
+    from edgequant.reconstruct import DEFAULT_CPU_BUDGET, brecq
+
+    calib, _ = digits
+    q = eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=80, progress=False, calib_samples=FEW,
+                                cpu_budget=1e-9)
+    units = q.program.meta["reconstruct"]["units"]
+    assert all(v == brecq.MIN_STEPS for u in units for v in u["layer_iterations"].values())
+    assert sum(u["iterations"] for u in units) == brecq.MIN_STEPS * len(_gemm_nodes(q))
+    q = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=60, progress=False, calib_samples=FEW)
+    assert q.recipe.option("cpu_budget") == DEFAULT_CPU_BUDGET["brecq"]
+    assert all(u["iterations"] == 60 for u in q.program.meta["reconstruct"]["units"])

@@ -59,6 +59,10 @@ from .cache import StoreSpace, TensorStore, map_stores
 from .window import DEFAULT_WINDOW, Window, conv_window, crop, sample_window
 
 
+PROBE = 5        # steps timed before a CPU budget (``cpu_budget``) sets the step count
+MIN_STEPS = 50   # the CPU budget never cuts a layer / unit below this many steps
+
+
 @dataclass(frozen=True)
 class ReconConfig:
     """The knobs (recipe options of the same names; see ``pipeline.config_from_recipe``)."""
@@ -79,6 +83,8 @@ class ReconConfig:
     act_lr: float = 4e-3              # Adam lr on log(step) of the activation quantizers
     damp: float = 0.01                # GPTQ: Hessian dampening, a fraction of its mean diagonal
     window: int = DEFAULT_WINDOW      # output positions per sample per step (window.py); 0: whole maps
+    cpu_budget: float | None = None   # CPU-seconds of training per layer (adaround) / unit (brecq): fewer
+    # steps where a step is costly (measured on the first PROBE steps); None: always ``iterations``
     act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
 
 
@@ -90,7 +96,8 @@ class UnitReport:
     loss_end: float
     seconds: float
     layer_seconds: dict[str, float] = field(default_factory=dict)  # per layer (AdaRound, GPTQ)
-    iterations: int = 0               # steps per layer (AdaRound) or for the unit (BRECQ); 0: GPTQ
+    iterations: int = 0               # steps for the unit (BRECQ); 0: GPTQ; AdaRound: see layer_iterations
+    layer_iterations: dict[str, int] = field(default_factory=dict)  # AdaRound: steps per layer
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer (AdaRound) / unit (BRECQ) ->
     # the (rows, cols) output window of its steps, where smaller than the map (window.py)
 
@@ -289,6 +296,7 @@ class _Trainer:
         self.cfg, self.sim, self.progress = cfg, sim, progress
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.steps_done: list[int] = []  # steps of each fit (the CPU budget may cut them)
 
     def _sample(self, n: int) -> np.ndarray:
         return np.sort(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
@@ -315,9 +323,16 @@ class _Trainer:
         if steps:
             groups.append({"params": steps, "lr": cfg.act_lr, "cosine": True})
         opt = torch.optim.Adam(groups)
-        sched = BetaSchedule(cfg.iterations)
+        total = cfg.iterations
+        sched = BetaSchedule(total)
         first, tail = float("nan"), []
-        for it in range(cfg.iterations):
+        it = 0
+        c0 = time.process_time()
+        while it < total:
+            if cfg.cpu_budget is not None and it == PROBE and total > PROBE:  # the budget binds: fewer steps
+                per_step = (time.process_time() - c0) / PROBE
+                total = max(min(cfg.iterations, MIN_STEPS), min(cfg.iterations, int(cfg.cpu_budget / max(per_step, 1e-9))))
+                sched = BetaSchedule(total)  # the probe steps were warm-up (no regulariser) under either schedule
             reg_on, beta = sched(it)
             rec = loss_fn({k: a() for k, a in ada.items()})
             loss = rec
@@ -327,13 +342,16 @@ class _Trainer:
             loss.backward()
             for g in opt.param_groups:
                 if g.get("cosine"):
-                    g["lr"] = cfg.act_lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
+                    g["lr"] = cfg.act_lr * 0.5 * (1 + math.cos(math.pi * it / total))
             opt.step()
             if it == 0:
                 first = rec.item()
-            if it >= cfg.iterations - 50:
+            if it >= total - 50:
                 tail.append(rec.item())
             self.progress.advance(label, rec.item())
+            it += 1
+        self.progress.skip(cfg.iterations - total)  # steps the CPU budget cut count as done
+        self.steps_done.append(total)
         return first, float(np.mean(tail)) if tail else first
 
     def unit_brecq(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore, yf: TensorStore) -> tuple[float, float]:
@@ -488,6 +506,7 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                 ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
                 yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
                 if ada:
+                    trainer.steps_done = []
                     if cfg.method == "adaround":
                         f, l = trainer.unit_adaround(unit, ada, xf, xq, space, times)
                         wins = {n.name: trainer.window_of([n], n.inputs[0]) for n in unit.layers if n.name in ada}
@@ -497,7 +516,10 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                     for name, a in ada.items():
                         result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
                     result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu, times,
-                                                   cfg.iterations, {k: v for k, v in wins.items() if v}))
+                                                   iterations=sum(trainer.steps_done),
+                                                   windows={k: v for k, v in wins.items() if v},
+                                                   layer_iterations=dict(zip(ada, trainer.steps_done))
+                                                   if cfg.method == "adaround" else {}))
                 if sim.log_steps:  # the learned grids become the program's: later units and yq use them
                     result.act_qp.update(sim.commit_steps())
                     sim.shifts = shifts() or {}
