@@ -424,3 +424,125 @@ def test_progress_lines_when_not_a_terminal_are_rate_limited(capsys, monkeypatch
     assert len(lines) == 2 and "1/3" in lines[0] and "3/3" in lines[1]  # the first, then the last
     P.Progress(3, enabled=False).unit_done("x", 1.0)
     assert capsys.readouterr().err == ""
+
+
+# -- spatial windows ------------------------------------------------------------------------------
+class _PadNet(torch.nn.Module):
+    """TF-style asymmetric explicit padding, a stride-2 conv, a depthwise conv and a residual add
+    (the shapes of EfficientNet-Lite's blocks) on a 17x17 map."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.expand = torch.nn.Conv2d(8, 16, 1)
+        self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.project = torch.nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(torch.nn.functional.pad(x, (0, 1, 0, 1))))
+        relu6 = torch.nn.functional.relu6
+        return x + self.project(relu6(self.dw(relu6(self.expand(x)))))
+
+
+def _window_graphs():
+    out = [(capture_prepared(_PadNet().eval(), torch.zeros(2, 3, 17, 17)), (3, 17, 17))]
+    for name in ("resnet_digits", "mobilenet_v2_digits"):
+        out.append((capture_prepared(getattr(eq.models, name)(pretrained=True), torch.zeros(2, 1, 8, 8)), (1, 8, 8)))
+    return out
+
+
+def test_window_output_is_the_full_outputs_region():
+    """Every unit run on a window (the entry cropped with the receptive-field halo, zeros only
+    where the map's own padding is) gives exactly the full run's region, fake quantization included."""
+    from edgequant.qmath import QParams
+    from edgequant.reconstruct import brecq, window
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for g, shape in _window_graphs():
+        x = torch.randn((4,) + shape)
+        env0 = brecq._Sim(g, {}).run(g.nodes[1:], g.input, x)  # float reference of every tensor
+        act_qp = {n.name: QParams(np.asarray(float(env0[n.name].abs().max()) / 127 + 1e-4, np.float32),
+                                  np.asarray(0, np.int32)) for n in g.nodes[1:]}  # fake quantization too
+        sim = brecq._Sim(g, act_qp)
+        for u in find_units(g):
+            if not window.windowable(list(u.nodes), sim.shapes[u.entry]):
+                continue
+            full = sim.run(u.nodes, u.entry, env0[u.entry], quant=True)[u.output]
+            h, w = full.shape[2:]
+            for _ in range(6):
+                win = window.sample_window(list(u.nodes), u.entry, sim.shapes, max(1, (h * w) // 3), rng)
+                assert win is not None
+                b = win.boxes[u.entry]
+                got = sim.run(u.nodes, u.entry, env0[u.entry][:, :, b[0]:b[1], b[2]:b[3]], quant=True, win=win)[u.output]
+                r0, r1, c0, c1 = win.out
+                torch.testing.assert_close(got, full[:, :, r0:r1, c0:c1], rtol=0, atol=1e-5)
+                checked += 1
+    assert checked >= 30
+
+
+def test_window_loss_is_unbiased_over_window_places():
+    """Averaged over every place of the window's corner, the windowed loss is the full-map loss."""
+    from edgequant.reconstruct import brecq, window
+
+    y, t = torch.randn(3, 4, 9, 7), torch.randn(3, 4, 9, 7)
+    full = float(brecq._rec_loss(y, t))
+    h, w = 9, 7
+    wh, ww = window.window_shape(h, w, 20)
+    assert wh * ww <= 20 and (wh, ww) != (h, w)
+    scale = window.crop_scale(h, w, wh, ww)
+    losses = []
+    for r in range(-(wh - 1), h):
+        for c in range(-(ww - 1), w):
+            out = (max(r, 0), min(r + wh, h), max(c, 0), min(c + ww, w))
+            win = window.Window(out, {}, scale)
+            sl = (slice(None), slice(None), slice(out[0], out[1]), slice(out[2], out[3]))
+            losses.append(float(brecq._rec_loss(y[sl], t[sl], win, tuple(y.shape))))
+    assert np.mean(losses) == pytest.approx(full, rel=1e-5)
+    # the map no larger than the window: no window, the exact full loss
+    assert window.window_shape(8, 8, 64) == (8, 8) and window.crop_scale(8, 8, 8, 8) == 1.0
+
+
+def test_store_reads_a_window_of_rows():
+    space = StoreSpace()
+    st = TensorStore(space, (5, 2, 6, 6), np.float16)
+    data = torch.randn(5, 2, 6, 6)
+    st.append(data)
+    idx = np.array([4, 0, 2])
+    assert torch.equal(st.get(idx, (1, 4, 2, 6)), st.get(idx)[:, :, 1:4, 2:6])
+    st.release()
+
+
+@pytest.mark.parametrize("recipe,bits", [("w4a8-adaround", (2, 8)), ("w2a4-brecq", (2, 4))])
+def test_windowed_reconstruction_still_beats_nearest(digits, recipe, bits):
+    """With a 3x3 window on 8x8 digits maps (every step sees 9 of 64 positions), the learned
+    rounding still beats nearest rounding on the same grid; the report names the windows."""
+    calib, x = digits
+    model = eq.models.mobilenet_v2_digits(pretrained=True)
+    y = model(x).argmax(1).numpy()
+    method = recipe.split("-")[1]
+    r = make_recipe(*bits, method)
+    near = eq.quantize(model, _nearest(r), calib)
+    q = eq.reconstruct.quantize(model, r, calib, iterations=200 if method == "adaround" else 300, progress=False,
+                                window=9)
+    units = q.program.meta["reconstruct"]["units"]
+    assert any(u["windows"] for u in units) and all(tuple(v) == (3, 3) for u in units for v in u["windows"].values())
+    agree = lambda m: (np.asarray(m.run(x.numpy())).argmax(1) == y).mean()  # noqa: E731
+    assert agree(q) > agree(near) + 0.01
+
+
+def test_cpu_budget_cuts_costly_steps_and_is_reported(digits, cnn):
+    """A CPU budget that every layer exceeds cuts each to the floor (50 steps) and the report says so;
+    without one (or with the default, on a digits-size net) every layer gets ``iterations``."""
+    from edgequant.reconstruct import DEFAULT_CPU_BUDGET, brecq
+
+    calib, _ = digits
+    q = eq.reconstruct.quantize(cnn, "w4a8-adaround", calib, iterations=80, progress=False, calib_samples=FEW,
+                                cpu_budget=1e-9)
+    units = q.program.meta["reconstruct"]["units"]
+    assert all(v == brecq.MIN_STEPS for u in units for v in u["layer_iterations"].values())
+    assert sum(u["iterations"] for u in units) == brecq.MIN_STEPS * len(_gemm_nodes(q))
+    q = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=60, progress=False, calib_samples=FEW)
+    assert q.recipe.option("cpu_budget") == DEFAULT_CPU_BUDGET["brecq"]
+    assert all(u["iterations"] == 60 for u in q.program.meta["reconstruct"]["units"])

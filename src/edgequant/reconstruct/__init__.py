@@ -16,7 +16,13 @@ one pass over the calibration samples per layer plus a Cholesky per layer. Defau
 per BRECQ unit, 300 per AdaRound layer; on a 2-core x86 box (load 1-3, one torch thread)
 mobilenet_v2_digits (9 units, 23 layers) took 71-84 s per BRECQ recipe, 110-125 s with QDrop (its
 random masks), 25-53 s for AdaRound, and digits_cnn 4-16 s (``bench/ptq_reconstruct.py``); an ImageNet-size MobileNetV2 has ~20 units of ~100x the cost per
-sample, so plan hours, or lower ``iterations``. Below ~500 steps per unit 2-bit weights do not
+sample, so without limits plan hours. Two limits make it minutes (``window.py``, ``ReconConfig``): each step
+trains on a random spatial window of at most ``window`` (784 = 28x28) output positions per sample
+(exact crop with the receptive-field halo, unbiased loss; maps no larger train whole), and each
+layer / unit stops after ``cpu_budget`` CPU-seconds of training (``DEFAULT_CPU_BUDGET``: 15 per
+AdaRound layer, 100 per BRECQ unit; the step count is fixed after timing the first 5 steps, never
+below 50, and the beta / learning-rate schedules run over that count); the steps each layer / unit
+got are in ``program.meta["reconstruct"]`` (``iterations``, ``layer_iterations``). Below ~500 steps per unit 2-bit weights do not
 converge (mobilenet_v2_digits W2A4: 23% agreement with fp32 at 200 steps, 94% at 1000).
 """
 from __future__ import annotations
@@ -35,6 +41,10 @@ if reconstruct_step not in PTQ_STEPS:
     PTQ_STEPS.append(reconstruct_step)
 
 DEFAULT_ITERATIONS = {"adaround": 300, "brecq": 1000}  # see the module docstring for their cost
+# CPU-seconds of training per AdaRound layer / BRECQ unit: binds only where a step is costly (an
+# ImageNet-size net: EfficientNet-Lite1 has 65 layers, 21 units; targets 10 / 20 min on 2 cores);
+# the digits-size nets finish their steps far inside it, so they train exactly as before.
+DEFAULT_CPU_BUDGET = {"adaround": 15.0, "brecq": 100.0}
 
 
 def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: float = 0.0, name: str | None = None,
@@ -43,7 +53,8 @@ def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: f
     """A static recipe that reconstructs at W``weight_bits``A``act_bits`` (per-channel symmetric
     weights, MSE-searched weight and activation clips as the starting grid)."""
     label = method + ("-qdrop" if qdrop and method == "brecq" else "")
-    budget = {} if method == "gptq" else {"iterations": iterations or DEFAULT_ITERATIONS[method]}  # GPTQ: one pass
+    budget = {} if method == "gptq" else {"iterations": iterations or DEFAULT_ITERATIONS[method],  # GPTQ: one pass
+                                          "cpu_budget": DEFAULT_CPU_BUDGET[method]}
     opts = {"reconstruct": method, "weight_method": LEARNED, "reconstruct_base": base,
             **budget, **({"qdrop": qdrop} if qdrop else {}), **options}
     return Recipe(
@@ -65,4 +76,4 @@ register_recipe(dataclasses.replace(
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",
-           "DEFAULT_ITERATIONS", "gptq"]
+           "DEFAULT_ITERATIONS", "DEFAULT_CPU_BUDGET", "gptq"]

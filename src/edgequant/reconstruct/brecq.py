@@ -56,6 +56,11 @@ from ..qmath import QParams, quantize_multiplier, round_half_away
 from .adaround import LAMBDA, AdaRoundWeight, BetaSchedule
 from .blocks import GEMM_OPS, Unit, find_units
 from .cache import StoreSpace, TensorStore, map_stores
+from .window import DEFAULT_WINDOW, Window, conv_window, crop, sample_window
+
+
+PROBE = 5        # steps timed before a CPU budget (``cpu_budget``) sets the step count
+MIN_STEPS = 50   # the CPU budget never cuts a layer / unit below this many steps
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class ReconConfig:
     learn_act_scale: bool | None = None  # learn activation steps inside each unit (None: on for brecq, off for adaround)
     act_lr: float = 4e-3              # Adam lr on log(step) of the activation quantizers
     damp: float = 0.01                # GPTQ: Hessian dampening, a fraction of its mean diagonal
+    window: int = DEFAULT_WINDOW      # output positions per sample per step (window.py); 0: whole maps
+    cpu_budget: float | None = None   # CPU-seconds of training per layer (adaround) / unit (brecq): fewer
+    # steps where a step is costly (measured on the first PROBE steps); None: always ``iterations``
     act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
 
 
@@ -88,6 +96,10 @@ class UnitReport:
     loss_end: float
     seconds: float
     layer_seconds: dict[str, float] = field(default_factory=dict)  # per layer (AdaRound, GPTQ)
+    iterations: int = 0               # steps for the unit (BRECQ); 0: GPTQ; AdaRound: see layer_iterations
+    layer_iterations: dict[str, int] = field(default_factory=dict)  # AdaRound: steps per layer
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer (AdaRound) / unit (BRECQ) ->
+    # the (rows, cols) output window of its steps, where smaller than the map (window.py)
 
 
 @dataclass
@@ -164,6 +176,7 @@ class _Sim:
         self.params = {n.name: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in n.params.items()}
                        for n in graph.nodes if n.params}
         self.graph, self.grids = graph, grids
+        self.shapes = {n.name: tuple(n.shape) for n in graph.nodes}
         self.qparams: dict[str, dict] = {}
         self.grid_biases()
 
@@ -228,21 +241,34 @@ class _Sim:
         return self.fq(n.name, y, 0.0, None) if quant else y
 
     def run(self, nodes, entry: str, x: torch.Tensor, weights: dict | None = None, quant: bool = False,
-            drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True) -> dict[str, torch.Tensor]:
+            drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True,
+            win: Window | None = None) -> dict[str, torch.Tensor]:
+        """The nodes from ``entry = x``; with ``win``, ``x`` is the entry's box and every tensor is
+        computed on its box only (``window.plan``: the output box is exact)."""
         env = {entry: x}
         for k, n in enumerate(nodes):
             p = (self.qparams if quant else self.params).get(n.name) or self.params.get(n.name, {})
             if weights and n.name in weights:
                 p = {**p, "weight": weights[n.name]}
-            y = run_node(n, [env[i] for i in n.inputs], p)
+            if win is None:
+                y = run_node(n, [env[i] for i in n.inputs], p)
+            elif n.op in ("conv", "pad"):
+                a = n.inputs[0]
+                y = conv_window(n, env[a], win.boxes[a], win.boxes[n.name], self.shapes[a], p)
+            else:
+                y = run_node(n, [crop(env[i], win.boxes[i], win.boxes[n.name]) for i in n.inputs], p)
             if quant and (quant_last or k < len(nodes) - 1):
                 y = self.fq(n.name, y, drop, gen)
             env[n.name] = y
         return env
 
 
-def _rec_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _rec_loss(y: torch.Tensor, target: torch.Tensor, win: Window | None = None, shape: tuple[int, ...] = ()) -> torch.Tensor:
+    """Squared error summed over channels, mean over samples and positions; on a window, the
+    window's sum over the map's position count times ``win.scale`` (unbiased for the full map)."""
     d = (y - target).pow(2)
+    if win is not None:
+        return d.sum() * (win.scale / (d.shape[0] * int(np.prod(shape[2:]))))
     return d.sum(1).mean() if d.ndim > 1 else d.mean()
 
 
@@ -270,9 +296,23 @@ class _Trainer:
         self.cfg, self.sim, self.progress = cfg, sim, progress
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.steps_done: list[int] = []  # steps of each fit (the CPU budget may cut them)
 
     def _sample(self, n: int) -> np.ndarray:
         return np.sort(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
+
+    def _window(self, nodes, entry: str) -> Window | None:
+        return sample_window(list(nodes), entry, self.sim.shapes, self.cfg.window, self.rng)
+
+    def window_of(self, nodes, entry: str) -> tuple[int, int] | None:
+        """The (rows, cols) of this unit's steps, None on whole maps (for the report)."""
+        from .window import window_shape, windowable
+
+        shape = self.sim.shapes[list(nodes)[-1].name]
+        if len(shape) != 4 or not windowable(list(nodes), self.sim.shapes[entry]):
+            return None
+        wh, ww = window_shape(shape[2], shape[3], self.cfg.window)
+        return None if (wh, ww) == tuple(shape[2:]) else (wh, ww)
 
     def fit(self, label: str, ada: dict[str, AdaRoundWeight], loss_fn, steps: list[torch.Tensor] | None = None
             ) -> tuple[float, float]:
@@ -283,9 +323,16 @@ class _Trainer:
         if steps:
             groups.append({"params": steps, "lr": cfg.act_lr, "cosine": True})
         opt = torch.optim.Adam(groups)
-        sched = BetaSchedule(cfg.iterations)
+        total = cfg.iterations
+        sched = BetaSchedule(total)
         first, tail = float("nan"), []
-        for it in range(cfg.iterations):
+        it = 0
+        c0 = time.process_time()
+        while it < total:
+            if cfg.cpu_budget is not None and it == PROBE and total > PROBE:  # the budget binds: fewer steps
+                per_step = (time.process_time() - c0) / PROBE
+                total = max(min(cfg.iterations, MIN_STEPS), min(cfg.iterations, int(cfg.cpu_budget / max(per_step, 1e-9))))
+                sched = BetaSchedule(total)  # the probe steps were warm-up (no regulariser) under either schedule
             reg_on, beta = sched(it)
             rec = loss_fn({k: a() for k, a in ada.items()})
             loss = rec
@@ -295,13 +342,16 @@ class _Trainer:
             loss.backward()
             for g in opt.param_groups:
                 if g.get("cosine"):
-                    g["lr"] = cfg.act_lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
+                    g["lr"] = cfg.act_lr * 0.5 * (1 + math.cos(math.pi * it / total))
             opt.step()
             if it == 0:
                 first = rec.item()
-            if it >= cfg.iterations - 50:
+            if it >= total - 50:
                 tail.append(rec.item())
             self.progress.advance(label, rec.item())
+            it += 1
+        self.progress.skip(cfg.iterations - total)  # steps the CPU budget cut count as done
+        self.steps_done.append(total)
         return first, float(np.mean(tail)) if tail else first
 
     def unit_brecq(self, unit: Unit, ada, xf: TensorStore, xq: TensorStore, yf: TensorStore) -> tuple[float, float]:
@@ -309,11 +359,13 @@ class _Trainer:
 
         def loss_fn(w):
             idx = self._sample(len(xq))
-            x = xq.get(idx)
+            win = self._window(unit.nodes, unit.entry)
+            box_in, box_out = (None, None) if win is None else (win.boxes[unit.entry], win.out)
+            x = xq.get(idx, box_in)
             if drop > 0:
-                x = torch.where(torch.rand(x.shape, generator=self.gen) < drop, xf.get(idx), x)
-            env = self.sim.run(unit.nodes, unit.entry, x, w, quant=True, drop=drop, gen=self.gen)
-            return _rec_loss(env[unit.output], yf.get(idx))
+                x = torch.where(torch.rand(x.shape, generator=self.gen) < drop, xf.get(idx, box_in), x)
+            env = self.sim.run(unit.nodes, unit.entry, x, w, quant=True, drop=drop, gen=self.gen, win=win)
+            return _rec_loss(env[unit.output], yf.get(idx, box_out), win, self.sim.shapes[unit.output])
 
         steps = self.sim.learn_steps(n.name for n in unit.nodes) if self.cfg.learn_act_scale else None
         return self.fit(unit.describe(), ada, loss_fn, steps)
@@ -340,8 +392,10 @@ class _Trainer:
 
             def loss_fn(w, n=n, inp=inp, tgt=tgt):
                 idx = self._sample(len(inp))
-                y = self.sim.run([n], n.inputs[0], inp.get(idx), w)[n.name]
-                return _rec_loss(y, tgt.get(idx))
+                win = self._window([n], n.inputs[0])
+                box_in, box_out = (None, None) if win is None else (win.boxes[n.inputs[0]], win.out)
+                y = self.sim.run([n], n.inputs[0], inp.get(idx, box_in), w, win=win)[n.name]
+                return _rec_loss(y, tgt.get(idx, box_out), win, self.sim.shapes[n.name])
 
             try:
                 f, l = self.fit(f"layer {n.name}", {n.name: a}, loss_fn)
@@ -452,13 +506,20 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                 ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
                 yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
                 if ada:
+                    trainer.steps_done = []
                     if cfg.method == "adaround":
                         f, l = trainer.unit_adaround(unit, ada, xf, xq, space, times)
+                        wins = {n.name: trainer.window_of([n], n.inputs[0]) for n in unit.layers if n.name in ada}
                     else:
                         f, l = trainer.unit_brecq(unit, ada, xf, xq, yf)
+                        wins = {unit.describe(): trainer.window_of(unit.nodes, unit.entry)}
                     for name, a in ada.items():
                         result.weights[name] = (a.integers(), grids[name].scale, grids[name].bits)
-                    result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu, times))
+                    result.units.append(UnitReport(unit.describe(), tuple(ada), f, l, time.perf_counter() - tu, times,
+                                                   iterations=sum(trainer.steps_done),
+                                                   windows={k: v for k, v in wins.items() if v},
+                                                   layer_iterations=dict(zip(ada, trainer.steps_done))
+                                                   if cfg.method == "adaround" else {}))
                 if sim.log_steps:  # the learned grids become the program's: later units and yq use them
                     result.act_qp.update(sim.commit_steps())
                     sim.shifts = shifts() or {}

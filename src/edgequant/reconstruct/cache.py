@@ -69,9 +69,12 @@ class TensorStore:
         self.data[self._filled : self._filled + len(b)] = b
         self._filled += len(b)
 
-    def get(self, index: np.ndarray) -> torch.Tensor:
-        """Rows ``index`` (sorted reads are fastest on disk) as a float32 tensor."""
-        return torch.from_numpy(np.ascontiguousarray(self.data[np.sort(index)], np.float32))
+    def get(self, index: np.ndarray, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Rows ``index`` (sorted reads are fastest on disk) as a float32 tensor; only the spatial
+        ``box`` (rows r0:r1, cols c0:c1 of an (N, C, H, W) store) when given."""
+        rows = np.sort(index)
+        part = self.data[rows] if box is None else self.data[rows, :, box[0]:box[1], box[2]:box[3]]
+        return torch.from_numpy(np.ascontiguousarray(part, np.float32))
 
     def batches(self, size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self), size):

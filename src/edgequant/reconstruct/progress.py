@@ -44,6 +44,14 @@ class Progress:
             print(f"[{self._done}/{self.total}] {label}", file=sys.stderr)
         self._label = label
 
+    def skip(self, n: int) -> None:
+        """``n`` steps that will not run (a CPU budget cut them) count as done."""
+        if n <= 0:
+            return
+        self._done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+
     def unit_done(self, label: str, seconds: float) -> None:
         """A unit (layer or block) finished: in line mode, say so if the last line is old enough."""
         now = time.monotonic()
