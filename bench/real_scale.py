@@ -187,8 +187,10 @@ def main() -> None:
         return
     results = []
     for net in args.nets.split(","):
-        cmd = [sys.executable, __file__, "--child", net] + [a for a in sys.argv[1:] if not a.startswith("--nets")]
-        cmd = [c for i, c in enumerate(cmd) if not (i > 0 and cmd[i - 1] == "--nets")]
+        argv = sys.argv[1:]
+        rest = [a for i, a in enumerate(argv)  # every flag but --nets (as "--nets X" or "--nets=X")
+                if not a.startswith("--nets") and not (i > 0 and argv[i - 1] == "--nets")]
+        cmd = [sys.executable, __file__, "--child", net] + rest
         res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if res.returncode != 0:
             print(f"{net}: failed (exit {res.returncode})", file=sys.stderr)
