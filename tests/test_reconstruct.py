@@ -546,3 +546,40 @@ def test_cpu_budget_cuts_costly_steps_and_is_reported(digits, cnn):
     q = eq.reconstruct.quantize(cnn, "w4a4-brecq", calib, iterations=60, progress=False, calib_samples=FEW)
     assert q.recipe.option("cpu_budget") == DEFAULT_CPU_BUDGET["brecq"]
     assert all(u["iterations"] == 60 for u in q.program.meta["reconstruct"]["units"])
+
+
+def test_streamed_unit_pass_keeps_only_the_output_and_equals_the_full_pass(digits, cnn):
+    """``_Sim.run(keep=...)`` (the streamed boundary passes) drops every other tensor after its last
+    use and gives the same output; ``stream_rows`` shrinks the batch as the unit's maps grow."""
+    from edgequant.reconstruct import brecq
+
+    calib, x = digits
+    g = capture_prepared(cnn, x[:1])
+    sim = brecq._Sim(g, {}, None, None)
+    for unit in find_units(g):
+        if len(unit.nodes) < 2:
+            continue
+        xin = sim.run(g.nodes[1:], g.input, x[:8])[unit.entry] if unit.entry != g.input else x[:8]
+        full = sim.run(unit.nodes, unit.entry, xin)
+        kept = sim.run(unit.nodes, unit.entry, xin, keep=unit.output)
+        assert set(kept) <= {unit.entry, unit.output} and unit.output in kept
+        assert torch.equal(kept[unit.output], full[unit.output])
+    big = {"a": (1, 96, 120, 120), "b": (1, 8, 8, 8)}
+    sim.shapes.update(big)
+    assert sim.stream_rows(["a"]) < sim.stream_rows(["b"]) <= 128
+    assert sim.stream_rows(["a"]) * 96 * 120 * 120 * 4 * brecq.STREAM_LIVE <= brecq.STREAM_BYTES
+
+
+def test_heap_bound_applies_on_glibc_and_opts_out(monkeypatch):
+    import ctypes.util
+
+    from edgequant import heap
+
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no C library to configure")
+    monkeypatch.setenv("EDGEQUANT_MALLOC", "default")
+    assert heap.bound_heap() is False and heap.applied() is False
+    monkeypatch.delenv("EDGEQUANT_MALLOC")
+    import platform
+
+    assert heap.bound_heap() is (platform.libc_ver()[0] == "glibc")  # musl/macOS: no such knob, nothing done

@@ -139,13 +139,24 @@ class GraphModule(torch.nn.Module):
         }
 
     def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+        """The graph on ``x``; each node's output is dropped after its last use (an ImageNet-size
+        net keeps a few maps alive, not all ~100 of them: calibration batches stay small in RAM)."""
         env: dict[str, torch.Tensor] = {}
-        for n in self.graph.nodes:
+        last = last_uses(self.graph)
+        for i, n in enumerate(self.graph.nodes):
             if n.op == "input":
                 y = x.to(self.dtype)
             else:
-                y = run_node(n, [env[i] for i in n.inputs], self._params[n.name])
+                y = run_node(n, [env[a] for a in n.inputs], self._params[n.name])
+                for a in set(n.inputs):
+                    if last.get(a) == i and a != self.graph.output:
+                        del env[a]
             if hook is not None:
                 y = hook(n, y)
             env[n.name] = y
         return env[self.graph.output]
+
+
+def last_uses(graph: Graph) -> dict[str, int]:
+    """Tensor name -> index of the last node (in ``graph.nodes`` order) that reads it."""
+    return {a: i for i, n in enumerate(graph.nodes) for a in n.inputs}

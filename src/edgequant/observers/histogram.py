@@ -66,6 +66,8 @@ class StreamingHistogram:
             e = e + bad
 
     # -- streaming ----------------------------------------------------------------------------
+    CHUNK_ELEMENTS = 1 << 20  # values binned per pass (an ImageNet map batch is ~10M)
+
     def update(self, v: np.ndarray) -> None:
         """Add samples ``v`` of shape (N, C)."""
         v = np.asarray(v, np.float64)
@@ -80,11 +82,14 @@ class StreamingHistogram:
         o_new = np.floor(np.ldexp(lo, -e_new)).astype(np.int64)
         if np.any(e_new != self.exp) or np.any(o_new != self.offset):
             self._rebin(e_new, o_new)
-        idx = np.floor(np.ldexp(v, -e_new[None, :])).astype(np.int64) - o_new[None, :]  # (N, C)
-        flat = (idx + np.arange(self.channels, dtype=np.int64)[None, :] * self.bins).reshape(-1)
-        self.counts += np.bincount(flat, minlength=self.channels * self.bins).reshape(
-            self.channels, self.bins
-        )
+        base = np.arange(self.channels, dtype=np.int64)[None, :] * self.bins - o_new[None, :]
+        rows = max(1, self.CHUNK_ELEMENTS // max(self.channels, 1))  # bounded int64 temporaries on large maps
+        for i in range(0, v.shape[0], rows):
+            idx = np.floor(np.ldexp(v[i : i + rows], -e_new[None, :])).astype(np.int64)  # (rows, C)
+            idx += base
+            self.counts += np.bincount(idx.reshape(-1), minlength=self.channels * self.bins).reshape(
+                self.channels, self.bins
+            )
 
     def _rebin(self, e_new: np.ndarray, o_new: np.ndarray) -> None:
         """Merge the bins onto the coarser grid (e_new >= exp): exact, edges are nested."""

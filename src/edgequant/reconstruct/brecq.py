@@ -61,6 +61,8 @@ from .window import DEFAULT_WINDOW, Window, conv_window, crop, sample_window
 
 PROBE = 5        # steps timed before a CPU budget (``cpu_budget``) sets the step count
 MIN_STEPS = 50   # the CPU budget never cuts a layer / unit below this many steps
+STREAM_BYTES = 128 << 20  # live tensors of one streamed batch (``_Sim.stream_rows``)
+STREAM_LIVE = 8           # float32 copies of the largest map a fake-quantized node holds at once
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,13 @@ class _Sim:
                 b = np.round(n.params["bias"].astype(np.float64) / step) * step
                 self.qparams[n.name] = {**self.params[n.name], "bias": torch.as_tensor(b, dtype=torch.float32)}
 
+    def stream_rows(self, names) -> int:
+        """Samples per batch of a streamed (no-grad) pass over tensors ``names``: live memory stays
+        near ``STREAM_BYTES`` (the largest map x ``STREAM_LIVE`` copies: input, output and the
+        fake-quant temporaries), so a 240x240 net's first blocks stream a few samples at a time."""
+        per = max(int(np.prod(self.shapes[k][1:])) for k in names) * 4 * STREAM_LIVE
+        return int(max(1, min(128, STREAM_BYTES // max(per, 1))))
+
     def learn_steps(self, names) -> list[torch.Tensor]:
         """Start learning the steps of these activations (from the calibrated ones)."""
         self.log_steps = {k: torch.zeros((), requires_grad=True) for k in names if k in self.act_qp}
@@ -242,10 +251,14 @@ class _Sim:
 
     def run(self, nodes, entry: str, x: torch.Tensor, weights: dict | None = None, quant: bool = False,
             drop: float = 0.0, gen: torch.Generator | None = None, quant_last: bool = True,
-            win: Window | None = None) -> dict[str, torch.Tensor]:
+            win: Window | None = None, keep: str | None = None) -> dict[str, torch.Tensor]:
         """The nodes from ``entry = x``; with ``win``, ``x`` is the entry's box and every tensor is
-        computed on its box only (``window.plan``: the output box is exact)."""
+        computed on its box only (``window.plan``: the output box is exact). With ``keep`` (a tensor
+        name), every other tensor is dropped after its last use: only ``keep`` is returned, and a
+        streamed pass holds a few maps of the batch, not all of the unit's."""
         env = {entry: x}
+        nodes = list(nodes)
+        last = {a: i for i, n in enumerate(nodes) for a in n.inputs} if keep is not None else {}
         for k, n in enumerate(nodes):
             p = (self.qparams if quant else self.params).get(n.name) or self.params.get(n.name, {})
             if weights and n.name in weights:
@@ -259,6 +272,9 @@ class _Sim:
                 y = run_node(n, [crop(env[i], win.boxes[i], win.boxes[n.name]) for i in n.inputs], p)
             if quant and (quant_last or k < len(nodes) - 1):
                 y = self.fq(n.name, y, drop, gen)
+            for a in set(n.inputs):
+                if last.get(a) == k and a != keep:
+                    env.pop(a, None)
             env[n.name] = y
         return env
 
@@ -385,10 +401,11 @@ class _Trainer:
             t0 = time.perf_counter()
             a = ada[n.name]
             prefix, src = nodes[:k], n.inputs[0]
-            inp = map_stores(space, [xq], lambda x, p=prefix, s=src: self.sim.run(p, unit.entry, x, done, quant=True)[s],
-                             dtype=np.float16)
-            tgt = map_stores(space, [xf], lambda x, p=prefix + [n], m=n.name: self.sim.run(p, unit.entry, x)[m],
-                             dtype=np.float16)
+            rows = self.sim.stream_rows([unit.entry] + [m.name for m in prefix + [n]])
+            inp = map_stores(space, [xq], lambda x, p=prefix, s=src: self.sim.run(p, unit.entry, x, done, quant=True, keep=s)[s],
+                             batch_size=rows, dtype=np.float16)
+            tgt = map_stores(space, [xf], lambda x, p=prefix + [n], m=n.name: self.sim.run(p, unit.entry, x, keep=m)[m],
+                             batch_size=rows, dtype=np.float16)
 
             def loss_fn(w, n=n, inp=inp, tgt=tgt):
                 idx = self._sample(len(inp))
@@ -442,7 +459,8 @@ class _Trainer:
                     done[n.name] = (q * scale).float()
                     result.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
                 stores[n.name] = map_stores(space, [stores[a] for a in n.inputs],
-                                            lambda *xs, n=n: self.sim.node(n, list(xs), done, quant=True), batch_size=bs)
+                                            lambda *xs, n=n: self.sim.node(n, list(xs), done, quant=True),
+                                            batch_size=min(bs, self.sim.stream_rows([*n.inputs, n.name])))
                 for a in set(n.inputs):
                     if last_use[a] == i and a != unit.entry:
                         stores.pop(a).release()
@@ -504,7 +522,9 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                     result.units.append(UnitReport(unit.describe(), tuple(hard), f, l, time.perf_counter() - tu, times))
             else:
                 ada = {n.name: _make_ada(n, grids[n.name]) for n in unit.layers if n.name in grids}
-                yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x)[u.output])
+                rows = sim.stream_rows([unit.entry] + [n.name for n in unit.nodes])
+                yf = map_stores(space, [xf], lambda x, u=unit: sim.run(u.nodes, u.entry, x, keep=u.output)[u.output],
+                                batch_size=rows)
                 if ada:
                     trainer.steps_done = []
                     if cfg.method == "adaround":
@@ -525,7 +545,8 @@ def reconstruct_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str,
                     sim.shifts = shifts() or {}
                     sim.grid_biases()
                 hard = {name: a(hard=True).detach() for name, a in ada.items()}
-                yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True)[u.output])
+                yq = map_stores(space, [xq], lambda x, u=unit: sim.run(u.nodes, u.entry, x, hard, quant=True, keep=u.output)[u.output],
+                                batch_size=rows)
             result.disk_bytes_peak = max(result.disk_bytes_peak, space.disk_bytes)
             xq.release()
             if cfg.method != "gptq":
