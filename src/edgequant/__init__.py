@@ -10,10 +10,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .heap import bound_heap  # noqa: E402
-
-bound_heap()  # freed large buffers go back to the OS (heap.py says why; EDGEQUANT_MALLOC=default opts out)
-
 from . import data, models  # noqa: E402
 from . import qat, reconstruct  # noqa: E402  (registers the QAT and reconstruction recipes)
 from .api import quantize  # noqa: E402

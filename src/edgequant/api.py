@@ -11,6 +11,7 @@ import torch
 
 from .calibrate import CalibrationView, calibrate, check_batch, check_finite, first_batch
 from .capture import capture
+from .heap import bounded_heap
 from .errors import InputError, RecipeError
 from .ir import Graph
 from .lower import lower
@@ -94,6 +95,12 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
     NaN/inf (with a warning) instead of rejecting them. The calibration summary (samples, input
     statistics) is kept in ``program.meta["calibration"]`` and saved with the model.
     """
+    with bounded_heap():  # an ImageNet-size calibration frees thousands of large temporaries (heap.py)
+        return _quantize(model, recipe, calib, example_input, max_calib_samples, nonfinite)
+
+
+def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | None, example_input: torch.Tensor | None,
+              max_calib_samples: int | None, nonfinite: str) -> QuantizedModel:
     r = check_recipe(get_recipe(recipe))
     if example_input is None:
         if calib is None:

@@ -5,38 +5,62 @@ which large NumPy / torch buffers come from the heap, where freed blocks stay ma
 On an ImageNet-size net, calibration and reconstruction allocate thousands of 1-60 MB temporaries
 of varying sizes: measured on EfficientNet-Lite1, ``w4a4-brecq`` peaked at 2.45 GB RSS with the
 dynamic threshold and 1.15 GB with a fixed 1 MB one (the live memory never exceeded the latter).
-``bound_heap`` fixes the threshold (``mallopt(M_MMAP_THRESHOLD)``): every block of 1 MB or more is
-its own mapping, returned to the OS when freed. It runs once when edgequant is imported; set
-``EDGEQUANT_MALLOC=default`` to keep glibc's behaviour. Elsewhere than glibc it does nothing.
+``bounded_heap()`` (a context manager around ``quantize``: calibration, PTQ steps, reconstruction)
+fixes the threshold at 1 MB (``mallopt(M_MMAP_THRESHOLD)``): every block of 1 MB or more is its own
+mapping, returned to the OS when freed. On leaving it sets the threshold to glibc's own ceiling
+(32 MB) and trims the heap: the interpreter's and ORT's same-sized per-chunk buffers are then
+reused from the heap again, because a fresh mapping per buffer costs page faults (Lite1 ``q.run``
+took 2x longer with every buffer mapped). Set ``EDGEQUANT_MALLOC=default`` to leave glibc alone.
+Elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD_BYTES = 1 << 20
+CEILING_BYTES = 32 << 20  # glibc's largest dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 
 _applied: bool | None = None
+
+
+def _libc():
+    if os.environ.get("EDGEQUANT_MALLOC", "").lower() == "default":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        return None
 
 
 def bound_heap(threshold: int = THRESHOLD_BYTES) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes; True when it took effect."""
     global _applied
-    if os.environ.get("EDGEQUANT_MALLOC", "").lower() == "default":
-        _applied = False
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
-        _applied = False
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    libc = _libc()
+    _applied = bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
     return _applied
+
+
+@contextmanager
+def bounded_heap() -> Iterator[None]:
+    """Inside: blocks >= 1 MB are mapped and returned when freed. After: 32 MB threshold, heap trimmed."""
+    if not bound_heap(THRESHOLD_BYTES):
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc = _libc()
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, CEILING_BYTES)
+            libc.malloc_trim(0)
 
 
 def applied() -> bool | None:
