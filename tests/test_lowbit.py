@@ -400,3 +400,42 @@ def test_keep8_recipe_keeps_depthwise_and_edges_at_8_bits_and_beats_naive(digits
     naive4, keep4 = eq.quantize(model, "w4a4", calib), eq.quantize(model, "w4a4-keep8", calib)
     a4 = {k: float(np.mean(q.run(digits_test_x.numpy()).argmax(1) == ref)) for k, q in (("naive", naive4), ("keep", keep4))}
     assert a4["keep"] >= a4["naive"], a4
+
+
+# -- activation clips by output error (act_clip="search") -----------------------------------------
+@pytest.mark.parametrize("name,recipe", [("mobilenet_v2_digits", "w4a4"), ("resnet_digits", "w8a8-pc")])
+def test_clip_search_never_has_more_output_error_than_minmax(digits, name, recipe) -> None:
+    """Every searched tensor's chosen grid scores no worse than min/max on the consumer outputs, the
+    chosen grid is the one the program gets, and the program still runs as its simulation."""
+    from edgequant.api import capture_prepared
+    from edgequant.calibrate import calibrate
+    from edgequant.lowbit.clip_search import search_clips
+
+    calib, test = digits
+    x = torch.cat([b for b, _ in test])
+    model = getattr(eq.models, name)(pretrained=True)
+    r = eq.get_recipe(recipe)
+    graph = capture_prepared(model, x[:2])
+    act_qp = calibrate(graph, r, calib)
+    report = search_clips(graph, r, act_qp, calib, samples=128)
+    assert len(report) >= 3
+    changed = 0
+    for t, rep in report.items():
+        errs = rep["errors"]
+        assert errs[rep["chosen"]] <= errs["minmax"] and errs[rep["chosen"]] <= errs["calibrated"], t
+        changed += rep["chosen"] != "calibrated"
+    assert changed >= 1  # the search does pick something other than the recipe's observer somewhere
+    searched = dataclasses.replace(r, name=r.name + "-search",
+                                   options=r.options + (("act_clip", "search"), ("clip_search_samples", 128)))
+    q = eq.quantize(model, searched, calib)
+    some = next(t for t, rep in report.items() if rep["chosen"] != "calibrated")
+    assert np.isclose(float(q.program.tensors[some].qparams.scale), float(act_qp[some].scale))
+    got, sim = np.asarray(q.run(x[:128].numpy())), np.asarray(q.simulate(x[:128].numpy()))
+    assert (got.argmax(1) == sim.argmax(1)).mean() >= 0.98
+
+
+def test_clip_search_option_is_checked(digits) -> None:
+    calib, _ = digits
+    bad = dataclasses.replace(eq.get_recipe("w8a8"), name="bad", options=(("act_clip", "sometimes"),))
+    with pytest.raises(eq.errors.RecipeError, match="act_clip"):
+        eq.quantize(eq.models.digits_cnn(pretrained=True), bad, calib)
