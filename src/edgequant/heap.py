@@ -10,7 +10,9 @@ fixes the threshold at 1 MB (``mallopt(M_MMAP_THRESHOLD)``): every block of 1 MB
 mapping, returned to the OS when freed. On leaving it sets the threshold to glibc's own ceiling
 (32 MB) and trims the heap: the interpreter's and ORT's same-sized per-chunk buffers are then
 reused from the heap again, because a fresh mapping per buffer costs page faults (Lite1 ``q.run``
-took 2x longer with every buffer mapped). Set ``EDGEQUANT_MALLOC=default`` to leave glibc alone.
+took 2x longer with every buffer mapped). Reconstruction's training loop runs under ``reusing_heap()``
+for the same reason (BRECQ's first Lite1 block: 6 CPU-s for 40 steps on the heap, 39 with every
+buffer mapped); its live memory is small (windows), and the heap is trimmed after it. Set ``EDGEQUANT_MALLOC=default`` to leave glibc alone.
 Elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
@@ -57,12 +59,30 @@ def bounded_heap() -> Iterator[None]:
     try:
         yield
     finally:
+        global _applied
         libc = _libc()
         if libc is not None:
             libc.mallopt(M_MMAP_THRESHOLD, CEILING_BYTES)
             libc.malloc_trim(0)
+        _applied = False
 
 
 def applied() -> bool | None:
     """Whether ``bound_heap`` took effect (None: not called)."""
     return _applied
+
+
+@contextmanager
+def reusing_heap() -> Iterator[None]:
+    """Inside a ``bounded_heap``: buffers come from the heap again (many same-sized per-step
+    buffers of a training loop), trimmed and bounded again after."""
+    libc = _libc() if _applied else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, CEILING_BYTES)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)
+        libc.malloc_trim(0)

@@ -19,7 +19,7 @@ random masks), 25-53 s for AdaRound, and digits_cnn 4-16 s (``bench/ptq_reconstr
 sample, so without limits plan hours. Two limits make it minutes (``window.py``, ``ReconConfig``): each step
 trains on a random spatial window of at most ``window`` (784 = 28x28) output positions per sample
 (exact crop with the receptive-field halo, unbiased loss; maps no larger train whole), and each
-layer / unit stops after ``cpu_budget`` CPU-seconds of training (``DEFAULT_CPU_BUDGET``: 10 per
+layer / unit stops after ``cpu_budget`` CPU-seconds of training (``DEFAULT_CPU_BUDGET``: 15 per
 AdaRound layer, 100 per BRECQ unit; the step count is fixed after timing the first 5 steps, never
 below 50, and the beta / learning-rate schedules run over that count); the steps each layer / unit
 got are in ``program.meta["reconstruct"]`` (``iterations``, ``layer_iterations``). Below ~500 steps per unit 2-bit weights do not
@@ -44,7 +44,7 @@ DEFAULT_ITERATIONS = {"adaround": 300, "brecq": 1000}  # see the module docstrin
 # CPU-seconds of training per AdaRound layer / BRECQ unit: binds only where a step is costly (an
 # ImageNet-size net: EfficientNet-Lite1 has 65 layers, 21 units; targets 10 / 20 min on 2 cores);
 # the digits-size nets finish their steps far inside it, so they train exactly as before.
-DEFAULT_CPU_BUDGET = {"adaround": 10.0, "brecq": 100.0}
+DEFAULT_CPU_BUDGET = {"adaround": 15.0, "brecq": 100.0}
 
 
 def make_recipe(weight_bits: int, act_bits: int, method: str = "brecq", qdrop: float = 0.0, name: str | None = None,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import RecipeError
+from ..heap import reusing_heap
 from ..ir import Graph, Node
 from ..lowbit.edges import node_bits
 from ..qmath import QParams
@@ -120,7 +121,8 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         wb, _ = node_bits(g, recipe, n)  # overrides and the first/last-layer rule, as lowering does
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
-    res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
+    with reusing_heap():  # per-step training buffers: reuse the heap (heap.py measured why)
+        res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
     act_qp.update(res.act_qp)  # learned activation steps: the grids lower() gives the program (in place, as lowbit_step)
     for n in g.nodes:
         if n.name in res.weights:
