@@ -28,7 +28,7 @@ PTQ_STEPS.append(lowbit_step)  # first/last-layer widths, bias correction (recip
 
 def float_param_bytes(graph: Graph) -> int:
     """fp32 bytes of the (BN-folded) weights and biases: the baseline for size ratios."""
-    return int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
+    return int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear", "rnn") for v in n.params.values()))
 
 
 def _check_reconstruction_ops(r: Recipe, graph: Graph) -> None:
