@@ -206,6 +206,8 @@ def intercept(ctx: _Ctx, fx) -> bool:
 
     stacks, tm = _views(ctx)
     t = fx.target
+    if t is torch.ops.edgequant.rnn.default:
+        return False
     if t in _SHAPE_CONSTS:  # torch.zeros(L, N, H) as an initial state: a constant (capture folds what uses it)
         ctx.consts[fx.name] = torch.full(_shape(fx), _SHAPE_CONSTS[t])
         return True
@@ -217,6 +219,10 @@ def intercept(ctx: _Ctx, fx) -> bool:
             stacks[fx.name] = [ctx.ref(a, fx) for a in items]
             return True
         return False
+    if (t is aten.unsqueeze.default and int(fx.args[1]) == 0 and args and not ctx.is_const(args[0])
+            and args[0].name not in stacks and args[0].name not in tm):  # h.unsqueeze(0): a stack of one (an initial state)
+        stacks[fx.name] = [ctx.ref(args[0], fx)]
+        return True
     if t in _TRANSPOSES and args and _swaps01(fx) and not ctx.is_const(args[0]):
         src = args[0].name
         if src in tm:  # back to batch-first
@@ -260,7 +266,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
         elif t in (aten.detach.default, aten.clone.default, aten.contiguous.default, aten.alias.default):
             stacks[fx.name] = items
         else:
-            raise _refuse(fx, "the stacked final states h_n/c_n (layers*directions, N, H)")
+            raise _refuse(fx, "a stack of per-sample tensors along dim 0 (h_n/c_n (layers*directions, N, H), or x.unsqueeze(0))")
         return True
     real = tm[src.name]
     shape = _item_shape(ctx, real)

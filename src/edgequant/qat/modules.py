@@ -159,7 +159,7 @@ class QATGemm(nn.Module):
                 self.wfq.scale_for(w).detach().cpu().numpy().astype(np.float32))
 
 
-NO_QAT_OPS = ("matmul", "softmax", "layernorm", "transpose", "const")  # post-training recipes only
+NO_QAT_OPS = ("matmul", "softmax", "layernorm", "transpose", "const", "rnn")  # post-training recipes only
 
 
 class QATModel(nn.Module):
