@@ -6,10 +6,10 @@ standard operators, exactly as the interpreter computes it in its ``rounding="on
 * sums: MatMulInteger (uint8/int8 activations x int8 weights, exact int32), int32 bias Add;
 * requantization: Cast to float32, Mul by the float32 multiplier, Round (half to even), Clip --
   what ONNX Runtime does for every requantization, and what the interpreter's mode emulates;
-* the 513-entry gate tables: Floor/Sub give the index and the 7-bit offset, Gather the two entries,
-  and the interpolation ``(slope * offset + 64) >> 7`` is a Floor -- exact in float32 (|values| < 2^24);
-* products of two Q0.15 values (cell update, GRU gates) in float64, where they are exact, with
-  gemmlowp's RoundingDivideByPOT as ``sign(v) * floor(|v| / 2^e + 1/2)``.
+* the gate tables: the interpolated 513-entry tables are a function of the int16 input, so the file
+  holds their values at all 65536 inputs (int16) and a lookup is one Gather;
+* products of two Q0.15 values (cell update, GRU gates) in int32, where they fit, with gemmlowp's
+  RoundingDivideByPOT as ``(v + sign(v) 2^(e-1)) / 2^e`` (Div truncates toward zero).
 
 So ONNX Runtime reproduces the interpreter bit for bit (tested). The input projection of all steps
 is one MatMulInteger; the T steps are unrolled (T is the captured sequence length). ``rnn_dyn``
@@ -21,13 +21,16 @@ import numpy as np
 from onnx import TensorProto
 
 from ..kernels.rnn import multipliers
-from ..kernels.rnn_lut import LUTS
+from ..kernels.rnn_lut import LUTS, lut_lookup
 from ..program import Instr
 from .onnx_float import _float_param
 from .onnx_graph import OnnxBuilder
 from .onnx_qdq import Emitter
 
-F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
+F32 = TensorProto.FLOAT
+
+
+I32 = TensorProto.INT32
 
 
 class _Steps:
@@ -45,40 +48,41 @@ class _Steps:
     def cast(self, x: str, to: int) -> str:
         return self.op("Cast", x, to=to)
 
-    def clip(self, x: str, lo: float, hi: float, dtype=np.float32) -> str:
+    def clip(self, x: str, lo, hi, dtype=np.int32) -> str:
         return self.op("Clip", x, self.c(lo, dtype), self.c(hi, dtype))
 
-    def requant(self, acc_f32: str, mult_f32: np.ndarray, zp: int, lo: int, hi: int) -> str:
-        """round_half_even(acc * M) + zp, clamped: ONNX Runtime's requantization (float32)."""
-        y = self.op("Round", self.op("Mul", acc_f32, self.c(mult_f32)))
+    def requant(self, acc: str, mult_f32: np.ndarray, zp: int, lo: int, hi: int) -> str:
+        """int32 -> round_half_even(float32(acc) * M) + zp, clamped, as int32: ONNX Runtime's requantization."""
+        y = self.op("Round", self.op("Mul", self.cast(acc, F32), self.c(mult_f32)))
         if zp:
             y = self.op("Add", y, self.c(float(zp)))
-        return self.clip(y, lo, hi)
+        return self.cast(self.clip(y, float(lo), float(hi), np.float32), I32)
 
-    def rdp(self, v64: str, e: int) -> str:
-        """gemmlowp RoundingDivideByPOT on exact integers held in float64 (ties away from zero)."""
+    def rdp(self, v: str, e: int) -> str:
+        """gemmlowp RoundingDivideByPOT of int32 ``v``: ``(v + sign(v) 2^(e-1)) / 2^e`` with Div's
+        truncation toward zero (ties away from zero; no operand leaves int32 in this kernel)."""
         if e == 0:
-            return v64
-        r = self.op("Floor", self.op("Add", self.op("Mul", self.op("Abs", v64), self.c(2.0**-e, np.float64)),
-                                     self.c(0.5, np.float64)))
-        return self.op("Mul", self.op("Sign", v64), r)
+            return v
+        half = self.op("Mul", self.op("Sign", v), self.c(1 << (e - 1), np.int32))
+        return self.op("Div", self.op("Add", v, half), self.c(1 << e, np.int32))
 
-    def lut(self, v: str, offsets: np.ndarray | None, fn: str = "") -> str:
-        """Interpolated table lookup of int16 values held in float32; ``offsets`` (per last-dim column,
-        0 = sigmoid, 513 = tanh) picks the table when several gates are looked up at once."""
-        table = self.b.const(f"{self.p}_luts", np.concatenate([LUTS["sigmoid"], LUTS["tanh"]]).astype(np.float32))
-        hi = self.op("Floor", self.op("Mul", v, self.c(1.0 / 128)))  # v >> 7
-        off = self.op("Sub", v, self.op("Mul", hi, self.c(128.0)))  # v & 0x7f
-        base_off = 256.0 + (513.0 if fn == "tanh" else 0.0)
-        idx = self.op("Add", hi, self.c(base_off))
-        if offsets is not None:
-            idx = self.op("Add", idx, self.c(offsets.astype(np.float32)))
-        idx = self.cast(idx, TensorProto.INT64)
-        base = self.op("Gather", table, idx)
-        nxt = self.op("Gather", table, self.op("Add", idx, self.c(1, np.int64)))
-        slope = self.op("Sub", nxt, base)
-        delta = self.op("Floor", self.op("Mul", self.op("Add", self.op("Mul", slope, off), self.c(64.0)), self.c(1.0 / 128)))
-        return self.op("Add", base, delta)
+    def table(self) -> str:
+        """sigmoid then tanh at every int16 input (the interpolated 513-entry tables expanded: one
+        Gather per lookup), stored int16 and widened by a Cast that ONNX Runtime folds at load."""
+        key = "_rnn_tables"
+        if key not in self.b.__dict__:
+            v = np.arange(-32768, 32768, dtype=np.int64)
+            full = np.concatenate([lut_lookup(v, LUTS["sigmoid"]), lut_lookup(v, LUTS["tanh"])]).astype(np.int16)
+            t16 = self.b.const("rnn_gate_tables", full, share=False)
+            self.b.__dict__[key] = self.b.node("Cast", [t16], name="rnn_gate_tables_widen", to=I32)[0]
+        return self.b.__dict__[key]
+
+    def lut(self, v: str, offsets: np.ndarray | None = None, fn: str = "sigmoid") -> str:
+        """Table lookup of int16 values held in int32; ``offsets`` (per column: 0 sigmoid, 65536 tanh)
+        looks several gates up at once."""
+        base = 32768 + (65536 if fn == "tanh" else 0)
+        idx = self.op("Add", v, self.c(base + offsets if offsets is not None else base, np.int32))
+        return self.op("Gather", self.table(), idx)
 
     def split(self, x: str, parts: int) -> list[str]:
         outs = [self.b.fresh(f"{self.p}_part") for _ in range(parts)]
@@ -110,50 +114,47 @@ def rnn(b: OnnxBuilder, ins: Instr) -> None:
     m = multipliers(ins, float(qx.scale))
     w = ar["weight"]
     w_ih, w_hh = w[:, : w.shape[1] - hid], w[:, w.shape[1] - hid:]
-    act, off = b.act, float(b.act.offset)
+    act = b.act
     _, zx = b.qparams(x)
-    zh = b.const(f"{s.p}_hzp", int(a["h_zero_point"]) + act.offset, act.np_dtype)
-    acc = s.op("MatMulInteger", x, s.c(np.ascontiguousarray(w_ih.T), np.int8), zx)  # (N, T, G*H) int32
-    acc = s.op("Add", acc, s.c(ar["bias"], np.int32))
-    xp = s.requant(s.cast(acc, F32), m["x_f32"], 0, -32768, 32767)
+    zh_int = int(a["h_zero_point"])
+    zh = b.const(f"{s.p}_hzp", zh_int + act.offset, act.np_dtype)
+    acc = s.op("Add", s.op("MatMulInteger", x, s.c(np.ascontiguousarray(w_ih.T), np.int8), zx), s.c(ar["bias"], np.int32))
+    xp = s.requant(acc, m["x_f32"], 0, -32768, 32767)  # (N, T, G*H) Q3.12
     w_hh_t = s.c(np.ascontiguousarray(w_hh.T), np.int8)
     h = b.const(f"{s.p}_h0", (ar["h0"].astype(np.int16) + act.offset).astype(act.np_dtype).reshape(1, hid))
-    state = s.c(ar["s0"].astype(np.float64).reshape(1, hid), np.float64)
+    state = s.c(ar["s0"].reshape(1, hid), np.int32)
     cf = int(a.get("cell_frac", 15))
-    gates = np.zeros(4 * hid if cell == "lstm" else 2 * hid, np.float32)
+    offsets = np.zeros(4 * hid if cell == "lstm" else 2 * hid, np.int32)
     if cell == "lstm":
-        gates[2 * hid:3 * hid] = 513.0  # g is a tanh, i/f/o sigmoids
+        offsets[2 * hid:3 * hid] = 65536  # g is a tanh; i, f, o are sigmoids
+
+    def to_act(v: str) -> str:
+        return s.cast(s.op("Add", v, s.c(act.offset, np.int32)) if act.offset else v, act.elem_type)
+
     outs: dict[int, str] = {}
     for t in _order(ins, t_len):
         acc_h = s.op("MatMulInteger", h, w_hh_t, zh)
         if "bias_h" in ar:
             acc_h = s.op("Add", acc_h, s.c(ar["bias_h"], np.int32))
-        hp = s.requant(s.cast(acc_h, F32), m["h_f32"], 0, -32768, 32767)
+        hp = s.requant(acc_h, m["h_f32"], 0, -32768, 32767)
         px = s.step_at(xp, t)
         if cell == "lstm":
-            act_g = s.lut(s.clip(s.op("Add", px, hp), -32768, 32767), gates)
-            i, f, g, o = (s.cast(v, F64) for v in s.split(act_g, 4))
-            state = s.clip(s.op("Add", s.rdp(s.op("Mul", f, state), 15), s.rdp(s.op("Mul", i, g), 30 - cf)),
-                           -32768, 32767, np.float64)
-            c312 = s.rdp(state, cf - 12) if cf > 12 else s.clip(s.op("Mul", state, s.c(2.0**(12 - cf), np.float64)),
-                                                                  -32768, 32767, np.float64)
-            tc = s.lut(s.cast(c312, F32), None, "tanh")
-            prod = s.cast(s.op("Mul", o, s.cast(tc, F64)), F32)
-            h_int = s.requant(prod, m["out_f32"], int(a["h_zero_point"]), -128, 127)
+            i, f, g, o = s.split(s.lut(s.clip(s.op("Add", px, hp), -32768, 32767), offsets), 4)
+            state = s.clip(s.op("Add", s.rdp(s.op("Mul", f, state), 15), s.rdp(s.op("Mul", i, g), 30 - cf)), -32768, 32767)
+            c312 = s.rdp(state, cf - 12) if cf > 12 else s.clip(s.op("Mul", state, s.c(1 << (12 - cf), np.int32)),
+                                                                 -32768, 32767)
+            h_int = s.requant(s.op("Mul", o, s.lut(c312, fn="tanh")), m["out_f32"], zh_int, -128, 127)
         else:
-            px_rz, px_n = s.cols(px, 0, 2 * hid), s.cols(px, 2 * hid, 3 * hid)
-            hp_rz, hp_n = s.cols(hp, 0, 2 * hid), s.cols(hp, 2 * hid, 3 * hid)
-            r, z = (s.cast(v, F64) for v in s.split(s.lut(s.clip(s.op("Add", px_rz, hp_rz), -32768, 32767), gates), 2))
-            npre = s.clip(s.op("Add", s.cast(px_n, F64), s.rdp(s.op("Mul", r, s.cast(hp_n, F64)), 15)), -32768, 32767,
-                          np.float64)
-            n64 = s.cast(s.lut(s.cast(npre, F32), None, "tanh"), F64)
-            state = s.clip(s.op("Add", n64, s.rdp(s.op("Mul", z, s.op("Sub", state, n64)), 15)), -32768, 32767, np.float64)
-            h_int = s.requant(s.cast(state, F32), m["out_f32"], int(a["h_zero_point"]), -128, 127)
-        h = s.cast(s.op("Add", h_int, s.c(off)), act.elem_type) if off else s.cast(h_int, act.elem_type)
+            r, z = s.split(s.lut(s.clip(s.op("Add", s.cols(px, 0, 2 * hid), s.cols(hp, 0, 2 * hid)), -32768, 32767)), 2)
+            npre = s.clip(s.op("Add", s.cols(px, 2 * hid, 3 * hid), s.rdp(s.op("Mul", r, s.cols(hp, 2 * hid, 3 * hid)), 15)),
+                          -32768, 32767)
+            n_ = s.lut(npre, fn="tanh")
+            state = s.clip(s.op("Add", n_, s.rdp(s.op("Mul", z, s.op("Sub", state, n_)), 15)), -32768, 32767)
+            h_int = s.requant(state, m["out_f32"], zh_int, -128, 127)
+        h = to_act(h_int)
         if a.get("output") == "c":
             qo = b.program.tensors[ins.output].qparams
-            y = s.requant(s.cast(state, F32), m["cell_f32"], int(qo.zero_point), int(qo.qmin), int(qo.qmax))
-            outs[t] = s.cast(s.op("Add", y, s.c(off)), act.elem_type) if off else s.cast(y, act.elem_type)
+            outs[t] = to_act(s.requant(state, m["cell_f32"], int(qo.zero_point), int(qo.qmin), int(qo.qmax)))
         else:
             outs[t] = h
     s.stack([outs[t] for t in range(t_len)], ins.output)

@@ -66,10 +66,20 @@ def multipliers(instr, s_x: float) -> dict[str, np.ndarray]:
     return out
 
 
+class _Requant:
+    """One requantization (``qmath.requantize``), its Q31 multipliers computed once per call."""
+
+    def __init__(self, real, real_f32, rounding: str) -> None:
+        self.m0, self.shift = qmath.quantize_multiplier(real)
+        self.real_f32, self.rounding = real_f32, rounding
+
+    def __call__(self, acc, zp: int, lo: int, hi: int) -> np.ndarray:
+        return qmath.requantize(acc, m0=self.m0, shift=self.shift, real_multiplier=self.real_f32, zero_point=zp,
+                                qmin=lo, qmax=hi, rounding=self.rounding).astype(np.int64)
+
+
 def _requant(acc, real, real_f32, zp: int, lo: int, hi: int, rounding: str) -> np.ndarray:
-    m0, shift = qmath.quantize_multiplier(real)
-    return qmath.requantize(acc, m0=m0, shift=shift, real_multiplier=real_f32, zero_point=zp, qmin=lo, qmax=hi,
-                            rounding=rounding).astype(np.int64)
+    return _Requant(real, real_f32, rounding)(acc, zp, lo, hi)
 
 
 def _sat16(v: np.ndarray) -> np.ndarray:
@@ -111,12 +121,14 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     sig, tanh = LUTS["sigmoid"], LUTS["tanh"]
     cf = int(a.get("cell_frac", 15))
     out = np.empty((n, t_len, hid), np.int8)
+    rq_h, rq_out = _Requant(m["h"], m["h_f32"], rounding), _Requant(m["out"], m["out_f32"], rounding)
+    rq_c = _Requant(m["cell"], m["cell_f32"], rounding) if a.get("output") == "c" else None
     steps = range(t_len - 1, -1, -1) if a["reverse"] else range(t_len)
     for t in steps:
         acc_h = exact_matmul(h.astype(np.int8), w_hh_t, w_hh_f) - zh * w_hh_sum
         if bias_h is not None:
             acc_h = acc_h + bias_h.astype(np.int64)
-        hp = _requant(acc_h, m["h"], m["h_f32"], 0, INT16_MIN, INT16_MAX, rounding)  # (N, G*H) Q3.12
+        hp = rq_h(acc_h, 0, INT16_MIN, INT16_MAX)  # (N, G*H) Q3.12
         px = xp[:, t]
         if cell == "lstm":
             pre = _sat16(px + hp)
@@ -124,16 +136,16 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
             g, o = lut_lookup(pre[:, 2 * hid:3 * hid], tanh), lut_lookup(pre[:, 3 * hid:], sig)
             state = _sat16(_rdp(f * state, 15) + _rdp(i * g, 30 - cf))
             tc = lut_lookup(_to_q312(state, cf), tanh)
-            h = _requant(o * tc, m["out"], m["out_f32"], zh, -128, 127, rounding)
+            h = rq_out(o * tc, zh, -128, 127)
         else:
             r = lut_lookup(_sat16(px[:, :hid] + hp[:, :hid]), sig)
             z = lut_lookup(_sat16(px[:, hid:2 * hid] + hp[:, hid:2 * hid]), sig)
             nn_ = lut_lookup(_sat16(px[:, 2 * hid:] + _rdp(r * hp[:, 2 * hid:], 15)), tanh)
             state = _sat16(nn_ + _rdp(z * (state - nn_), 15))
-            h = _requant(state, m["out"], m["out_f32"], zh, -128, 127, rounding)
+            h = rq_out(state, zh, -128, 127)
         if a.get("output") == "c":
             qo = ctx.qp(instr.output)
-            out[:, t] = _requant(state, m["cell"], m["cell_f32"], int(qo.zero_point), qo.qmin, qo.qmax, rounding)
+            out[:, t] = rq_c(state, int(qo.zero_point), qo.qmin, qo.qmax)
         else:
             out[:, t] = h
     return out
