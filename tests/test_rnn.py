@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import edgequant as eq
+from edgequant import interpreter
 from edgequant.capture import capture
 from edgequant.errors import ExportError, UnsupportedOpError
 from edgequant.graph_exec import GraphModule
@@ -217,14 +218,41 @@ def test_initial_state_from_the_input_is_refused():
         eq.quantize(FromInput().eval(), "w8a8-pc", [_x(4)])
 
 
-def test_tflite_and_qat_refuse_recurrent_layers():
+def test_tflite_refuses_recurrent_layers():
     m = _model(Last("lstm"))
-    x = _x(16)
-    q = eq.quantize(m, "w8a8-pc", [x])
+    q = eq.quantize(m, "w8a8-pc", [_x(16)])
     with pytest.raises(ExportError, match="recurrent LSTM.*TFLite.*ONNX"):
         q.export("/tmp/never.tflite", format="tflite")
-    with pytest.raises(UnsupportedOpError, match="quantization-aware training does not support rnn"):
-        eq.qat.prepare(m, "w8a8-pc", [x])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_qat_trains_and_converts_to_the_same_program(cell):
+    m = _model(Last(cell, bidirectional=cell == "gru"))
+    x, y = _x(64), torch.randint(0, 5, (64,), generator=torch.Generator().manual_seed(3))
+    qm = eq.qat.prepare(m, "w4a4-qat", [x])
+    opt = torch.optim.Adam(qm.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(qm(x), y)
+        loss.backward()
+        opt.step()
+    assert qm.rnns[next(iter(qm.rnns))].w_ih.grad is not None
+    qm.eval()
+    with torch.no_grad():
+        y_qat = qm(x).numpy()
+    q = eq.qat.convert(qm)
+    np.testing.assert_allclose(q.run(x.numpy()), y_qat, atol=1e-6)  # the QAT forward is the program's value
+
+
+def test_hidden_state_stays_in_its_activation_width():
+    m = _model(Last("lstm"))
+    x = _x(32)
+    q = eq.quantize(m, "w4a4", [x])
+    seen = []
+    interpreter.run(q.program, x.numpy(), trace=lambda ins, v: seen.append((ins, v)) if ins.op == "rnn" else None)
+    (ins, v), = seen
+    qp = q.program.tensors[ins.output].qparams
+    assert qp.bits == 4 and v.min() >= qp.qmin and v.max() <= qp.qmax
 
 
 def test_users_model_is_untouched():

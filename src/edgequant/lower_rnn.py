@@ -36,7 +36,8 @@ def _weights(L: _Lowering, node: Node, bits: int) -> tuple[np.ndarray, np.ndarra
     out, extra = [], {}
     for key in ("w_ih", "w_hh"):
         w = node.params[key]
-        part = Node(f"{node.name}.{key}", "linear", [], {}, {"weight": w, "bias": np.zeros(w.shape[0], np.float32)},
+        learned = {"weight_scale": node.attrs[f"weight_scale_{key}"]} if f"weight_scale_{key}" in node.attrs else {}  # QAT
+        part = Node(f"{node.name}.{key}", "linear", [], learned, {"weight": w, "bias": np.zeros(w.shape[0], np.float32)},
                     (node.shape[0], w.shape[0]), node.module)
         q, s, attrs = quantize_weight_ex(part, L.recipe, bits)
         out += [q.astype(np.int8), s.astype(np.float32)]
@@ -72,9 +73,9 @@ def _s_rnn(L: _Lowering, node: Node) -> None:
     p = node.params
     arrays = {"weight": np.concatenate([wi, wh], axis=1), "w_scale_ih": si, "w_scale_hh": sh}
     h0 = np.asarray(p["h0"], np.float64).reshape(-1)
-    arrays["h0"] = np.clip(qmath.round_half_away(h0 / float(s_h)) + zh, -128, 127).astype(np.int8)
+    arrays["h0"] = np.clip(qmath.round_half_away(h0 / float(s_h)) + zh, qh.qmin, qh.qmax).astype(np.int8)
     attrs = {"cell": cell, "reverse": bool(node.attrs["reverse"]), "output": node.attrs["output"], "hidden": hid,
-             "h_scale": float(s_h), "h_zero_point": zh, "weight_bits": wb, "per_channel": bool(L.recipe.weights.per_channel),
+             "h_scale": float(s_h), "h_zero_point": zh, "h_qmin": int(qh.qmin), "h_qmax": int(qh.qmax), "weight_bits": wb, "per_channel": bool(L.recipe.weights.per_channel),
              **w_attrs}
     if cell == "lstm":
         cf = cell_frac(node)

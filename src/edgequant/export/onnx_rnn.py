@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from ..kernels.rnn import multipliers
+from ..kernels.rnn import h_bounds, multipliers
 from ..kernels.rnn_lut import LUTS, lut_lookup
 from ..program import Instr
 from .onnx_float import _float_param
@@ -143,14 +143,14 @@ def rnn(b: OnnxBuilder, ins: Instr) -> None:
             state = s.clip(s.op("Add", s.rdp(s.op("Mul", f, state), 15), s.rdp(s.op("Mul", i, g), 30 - cf)), -32768, 32767)
             c312 = s.rdp(state, cf - 12) if cf > 12 else s.clip(s.op("Mul", state, s.c(1 << (12 - cf), np.int32)),
                                                                  -32768, 32767)
-            h_int = s.requant(s.op("Mul", o, s.lut(c312, fn="tanh")), m["out_f32"], zh_int, -128, 127)
+            h_int = s.requant(s.op("Mul", o, s.lut(c312, fn="tanh")), m["out_f32"], zh_int, *h_bounds(ins))
         else:
             r, z = s.split(s.lut(s.clip(s.op("Add", s.cols(px, 0, 2 * hid), s.cols(hp, 0, 2 * hid)), -32768, 32767)), 2)
             npre = s.clip(s.op("Add", s.cols(px, 2 * hid, 3 * hid), s.rdp(s.op("Mul", r, s.cols(hp, 2 * hid, 3 * hid)), 15)),
                           -32768, 32767)
             n_ = s.lut(npre, fn="tanh")
             state = s.clip(s.op("Add", n_, s.rdp(s.op("Mul", z, s.op("Sub", state, n_)), 15)), -32768, 32767)
-            h_int = s.requant(state, m["out_f32"], zh_int, -128, 127)
+            h_int = s.requant(state, m["out_f32"], zh_int, *h_bounds(ins))
         h = to_act(h_int)
         if a.get("output") == "c":
             qo = b.program.tensors[ins.output].qparams

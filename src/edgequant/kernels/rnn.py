@@ -39,6 +39,11 @@ Q015 = 2.0**-15
 
 
 # -- constants derived from the stored scales --------------------------------------------------------
+def h_bounds(instr) -> tuple[int, int]:
+    """Integer range of the hidden state h (its activation width: [-128, 127] at 8 bits)."""
+    return int(instr.attrs.get("h_qmin", -128)), int(instr.attrs.get("h_qmax", 127))
+
+
 def _split(instr) -> tuple[np.ndarray, np.ndarray]:
     w = instr.arrays["weight"]
     i = w.shape[1] - int(instr.attrs["hidden"])
@@ -105,6 +110,7 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     cell, hid, rounding = a["cell"], int(a["hidden"]), ctx.rounding
     qx = ctx.qp(instr.inputs[0])
     zx, zh = int(qx.zero_point), int(a["h_zero_point"])
+    h_lo, h_hi = h_bounds(instr)
     m = multipliers(instr, float(qx.scale))
     w_ih, w_hh = _split(instr)
     n, t_len, i_dim = x.shape
@@ -136,13 +142,13 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
             g, o = lut_lookup(pre[:, 2 * hid:3 * hid], tanh), lut_lookup(pre[:, 3 * hid:], sig)
             state = _sat16(_rdp(f * state, 15) + _rdp(i * g, 30 - cf))
             tc = lut_lookup(_to_q312(state, cf), tanh)
-            h = rq_out(o * tc, zh, -128, 127)
+            h = rq_out(o * tc, zh, h_lo, h_hi)
         else:
             r = lut_lookup(_sat16(px[:, :hid] + hp[:, :hid]), sig)
             z = lut_lookup(_sat16(px[:, hid:2 * hid] + hp[:, hid:2 * hid]), sig)
             nn_ = lut_lookup(_sat16(px[:, 2 * hid:] + _rdp(r * hp[:, 2 * hid:], 15)), tanh)
             state = _sat16(nn_ + _rdp(z * (state - nn_), 15))
-            h = rq_out(state, zh, -128, 127)
+            h = rq_out(state, zh, h_lo, h_hi)
         if a.get("output") == "c":
             qo = ctx.qp(instr.output)
             out[:, t] = rq_c(state, int(qo.zero_point), qo.qmin, qo.qmax)
@@ -163,6 +169,7 @@ def rnn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
     cell, hid = a["cell"], int(a["hidden"])
     qx = ctx.qp(instr.inputs[0])
     s_x, s_h, zh = float(qx.scale), float(a["h_scale"]), int(a["h_zero_point"])
+    h_lo, h_hi = h_bounds(instr)
     w_ih, w_hh = _split(instr)
     ws_i = torch.as_tensor(instr.arrays["w_scale_ih"], dtype=dt)
     ws_h = torch.as_tensor(instr.arrays["w_scale_hh"], dtype=dt)
@@ -190,13 +197,13 @@ def rnn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
             g, o = q16(torch.tanh(pre[:, 2 * hid:3 * hid]), Q015), q16(torch.sigmoid(pre[:, 3 * hid:]), Q015)
             state = q16(q16(f * state, 2.0**-cf) + q16(i * g, 2.0**-cf), 2.0**-cf)
             tc = q16(torch.tanh(q16(state, Q312)), Q015)
-            h = _fq(o * tc, s_h, zh, -128, 127, ctx)
+            h = _fq(o * tc, s_h, zh, h_lo, h_hi, ctx)
         else:
             r = q16(torch.sigmoid(q16(px[:, :hid] + hp[:, :hid], Q312)), Q015)
             z = q16(torch.sigmoid(q16(px[:, hid:2 * hid] + hp[:, hid:2 * hid], Q312)), Q015)
             nn_ = q16(torch.tanh(q16(px[:, 2 * hid:] + q16(r * hp[:, 2 * hid:], Q312), Q312)), Q015)
             state = q16(nn_ + q16(z * (state - nn_), Q015), Q015)
-            h = _fq(state, s_h, zh, -128, 127, ctx)
+            h = _fq(state, s_h, zh, h_lo, h_hi, ctx)
         outs[t] = ctx.fq(state, instr.output) if a.get("output") == "c" else h
     return torch.stack(outs, dim=1)
 
