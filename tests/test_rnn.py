@@ -213,6 +213,11 @@ class FromInput(nn.Module):
         return y[:, -1]
 
 
+def test_reconstruction_recipes_refuse_recurrent_layers():
+    with pytest.raises(UnsupportedOpError, match=r"reconstruction does not support node .*\[rnn\]"):
+        eq.quantize(_model(Last("gru")), "w4a8-gptq", [_x(16)])
+
+
 def test_initial_state_from_the_input_is_refused():
     with pytest.raises(UnsupportedOpError, match="initial hidden state h0 is computed from the input"):
         eq.quantize(FromInput().eval(), "w8a8-pc", [_x(4)])
