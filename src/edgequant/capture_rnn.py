@@ -24,12 +24,14 @@ constants (zero, or learned parameters the same for every sample); ``proj_size``
 from __future__ import annotations
 
 import copy
+import operator
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .capture import HANDLERS, _Ctx, _module_path, _shape, aten
+from .capture_shape import _bounds, _slice_node  # capture imports capture_shape before this module
 from .errors import UnsupportedOpError
 from .ir import Node
 from .rnn_float import rnn_layer
@@ -200,10 +202,6 @@ def _item_index(k, n: int, fx) -> int:
 
 def intercept(ctx: _Ctx, fx) -> bool:
     """Handle ``fx`` if it makes or reads a virtual layout, or is a shape-only constant; True if done."""
-    import operator
-
-    from .capture_shape import _bounds, _slice_node
-
     stacks, tm = _views(ctx)
     t = fx.target
     if t is torch.ops.edgequant.rnn.default:
