@@ -168,6 +168,21 @@ def test_gate_tables_error_is_bounded_and_exact_at_the_samples():
     np.testing.assert_array_equal(lut_lookup(codes, LUTS["sigmoid"]), LUTS["sigmoid"][:512])
 
 
+def test_fast_requantization_equals_the_gemmlowp_spec():
+    from edgequant import qmath
+    from edgequant.kernels.rnn import _Requant
+
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.uniform(1e-4, 0.999, 60), [0.5, 2.0**-20, 0.25]])
+    rq = _Requant(real, real.astype(np.float32), "gemmlowp")
+    assert rq.fast
+    acc = rng.integers(-(1 << 22) + 1, 1 << 22, (500, real.size))
+    acc[:4] = [[1 << 21], [-(1 << 21)], [3], [-3]]  # exact halves after the shifts
+    m0, sh = qmath.quantize_multiplier(real)
+    want = qmath.requantize(acc, m0=m0, shift=sh, real_multiplier=real, zero_point=3, qmin=-32768, qmax=32767)
+    np.testing.assert_array_equal(rq(acc, 3, -32768, 32767), want)
+
+
 def test_artifact_round_trip(tmp_path):
     m = _model(Last("gru", num_layers=2))
     x = _x(32)
