@@ -186,6 +186,17 @@ def _swaps01(fx) -> bool:
     return (d0, d1) == (0, 1)
 
 
+_IDENTITY_VIEWS = (aten.detach.default, aten.clone.default, aten.contiguous.default, aten.alias.default)
+_READERS = {aten.select.int, aten.slice.Tensor, aten.squeeze.dim, aten.squeeze.dims, aten.unbind.int, operator.getitem,
+            *_TRANSPOSES, *_IDENTITY_VIEWS}
+
+
+def _read_virtually(fx) -> bool:
+    """Every user of ``fx`` is an op that reads a virtual layout (indexing, transposing back, the rnn op).
+    Why: a batch-moving transpose or ``unsqueeze(0)`` used any other way keeps capture's own error."""
+    return bool(fx.users) and all(u.target in _READERS or u.target is torch.ops.edgequant.rnn.default for u in fx.users)
+
+
 def _refuse(fx, what: str) -> UnsupportedOpError:
     return UnsupportedOpError(
         f"node '{fx.name}' in module '{_module_path(fx)}' ({fx.target}) uses {what}, whose batch is not in dim 0; "
@@ -218,7 +229,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
             return True
         return False
     if (t is aten.unsqueeze.default and int(fx.args[1]) == 0 and args and not ctx.is_const(args[0])
-            and args[0].name not in stacks and args[0].name not in tm):  # h.unsqueeze(0): a stack of one (an initial state)
+            and args[0].name not in stacks and args[0].name not in tm and _read_virtually(fx)):  # h.unsqueeze(0): a stack of one (an initial state)
         stacks[fx.name] = [ctx.ref(args[0], fx)]
         return True
     if t in _TRANSPOSES and args and _swaps01(fx) and not ctx.is_const(args[0]):
@@ -236,8 +247,10 @@ def intercept(ctx: _Ctx, fx) -> bool:
                 ctx.alias[fx.name] = names[0]
             else:
                 ctx.nodes.append(Node(fx.name, "cat", names, {"axis": 1}, {}, _shape(fx), _module_path(fx)))
-        else:  # a batch-first tensor seen time-major
+        elif _read_virtually(fx):  # a batch-first tensor seen time-major
             tm[fx.name] = ctx.ref(args[0], fx)
+        else:
+            return False  # capture's own error: the permutation moves the batch dim
         return True
     virtual = [a for a in args if a.name in stacks or a.name in tm]
     if not virtual:
@@ -261,7 +274,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
             stacks[fx.name] = list(items)  # getitem k below picks item k
         elif t is operator.getitem:
             ctx.alias[fx.name] = items[_item_index(fx.args[1], len(items), fx)]
-        elif t in (aten.detach.default, aten.clone.default, aten.contiguous.default, aten.alias.default):
+        elif t in _IDENTITY_VIEWS:
             stacks[fx.name] = items
         else:
             raise _refuse(fx, "a stack of per-sample tensors along dim 0 (h_n/c_n (layers*directions, N, H), or x.unsqueeze(0))")
@@ -282,7 +295,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
         sl = (shape[0], len(range(start, stop, step))) + shape[2:]
         ctx.nodes.append(_slice_node(f"{fx.name}.bf", real, 1, start, stop, step, sl, module))
         tm[fx.name] = f"{fx.name}.bf"
-    elif t in (aten.detach.default, aten.clone.default, aten.contiguous.default, aten.alias.default):
+    elif t in _IDENTITY_VIEWS:
         tm[fx.name] = real
     else:
         raise _refuse(fx, "a sequence-first (T, N, ...) tensor (batch_first=False)")
