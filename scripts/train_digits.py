@@ -20,6 +20,8 @@ RUNS = {  # name: (constructor, epochs, lr)
     "digits_cnn": (lambda: eq.models.digits_cnn(pretrained=False), 30, 3e-3),
     "resnet_digits": (lambda: eq.models.resnet_digits(pretrained=False), 30, 3e-3),
     "mobilenet_v2_digits": (lambda: eq.models.mobilenet_v2_digits(pretrained=False), 40, 3e-3),
+    "digits_lstm": (lambda: eq.models.digits_lstm(pretrained=False), 40, 1e-2),
+    "digits_gru": (lambda: eq.models.digits_gru(pretrained=False), 40, 1e-2),
 }
 
 

@@ -29,17 +29,17 @@ PTQ_STEPS.append(lowbit_step)  # first/last-layer widths, bias correction (recip
 
 def float_param_bytes(graph: Graph) -> int:
     """fp32 bytes of the (BN-folded) weights and biases: the baseline for size ratios."""
-    return int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
+    return int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear", "rnn") for v in n.params.values()))
 
 
 def _check_reconstruction_ops(r: Recipe, graph: Graph) -> None:
-    """Reconstruction (AdaRound/BRECQ) handles conv nets; refuse transformer layers by name up front."""
+    """Reconstruction (AdaRound/BRECQ/GPTQ) handles conv nets; refuse transformer and recurrent layers by name up front."""
     if r.option("reconstruct") is None:
         return
     from .errors import UnsupportedOpError
 
     for n in graph.nodes:
-        if n.op in ("matmul", "softmax", "layernorm", "transpose") or (n.op == "linear" and len(n.shape) > 2):
+        if n.op in ("matmul", "softmax", "layernorm", "transpose", "rnn") or (n.op == "linear" and len(n.shape) > 2):
             raise UnsupportedOpError(f"recipe {r.name!r}: reconstruction does not support {n.describe()} yet; "
                                      "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8' for this model")
 

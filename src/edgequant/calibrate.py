@@ -20,7 +20,7 @@ from .recipes import Recipe
 
 # Nodes whose output gets its own activation qparams; the others inherit their input's.
 # softmax is not observed: its output qparams are fixed (scale 1/2^bits, zero point qmin, TFLite's).
-OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean", "matmul", "layernorm")
+OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean", "matmul", "layernorm", "rnn")
 
 
 class CalibrationWarning(UserWarning):

@@ -536,7 +536,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     was_training = model.training
     model.eval()
     try:
-        ep = _export(batch_first_attention(model), example)  # nn.MultiheadAttention as plain batch-first ops
+        # nn.MultiheadAttention as plain batch-first ops; nn.LSTM/nn.GRU as one rnn op per layer-direction
+        ep = _export(capture_rnn.recurrent_ops(batch_first_attention(model)), example)
     finally:
         model.train(was_training)
     ctx = _Ctx(ep, example.shape[0])
@@ -561,7 +562,7 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         if fx.name not in live:  # its value never reaches the output (e.g. attention weights nobody reads)
             continue
         target = fx.target
-        if capture_shape.intercept(ctx, fx):  # constants folded, chunk/split and their items
+        if capture_rnn.intercept(ctx, fx) or capture_shape.intercept(ctx, fx):  # virtual h_n/time-major views; constants, splits
             continue
         if target in _IDENTITY or target is operator.getitem:
             if target is operator.getitem and fx.args[1] != 0:
@@ -597,3 +598,4 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
 
 
 from . import capture_shape  # noqa: E402  (registers slicing/upsampling/constant handlers into HANDLERS)
+from . import capture_rnn  # noqa: E402  (nn.LSTM/nn.GRU: the rnn op's handler and the virtual layouts)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .ir import Graph, Node
+from .rnn_float import rnn_layer
 from .unary import apply as apply_unary
 
 Hook = Callable[[Node, torch.Tensor], torch.Tensor]
@@ -82,6 +83,9 @@ SHAPE_OPS = {
     "slice": _slice_float,
     "upsample": lambda node, args, params: upsample_float(args[0], node.attrs),
     "const": lambda node, args, params: params["value"],
+    "rnn": lambda node, args, params: rnn_layer(node.attrs["cell"], args[0], params["w_ih"], params["w_hh"], params["b_ih"],
+                                                params["b_hh"], params["h0"], params.get("c0", params["h0"]),
+                                                node.attrs["reverse"], node.attrs["output"]),
 }
 
 

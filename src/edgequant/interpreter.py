@@ -28,7 +28,7 @@ from .qmath import check_rounding
 # Working memory one run may use on top of its input and output, by default (the interpreter's
 # budget is 512 MB of extra peak memory; the estimate below is conservative).
 DEFAULT_MEMORY_MB = 256
-_BATCH_WIDE_OPS = ("conv_dyn", "linear_dyn")  # activation range taken over the whole batch
+_BATCH_WIDE_OPS = ("conv_dyn", "linear_dyn", "rnn_dyn")  # activation range taken over the whole batch
 _ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "float16": 2, "float32": 4, "float64": 8}
 
 

@@ -28,6 +28,8 @@ Ops (attrs in brackets):
   upsample  [mode (nearest|bilinear), size (H, W), align_corners]  2-D resize of (N, C, H, W); nearest by
                                           whole factors only
   const     params value (1, ...)         a constant tensor, broadcast over the batch (no inputs)
+  rnn       [cell (lstm|gru), reverse, output (h|c), hidden]  params w_ih, w_hh, b_ih, b_hh, h0 (1,H), c0 (1,H,
+                                          lstm); one layer-direction over (N, T, I) -> (N, T, H) (capture_rnn)
 After ``fuse_activations`` a conv/linear/add may carry ``act=(lo, hi)``: its output is clamped.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .errors import CaptureError
 OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad",
        "matmul", "softmax", "layernorm", "transpose"}
 OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture_shape)
+OPS |= {"rnn"}  # one LSTM/GRU layer-direction (capture_rnn)
 
 
 @dataclass

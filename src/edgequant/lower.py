@@ -261,3 +261,4 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
 
 from . import lower_elementwise, lower_transformer  # noqa: E402,F401  (register unary/mul and transformer lowerings)
 from . import lower_shape  # noqa: E402,F401  (slice/upsample/const lowerings)
+from . import lower_rnn  # noqa: E402,F401  (LSTM/GRU layer-directions)

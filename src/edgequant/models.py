@@ -5,6 +5,9 @@
 * ``resnet`` -- ResNet with BasicBlocks (residual adds); ``resnet18()`` is the ImageNet shape,
   ``resnet_digits()`` a small one for 8x8 inputs.
 * ``mobilenet_v2`` -- inverted residuals, depthwise convs, ReLU6; ``mobilenet_v2_digits()`` small.
+* ``digits_lstm`` / ``digits_gru`` -- recurrent classifiers reading each 8x8 digit row by row (8 steps
+  of 8 features); ``pretrained=True`` loads the shipped weights ``scripts/train_digits.py`` reproduces.
+* ``sequence_rnn`` -- random-weight LSTM/GRU stacks of any size, for coverage and speed benches.
 """
 from __future__ import annotations
 
@@ -134,6 +137,49 @@ def mobilenet_v2_digits(pretrained: bool = False) -> MobileNetV2:
     cfg = ((1, 16, 1, 1), (4, 24, 2, 1), (4, 32, 2, 2), (4, 64, 2, 1))
     m = MobileNetV2(cfg, stem=16, last=128, in_ch=1, num_classes=10, stem_stride=1)
     return _load(m, "mobilenet_v2_digits") if pretrained else m.eval()
+
+
+class DigitsRNN(nn.Module):
+    """(N, 1, 8, 8) digits read as a sequence of 8 rows -> LSTM/GRU -> last step -> Linear."""
+
+    def __init__(self, cell: str = "lstm", hidden: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(8, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x.reshape(x.shape[0], 8, 8))  # (N, T=8, H)
+        return self.fc(y[:, -1])
+
+
+def digits_lstm(pretrained: bool = True) -> DigitsRNN:
+    m = DigitsRNN("lstm")
+    return _load(m, "digits_lstm") if pretrained else m.eval()
+
+
+def digits_gru(pretrained: bool = True) -> DigitsRNN:
+    m = DigitsRNN("gru")
+    return _load(m, "digits_gru") if pretrained else m.eval()
+
+
+class SequenceRNN(nn.Module):
+    """(N, T, features) -> LSTM/GRU stack -> last step -> Linear: a random-weight recurrent classifier."""
+
+    def __init__(self, cell: str = "lstm", features: int = 40, hidden: int = 256, layers: int = 1,
+                 bidirectional: bool = False, num_classes: int = 12) -> None:
+        super().__init__()
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(features, hidden, layers, batch_first=True,
+                                                          bidirectional=bidirectional)
+        self.fc = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])
+
+
+def sequence_rnn(cell: str = "lstm", seed: int = 0, **kw) -> SequenceRNN:
+    torch.manual_seed(seed)
+    return SequenceRNN(cell, **kw).eval()
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -13,7 +13,7 @@ import onnx
 
 from ..errors import ExportError
 from ..program import Program
-from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_shape, onnx_transformer
+from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_rnn, onnx_shape, onnx_transformer
 from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
 
 STYLES = {
@@ -22,6 +22,7 @@ STYLES = {
 }
 onnx_transformer.install(STYLES)  # matmul/softmax/layernorm/transpose; Linear on (N, ..., I) inputs
 onnx_shape.install(STYLES)  # slice, upsample, constants; cat with a constant input
+onnx_rnn.install(STYLES)  # LSTM/GRU layer-directions, unrolled
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 
 

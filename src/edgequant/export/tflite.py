@@ -455,6 +455,11 @@ EMITTERS = {
 def _check_recipe(program: Program) -> None:
     recipe = program.meta.get("recipe", {})
     mode, name = recipe.get("mode"), recipe.get("name", "?")
+    rnn = next((ins for ins in program.instrs if ins.op in ("rnn", "rnn_dyn", "rnn_f")), None)
+    if rnn is not None:  # issue 17: UNIDIRECTIONAL_SEQUENCE_LSTM / GRU emitters are not written yet
+        raise ExportError(f"layer '{rnn.node}' is a recurrent {rnn.attrs['cell'].upper()}, which edgequant does not export "
+                          "to TFLite yet (no UNIDIRECTIONAL_SEQUENCE_LSTM emitter); export it to ONNX (q.export('m.onnx'), "
+                          "bit-exact with the interpreter in ONNX Runtime) or run it with the interpreter (q.run)")
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")

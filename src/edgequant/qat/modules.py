@@ -30,6 +30,7 @@ from ..recipes import Recipe
 from .config import QATConfig
 from . import integer_twin as twin
 from .fake_quant import ActFakeQuant, WeightFakeQuant
+from .rnn import QATRnn, exact_output as rnn_exact
 
 GEMM_OPS = ("conv", "linear")
 _GRID_KEEPING = ("clamp", "pad", "maxpool", "avgpool", "reshape", "slice", "upsample")  # upsample: nearest only
@@ -172,6 +173,7 @@ class QATModel(nn.Module):
         self.config = cfg
         self.gemms = nn.ModuleDict()
         self.acts = nn.ModuleDict()
+        self.rnns = nn.ModuleDict()  # recurrent layer-directions (qat.rnn)
         self._key: dict[str, str] = {}
         self._grid: dict[str, str] = {}  # node -> the node whose quantizer defines its integer grid
         raw_by = raw.by_name()
@@ -191,6 +193,8 @@ class QATModel(nn.Module):
                 bn = folded_batchnorm(raw, rc) if rc is not None and rc.op in GEMM_OPS else None
                 wb, _ = node_bits(prepared, recipe, n)  # overrides and the first/last-layer rule, as lower
                 self.gemms[self._key[n.name]] = QATGemm(n, rc, bn, wb, bool(recipe.weights.per_channel), cfg)
+            if n.op == "rnn":
+                self.rnns[self._key[n.name]] = QATRnn(n, node_bits(prepared, recipe, n)[0], bool(recipe.weights.per_channel), cfg)
             if n.op in OBSERVED_OPS:
                 self.acts[self._key[n.name]] = ActFakeQuant(act_qp[n.name], cfg.act_range, recipe.activations.symmetric,
                                                             cfg.ema_momentum)
@@ -213,6 +217,8 @@ class QATModel(nn.Module):
                 y = self._input(x.float(), self.acts[self._key[n.name]], rounding)
             elif n.op in GEMM_OPS:
                 y = self.gemm(n.name)(args[0], self.act_quantizer(n.inputs[0]), self.acts[self._key[n.name]], rounding)
+            elif n.op == "rnn":
+                y = self._rnn(n, args[0], rounding)
             elif n.op == "clamp":  # bounds snap onto the input grid, as the integer clamp does
                 lo, hi = self.act_quantizer(n.inputs[0]).real_bounds(n.attrs["lo"], n.attrs["hi"])
                 y = torch.clamp(args[0], lo, hi)
@@ -262,6 +268,15 @@ class QATModel(nn.Module):
             q = twin.run_program_op(self.graph, n, self.recipe, qs, out_qp, rounding)
         return self._snap(y_fq, q, (so, zo))
 
+    def _rnn(self, n: Node, x: torch.Tensor, rounding: str | None) -> torch.Tensor:
+        mod, out_q = self.rnns[self._key[n.name]], self.acts[self._key[n.name]]
+        y_fq = mod(x, out_q)
+        if rounding is None:
+            return y_fq
+        with torch.no_grad():
+            q = rnn_exact(self.graph, mod, self.recipe, x, self.act_quantizer(n.inputs[0]), out_q, rounding)
+        return self._snap(y_fq, q, out_q.grid())
+
     # -- what convert reads --------------------------------------------------------------------
     def activation_qparams(self) -> dict[str, QParams]:
         return {name: self.acts[self._key[name]].qparams() for name in self._key if name in self._grid and self._grid[name] == name}
@@ -275,6 +290,9 @@ class QATModel(nn.Module):
                 w, b, s = self.gemm(n.name).quantized_params()
                 n.params = {"weight": w, "bias": b}
                 n.attrs["weight_scale"] = [float(v) for v in s]
+            elif n.op == "rnn":
+                t = self.rnns[self._key[n.name]].trained_node()
+                n.params, n.attrs = t.params, t.attrs
         return g
 
     def freeze_bn(self) -> "QATModel":

@@ -353,7 +353,9 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
         score.y = base_logits.argmax(1)
         raw = metric_fn(base_logits, score.y)
     score.fix_scale(raw)
-    fp32_bytes = int(sum(4 * v.size for n in graph.nodes if n.op in ("conv", "linear") for v in n.params.values()))
+    from ..api import float_param_bytes
+
+    fp32_bytes = float_param_bytes(graph)  # conv/linear/rnn weights, as QuantizedModel.float_size_bytes
     baseline = {"recipe": "fp32 (torch)", "accuracy": score(base_logits), "size_bytes": fp32_bytes,
                 "latency_ms": torch_ms, "runtime": "torch"}
     notes += _chance_note(metric_name, base_logits, baseline["accuracy"])
