@@ -170,3 +170,34 @@ def test_table_cache_is_reused(digits, digits_model, tmp_path):
     assert json.loads(cache.read_text())["table"]["noise"]
     b = eq.search(digits_model, calib, search_half, widths=(8, 2), cache=str(cache), **SMALL)
     assert any(c.get("cached") for c in b.trace) and b.recipe == a.recipe
+
+
+def test_sweep_mixed_row(tmp_path):
+    from edgequant import cli
+
+    out = tmp_path / "run"
+    code = cli.main(["sweep", "--recipes", "w8a8-pc,w4a8", "--mixed", "size", "--mixed-widths", "8,4,2,1",
+                     "--no-sensitivity", "--quiet", "--repeats", "1", "--latency-batch", "16", "--out", str(out)])
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text())
+    rows = {r["recipe"]: r for r in rep["rows"]}
+    mx = rows["mixed-size"]
+    assert mx["status"] == "ok" and mx["mixed"] and mx["drop"] <= 1.0
+    assert mx["size_bytes"] < rows["w4a8"]["size_bytes"] and mx["pareto_size"]  # on the frontier
+    assert rep["answer"]["smallest"]["recipe"] == "mixed-size"  # eligible for the answer, and it is the answer
+    assert [l["module"] for l in rep["mixed"]["layers"]] == ["features.0.0", "features.1.0", "features.3.0",
+                                                              "classifier.1", "classifier.4"]
+    back = eq.load(rep["answer"]["smallest"]["artifact"])
+    assert [(o.weight_bits, o.act_bits) for o in back.recipe.overrides] == \
+        [(l["weight_bits"], l["act_bits"]) for l in rep["mixed"]["layers"]]
+    assert (out / "layers.png").stat().st_size > 1000 and "Mixed precision" in (out / "report.md").read_text()
+
+
+def test_sweep_mixed_row_without_an_answer_fails_alone():
+    from edgequant.sweep import SweepConfig, run_sweep
+
+    res = run_sweep(SweepConfig(recipes=["w8a8-pc"], mixed="size", mixed_widths=(1,), budget=0.0, sensitivity=False,
+                                repeats=1, latency_batch=8, save=False))
+    rows = {r["recipe"]: r for r in res.report["rows"]}
+    assert rows["w8a8-pc"]["status"] == "ok"
+    assert rows["mixed-size"]["status"] == "failed" and "BudgetError" in rows["mixed-size"]["error"]

@@ -106,6 +106,8 @@ def search(model: torch.nn.Module, calib: Iterable, eval: Iterable, budget: floa
     fp = tables.fingerprint(graph, space, sensitivity_samples, seed, sum(x.shape[0] for x in calib_x),
                             int(ev.x.shape[0]), ev.name, rounding)
     tab = tables.load_cached(cache, fp)
+    if tab is not None and objective == "latency" and not tab.get("ms"):
+        tab = None  # a size search's table has no per-layer times; measure them (the cache is rewritten)
     if tab is not None:
         say("per-layer table from cache")
         for c in tables.cached_trace(cache):
@@ -180,8 +182,6 @@ def search(model: torch.nn.Module, calib: Iterable, eval: Iterable, budget: floa
                           f"{'?' if widest is None else format(widest['drop'], '.2f')} points of drop "
                           f"(fp32 {ev.fp32:.2f}); raise the budget, add wider widths (e.g. widths=(8, 6, 4)), or "
                           "use a stronger base recipe")
-    if objective == "latency":  # the uniform candidates' latencies were measured in the table
-        pass
     final = best["c"]
     for c in uniform_best:  # a uniform program may beat every mixed one; then it is the answer
         if final is None or _better(c, final, objective_key):
