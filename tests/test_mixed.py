@@ -134,6 +134,22 @@ def test_mixed_program_exports_to_onnx(searched, tmp_path):
     assert np.array_equal(got.argmax(1), ref.argmax(1))
 
 
+def test_mixed_program_exports_to_tflite_where_widths_allow(searched, digits, digits_model):
+    pytest.importorskip("ai_edge_litert")
+    from edgequant.errors import ExportError
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite_run import run_tflite
+
+    res = searched[0]
+    x = torch.cat([b[0] for b in searched[1]]).numpy()
+    data = to_tflite(res.quantized)  # 8/4/2/1-bit weights, 8-bit activations: LiteRT runs it bit-exactly
+    assert np.array_equal(run_tflite(data, x, "reference"), res.quantized.run(x))
+    first = next(iter(res.widths))
+    a4 = spaces.recipe_for(res.recipe, {first: (8, 4)}, "a4")  # a 4-bit activation: LiteRT cannot
+    with pytest.raises(ExportError, match="4-bit activation"):
+        to_tflite(eq.quantize(digits_model, a4, digits[0]))
+
+
 def test_solver_and_calibration():
     units, opts = ["a", "b"], [(8, 8), (4, 8), (2, 8)]
     noise = {"a": {(8, 8): 0.0, (4, 8): 0.1, (2, 8): 1.0}, "b": {(8, 8): 0.0, (4, 8): 0.2, (2, 8): 0.3}}

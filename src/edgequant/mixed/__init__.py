@@ -113,13 +113,13 @@ def search(model: torch.nn.Module, calib: Iterable, eval: Iterable, budget: floa
         for c in tables.cached_trace(cache):
             record(dict(c, cached=True))
     else:
-        tab = tables.build(model, space, calib_x, ev, sensitivity_samples, seed, objective == "latency", say, record)
+        tab = tables.build(model, graph, space, calib_x, ev, sensitivity_samples, seed, objective == "latency", say, record)
         tables.save_cached(cache, fp, tab, [dict(c) for c in trace])
 
     U, key = list(space.units), tables.key
     noise = {u: {o: float(tab["noise"][u][key(o)]) for o in opts} for u in U}
     nbytes = {u: {o: float(tab["bytes"][u][key(o)]) for o in opts} for u in U}
-    cost = nbytes if objective == "size" else {u: {o: float(tab["ms"][u][key(o)]) for o in opts} for u in U}
+    cost = nbytes if objective == "size" else _latency_costs(tab, U, opts, space.widest)
     tie = None if objective == "size" else nbytes
     points = [(c["estimated_noise"], c["drop"]) for c in trace]
     tried: list[Assignment] = [{u: tuple(o) for u, o in c["assignment"].items()} for c in trace]
@@ -202,6 +202,22 @@ def search(model: torch.nn.Module, calib: Iterable, eval: Iterable, budget: floa
                         size_bytes=int(q.size_bytes), latency_ms=lat, trace=trace, fp32_accuracy=ev.fp32,
                         budget=float(budget), objective=objective, metric=ev.name, engine=eng.name,
                         search_s=time.perf_counter() - t0, table=tab)
+
+
+LATENCY_TOL = 0.10  # per-layer times within 10% of the widest option's count as equal (timing noise)
+
+
+def _latency_costs(tab: dict, units: list[str], opts: list[Option], widest: Option) -> dict:
+    """Per-layer ms per option; differences within ``LATENCY_TOL`` of the widest option's time are
+    timing noise on a shared machine, so they tie, and the bytes tie-break picks the smaller."""
+    out = {}
+    for u in units:
+        ref = float(tab["ms"][u][tables.key(widest)])
+        out[u] = {}
+        for o in opts:
+            v = float(tab["ms"][u][tables.key(o)])
+            out[u][o] = ref if abs(v - ref) <= LATENCY_TOL * ref else v
+    return out
 
 
 def _better(c: dict, than: dict, k: str) -> bool:

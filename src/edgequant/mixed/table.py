@@ -97,10 +97,15 @@ def fingerprint(model_graph, space: Space, samples: int | None, seed: int, calib
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build(model, space: Space, calib_x: list[torch.Tensor], ev: Evaluator, samples: int | None, seed: int,
+def build(model, graph, space: Space, calib_x: list[torch.Tensor], ev: Evaluator, samples: int | None, seed: int,
           want_ms: bool, say: Callable[[str], None], record: Callable[[dict], None]) -> dict:
-    """The table (a JSON-able dict); ``record(candidate)`` receives each uniform program measured."""
-    batches, y_sub, ref = sensitivity_batches(ev, samples, seed)
+    """The table (a JSON-able dict); ``record(candidate)`` receives each uniform program measured.
+
+    The sensitivity study holds every node's output of a batch, so its batch is sized from the
+    graph's per-sample footprint as in the sweep (``layers.SENSITIVITY_MEMORY_MB``).
+    """
+    bs = int(max(1, min(64, layers.SENSITIVITY_MEMORY_MB * 2**20 // layers.graph_bytes_per_sample(graph))))
+    batches, y_sub, ref = sensitivity_batches(ev, samples, seed, bs)
     fp32_sub = ev.score(ref, y_sub)
     tab: dict = {"version": TABLE_VERSION, "units": list(space.units), "options": [key(o) for o in space.options],
                  "samples": int(y_sub.shape[0]), "noise": {u: {} for u in space.units},
