@@ -110,12 +110,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", default=None, help="per-layer tables cached here (JSON), reused on reruns")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--uniform", default=None, help="comma-separated uniform recipes to measure (default: per net)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     results = []
     for name in a.nets.split(","):
         model, calib, ev_data, metric, kw = net(name)
-        uniform = kw.pop("uniform")
+        uniform = kw.pop("uniform") if a.uniform is None else tuple(a.uniform.split(","))
+        kw.pop("uniform", None)
         calib = calib_list(calib)
         batches = eval_batches(ev_data)
         print(f"{name}: uniform recipes", flush=True)

@@ -221,9 +221,13 @@ def _latency_costs(tab: dict, units: list[str], opts: list[Option], widest: Opti
 
 
 def _better(c: dict, than: dict, k: str) -> bool:
+    """Lower objective first; measured latencies within ``LATENCY_TOL`` tie (then fewer bytes wins)."""
     a, b = c.get(k), than.get(k)
+    by_size = (c["size_bytes"], -c["accuracy"]) < (than["size_bytes"], -than["accuracy"])
     if a is None or b is None:
-        return (c["size_bytes"], -c["accuracy"]) < (than["size_bytes"], -than["accuracy"])
+        return by_size
+    if k == "latency_ms" and abs(a - b) <= LATENCY_TOL * min(a, b):
+        return by_size
     return (a, c["size_bytes"], -c["accuracy"]) < (b, than["size_bytes"], -than["accuracy"])
 
 

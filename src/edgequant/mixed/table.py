@@ -11,8 +11,9 @@ For each option ``o`` one program quantizes *every* unit at ``o`` (the base plus
   the constraint linear; the one-layer metric drop is kept too (``drop1``) for the report;
 * ``bytes[u][o]``: the packed bytes of the unit's instructions (as ``QuantizedModel.size_bytes``
   counts them), so a mixed program's size is exactly ``const_bytes + sum bytes[u][o_u]``;
-* ``ms[u][o]`` (latency objective only): the unit's measured time in the reference interpreter
-  (per-instruction wall time from the interpreter's trace hook, median of ``repeats`` runs).
+* ``ms[u][o]`` (latency objective only): the unit's measured time on the engine that runs the
+  program (ONNX Runtime's node profile, ``profile``; or the interpreter's per-instruction wall
+  time from its trace hook), median of ``repeats`` runs; ``ms_engine`` says which.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ..sweep import layers
 from .measure import Evaluator
 from .space import Option, Space, recipe_for
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: per-layer ms from the verified engine (ORT node profile)
 
 
 def key(o: Option) -> str:
@@ -75,6 +76,22 @@ def unit_ms(program: Program, x: np.ndarray, module_of: dict[str, str], rounding
         runs.append(acc)
     runs = runs[1:]
     return {u: statistics.median(r.get(u, 0.0) for r in runs) for u in set().union(*runs)}
+
+
+def engine_unit_ms(q, engine: str, ev: Evaluator, module_of: dict[str, str]) -> tuple[dict[str, float], str]:
+    """(unit -> ms, what measured it): ONNX Runtime's node profile when ORT is the verified engine
+    (``profile``), else the interpreter's per-instruction times; a profile that cannot be read
+    falls back to the interpreter, and says why."""
+    if engine == "onnxruntime":
+        from .profile import ort_unit_ms
+
+        tensors = {ins.output: module_of[ins.node] for ins in q.program.instrs if ins.node in module_of}
+        try:
+            return ort_unit_ms(q, ev.latency_x, tensors, ev.threads, ev.repeats), "onnxruntime (node profile)"
+        except Exception as e:  # a runtime quirk must not stop the search: time it where we can
+            why = f"interpreter (onnxruntime profile failed: {type(e).__name__}: {str(e)[:120]})"
+            return unit_ms(q.program, ev.latency_x, module_of, ev.rounding, ev.repeats), why
+    return unit_ms(q.program, ev.latency_x, module_of, ev.rounding, ev.repeats), "interpreter"
 
 
 def sensitivity_batches(ev: Evaluator, samples: int | None, seed: int, batch: int = 64):
@@ -146,8 +163,8 @@ def build(model, graph, space: Space, calib_x: list[torch.Tensor], ev: Evaluator
         const = int(q.size_bytes) - sum(tab["bytes"][u][k] for u in space.units)
         tab["const_bytes"] = const if tab["const_bytes"] is None else tab["const_bytes"]
         if want_ms:
-            say(f"uniform {k}: per-layer latency")
-            ms = unit_ms(q.program, ev.latency_x, module_of, ev.rounding, ev.repeats)
+            say(f"uniform {k}: per-layer latency on {eng.name}")
+            ms, tab.setdefault("ms_engine", {})[k] = engine_unit_ms(q, eng.name, ev, module_of)
             for u in space.units:
                 tab["ms"][u][k] = ms.get(u, 0.0)
         lat = ev.latency_ms(eng)
