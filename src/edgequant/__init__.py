@@ -13,10 +13,11 @@ __version__ = "0.1.0"
 from . import data, models  # noqa: E402
 from . import qat, reconstruct  # noqa: E402  (registers the QAT and reconstruction recipes)
 from .api import quantize  # noqa: E402
+from .mixed import SearchResult, search  # noqa: E402
 from .artifact import load  # noqa: E402
 from .errors import EdgequantError  # noqa: E402
 from .quantized import QuantizedModel  # noqa: E402
 from .recipes import RECIPES, LayerOverride, Recipe, TensorSpec, get_recipe  # noqa: E402
 
-__all__ = ["quantize", "load", "QuantizedModel", "Recipe", "TensorSpec", "LayerOverride", "RECIPES", "get_recipe",
+__all__ = ["quantize", "search", "SearchResult", "load", "QuantizedModel", "Recipe", "TensorSpec", "LayerOverride", "RECIPES", "get_recipe",
            "EdgequantError", "data", "models", "qat", "reconstruct", "__version__"]

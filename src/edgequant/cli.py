@@ -95,6 +95,15 @@ def _load(path: str):
 
 
 # ------------------------------------------------------------------------------------------------
+def _widths(text: str) -> tuple[int, ...]:
+    from .errors import PluginError
+
+    try:
+        return tuple(int(w) for w in _csv(text))
+    except ValueError:
+        raise PluginError(f"--mixed-widths {text!r}: give comma-separated bit widths in 1..8, e.g. 8,4,2") from None
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -106,7 +115,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                       calib_samples=a.calib_samples, eval_samples=a.eval_samples, latency_batch=a.latency_batch,
                       repeats=a.repeats, layer_samples=a.layer_samples, sensitivity=not a.no_sensitivity, rounding=a.rounding, save=not a.no_save,
                       max_minutes=_minutes_left(a.max_minutes) if a.max_minutes > 0 else None,
-                      max_row_minutes=a.max_row_minutes)
+                      max_row_minutes=a.max_row_minutes, mixed=a.mixed,
+                      mixed_widths=_widths(a.mixed_widths))
     to_stdout_json = a.json == "-"
     out_console = _console(stderr=to_stdout_json)
     t0 = time.perf_counter()
@@ -326,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = the libraries' defaults)")
     s.add_argument("--rounding", choices=("gemmlowp", "onnxruntime"), default="gemmlowp")
     s.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time study")
+    s.add_argument("--mixed", choices=("size", "latency", "off"), default="off",
+                   help="add a 'mixed-<objective>' row: per-layer widths from edgequant.search, the smallest "
+                        "(size) or fastest (latency) mix measured within --budget (default off)")
+    s.add_argument("--mixed-widths", default="8,4,2", metavar="8,4,2",
+                   help="weight widths --mixed may give a layer (default 8,4,2; 1 = XNOR)")
     s.add_argument("--no-save", action="store_true", help="do not save the answer's artifact")
     s.add_argument("--max-minutes", type=float, default=20.0,
                    help="time limit of the whole sweep in minutes (default 20; 0 = none): rows that would overrun are "

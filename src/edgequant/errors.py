@@ -39,3 +39,7 @@ class ExportError(EdgequantError):
 
 class PluginError(EdgequantError):
     """A user model/data/metric plug-in (FILE.py:FUNC) could not be loaded or used."""
+
+
+class BudgetError(EdgequantError):
+    """No quantized program meets the requested accuracy budget (``edgequant.search``)."""

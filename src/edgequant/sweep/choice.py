@@ -15,8 +15,9 @@ def pareto(rows: list[dict], cost: str) -> set[str]:
 
 
 def lowest(rows: list[dict]) -> dict | None:
-    """The most aggressive post-training row that ran: fewest weight+activation bits, then smallest."""
-    cands = [r for r in rows if r["status"] == "ok" and not r["qat"] and r["mode"] != "float"]
+    """The most aggressive uniform post-training row that ran: fewest weight+activation bits, then
+    smallest (a mixed row's minimum width is not its width)."""
+    cands = [r for r in rows if r["status"] == "ok" and not r["qat"] and r["mode"] != "float" and not r.get("mixed")]
     return min(cands, key=lambda r: (r["weight_bits"] + r["act_bits"], r["size_bytes"])) if cands else None
 
 

@@ -199,7 +199,10 @@ _MARKS = ("o", "s", "^", "D", "v", "P")
 def layers(report: dict, path: Path) -> None:
     sqnr, sens = report["layers"]["sqnr"], report["layers"]["sensitivity"]
     bits_of = {r["recipe"]: r["weight_bits"] for r in report["rows"]}
-    fig, axes = plt.subplots(2, 1, figsize=(12, 8.5), constrained_layout=True)
+    mixed = report.get("mixed") if (report.get("mixed") or {}).get("status") == "ok" else None
+    fig, axes = plt.subplots(3 if mixed else 2, 1, figsize=(12, 12.5 if mixed else 8.5), constrained_layout=True)
+    if mixed:
+        _mixed_widths(axes[2], mixed)
     ax = axes[0]
     names = list(dict.fromkeys(l["layer"] for v in sqnr.values() for l in v))
     idx = {n: i for i, n in enumerate(names)}
@@ -246,3 +249,17 @@ def layers(report: dict, path: Path) -> None:
     ax.grid(True, axis="y", alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mixed_widths(ax, mixed: dict) -> None:
+    """The widths ``edgequant.search`` chose per layer (bars: weight bits; labels: W/A)."""
+    ls = mixed["layers"]
+    wbits = [l["weight_bits"] for l in ls]
+    bars = ax.bar(range(len(ls)), wbits, color=[_colour(w) for w in wbits], edgecolor="black", linewidth=0.6)
+    ax.bar_label(bars, [f"W{l['weight_bits']}A{l['act_bits']}" for l in ls], fontsize=8, padding=2)
+    ax.set_xticks(range(len(ls)), [l["module"] for l in ls], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("weight bits")
+    ax.set_ylim(0, 9.5)
+    ax.set_title(f"{mixed['row']}: widths chosen by edgequant.search ({mixed['objective']} under a "
+                 f"{mixed['budget']:g}-point budget; measured drop {mixed['drop']:+.2f}, {mixed['size_bytes']:,d} bytes)")
+    ax.grid(True, axis="y", alpha=0.3)

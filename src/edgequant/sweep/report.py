@@ -183,6 +183,7 @@ def markdown(report: dict) -> str:
     budgets = [f"- {r['recipe']}: {_budget(r)}" for r in report["rows"] if r.get("budget")]
     if budgets:
         lines += ["", "Training budgets (reconstruction iterations per layer/block, QAT epochs):", ""] + budgets
+    lines += _mixed_lines(report.get("mixed"))
     lines += [f"- note: {n}" for n in report.get("notes", [])]
     notes = [(r["recipe"], k, v) for r in report["rows"] for k, v in r.get("runtime_notes", {}).items()]
     if notes:
@@ -210,3 +211,14 @@ def markdown(report: dict) -> str:
                   for l in sens["layers"]]
     lines += ["", "![per-layer SQNR and sensitivity](layers.png)", ""]
     return "\n".join(lines)
+
+
+def _mixed_lines(mx: dict | None) -> list[str]:
+    """The mixed row's search: widths per layer and candidates (``--mixed``)."""
+    if not mx:
+        return []
+    if mx.get("status") != "ok":
+        return ["", f"Mixed precision ({mx['row']}): {mx['status']}: {mx.get('error')}"]
+    widths = ", ".join(f"{l['module']} W{l['weight_bits']}A{l['act_bits']}" for l in mx["layers"])
+    return ["", f"Mixed precision ({mx['row']}, edgequant.search, objective {mx['objective']}): measured drop "
+            f"{mx['drop']:+.2f} with {mx['candidates']} candidates measured in {mx['search_s']:.1f} s; widths: {widths}"]

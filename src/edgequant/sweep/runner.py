@@ -34,7 +34,7 @@ from ..deadline import Deadline, TimeLimitExceeded, check_deadline, remaining_s
 from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpError
 from ..quantized import QuantizedModel
 from ..recipes import RECIPES
-from . import bounds, engines, footprint, layers, plugins, rss, timing
+from . import bounds, engines, footprint, layers, mixed_row, plugins, rss, timing
 from .choice import choose, lowest, pareto
 from .presets import Plan, bits, default_qat_epochs, resolve
 
@@ -73,6 +73,8 @@ class SweepConfig:
     threads: int | None = 1
     max_minutes: float | None = 20.0  # the whole sweep; rows that would overrun are cut, never hang it
     max_row_minutes: float | None = None  # None: an even share of the time left (bounds.row_limit_s)
+    mixed: str = "off"  # "size" | "latency": add a row with edgequant.search's answer (sweep.mixed_row)
+    mixed_widths: tuple[int, ...] = (8, 4, 2)  # weight widths the search may give a layer
 
 
 @dataclass
@@ -315,10 +317,12 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     say = progress or (lambda *_: None)
     if cfg.budget < 0:
         raise PluginError(f"--budget {cfg.budget}: the allowed accuracy drop must be >= 0 points")
+    if cfg.mixed not in mixed_row.MODES:
+        raise PluginError(f"--mixed {cfg.mixed!r}: choose one of {', '.join(mixed_row.MODES)}")
     cfg = replace(cfg, preset=cfg.preset or (None if cfg.recipes else "default"),  # the effective values, for the report
                   qat_epochs=default_qat_epochs(cfg.preset, cfg.recipes) if cfg.qat_epochs is None else cfg.qat_epochs)
     plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs, cfg.iterations)
-    total = len(plans) + 2 + int(cfg.sensitivity)
+    total = len(plans) + 2 + int(cfg.sensitivity) + int(cfg.mixed != "off")
     say("loading model and data", 0, total)
     model = plugins.load_model(cfg.model)
     data = plugins.load_data(cfg.data, cfg.calib_samples, cfg.eval_samples, want_train=any(p.qat for p in plans))
@@ -326,7 +330,7 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     if data.train is None and any(p.qat for p in plans) and not cfg.recipes and cfg.preset in (None, "default", "all"):
         # QAT rows the preset added on its own: leave them out rather than fail the whole sweep
         plans = resolve(cfg.recipes, cfg.preset, cfg.qat_epochs, cfg.iterations, has_train=False)
-        total = len(plans) + 2 + int(cfg.sensitivity)
+        total = len(plans) + 2 + int(cfg.sensitivity) + int(cfg.mixed != "off")
         notes.append("QAT rows left out: --data returned no training set; return (calib, eval, train) to include them")
     metric_name, metric_fn = plugins.load_metric(cfg.metric)
     calib_x = [x for x, _ in data.calib]
@@ -376,6 +380,24 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
         gc.collect()
         if on_row is not None:
             on_row(row)
+    mixed = None
+    if cfg.mixed != "off":  # after the uniform rows: the search's answer, measured as a row of its own
+        label = f"mixed-{cfg.mixed}"
+        step = lambda what: say(f"{label}: {what}", len(plans) + 1, total)  # noqa: E731
+        plan, mixed = mixed_row.search_for_sweep(
+            cfg, model, data, calib_x, bounds.row_limit_s(whole, 1, cfg.max_row_minutes, cfg.sensitivity), step)
+        if plan is None:
+            row = mixed_row.failed_row(mixed)
+        else:
+            row, q = _measure(plan, model, data, calib_x, cfg, score, baseline, xb, layer_x, graph,
+                              bounds.row_limit_s(whole, 1, cfg.max_row_minutes, cfg.sensitivity), step)
+            row.update(mixed=True, search_s=mixed["search_s"], widths=mixed["layers"])
+            if q is not None and row["recipe"] in bounds.needed(rows + [row], cfg.budget, cfg.sensitivity):
+                models[row["recipe"]] = q
+            del q
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
     if not any(r["status"] == "ok" for r in rows):
         raise EdgequantError("every recipe failed on this model: " + "; ".join(f"{r['recipe']}: {r['error']}" for r in rows))
     for cost, key in (("size_bytes", "pareto_size"), ("latency_ms", "pareto_latency")):
@@ -413,6 +435,7 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
         "baseline": baseline,
         "rows": rows,
         "layers": {"sqnr": sqnr, "sensitivity": sens},
+        "mixed": mixed,
         "answer": {"budget_points": cfg.budget, "smallest": _pick(smallest), "fastest": _pick(fastest)},
         "notes": notes,
         "wall_s": None,
