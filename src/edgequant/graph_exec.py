@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .feeds import is_int_input
 from .ir import Graph, Node
+from .masking import FLOAT_OPS as _MASK_OPS
 from .unary import apply as apply_unary
 
 Hook = Callable[[Node, torch.Tensor], torch.Tensor]
@@ -85,6 +87,9 @@ SHAPE_OPS = {
 }
 
 
+SHAPE_OPS.update(_MASK_OPS)  # embedding, masked softmax, maskmul, reduce (masking)
+
+
 def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
     op, a = node.op, node.attrs
     if op in SHAPE_OPS:
@@ -138,14 +143,16 @@ class GraphModule(torch.nn.Module):
             n.name: {k: torch.as_tensor(v, dtype=dtype) for k, v in n.params.items()} for n in graph.nodes
         }
 
-    def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+    def forward(self, x, hook: Hook | None = None) -> torch.Tensor:
+        """``x``: the input tensor, or a dict of keyword inputs (integer inputs stay int64)."""
         env: dict[str, torch.Tensor] = {}
         for n in self.graph.nodes:
             if n.op == "input":
-                y = x.to(self.dtype)
+                v = torch.as_tensor(x[n.name] if isinstance(x, dict) else x)
+                y = v.long() if is_int_input(n.attrs) else v.to(self.dtype)
             else:
                 y = run_node(n, [env[i] for i in n.inputs], self._params[n.name])
-            if hook is not None:
+            if hook is not None and not (n.op == "input" and is_int_input(n.attrs)):  # ids/masks: never quantized
                 y = hook(n, y)
             env[n.name] = y
         return env[self.graph.output]
