@@ -102,3 +102,60 @@ def float_part(x) -> torch.Tensor | None:
 def float_inputs(x):
     """A batch for the float graph: a tensor as float32; a dict as is (``GraphModule`` casts)."""
     return x if isinstance(x, dict) else x.float()
+
+
+class KeywordBatch(dict):
+    """A dict batch that slices, repeats and converts like one tensor, so the sweep (written for
+    ``(N, ...)`` tensors) can carry keyword inputs unchanged: ``b[2:5]`` slices every input,
+    ``b["input_ids"]`` is an input, ``b.shape`` is the first input's."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return dict.__getitem__(self, key)
+        return KeywordBatch({k: v[key] for k, v in self.items()})
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(next(iter(self.values())).shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numpy(self) -> "KeywordBatch":
+        return KeywordBatch({k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in self.items()})
+
+    def float(self) -> "KeywordBatch":
+        return KeywordBatch({k: v.float() if v.dtype.is_floating_point else v for k, v in self.items()})
+
+    def repeat(self, sizes) -> "KeywordBatch":
+        reps = int(sizes[0])
+        return KeywordBatch({k: v.repeat((reps,) + (1,) * (v.ndim - 1)) for k, v in self.items()})
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def cat(parts: list):
+    """Concatenate batches along the batch dim (tensors, or dicts input by input)."""
+    if parts and isinstance(parts[0], dict):
+        return KeywordBatch({k: torch.cat([torch.as_tensor(p[k]) for p in parts]) for k in parts[0]})
+    return torch.cat(parts)
+
+
+def as_torch(x):
+    """A NumPy batch (array or dict of arrays) as torch."""
+    if isinstance(x, dict):
+        return KeywordBatch({k: torch.from_numpy(np.asarray(v)) for k, v in x.items()})
+    return torch.from_numpy(x)
+
+
+def call_model(model, x):
+    """``model(x)``, or ``model(**x)`` for a dict batch (keyword inputs)."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def input_value(x, node) -> torch.Tensor:
+    """The value of input ``node`` (an IR input node) in batch ``x``: int64 ids/masks, float32 else."""
+    v = torch.as_tensor(x[node.name] if isinstance(x, dict) else x)
+    return v.long() if is_int_input(node.attrs) else v.float()
