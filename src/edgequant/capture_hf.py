@@ -129,8 +129,30 @@ def prologue(ctx: _Ctx, ep, example: dict) -> list:
     masks = {ph.name for ph in user if st.roles.get(ph.name) == "mask"}
     if masks:
         _find_cone(ctx, ep, st, masks)
+        for fx in ep.graph.nodes:
+            idx = _indices_of(fx) if fx.target is aten.embedding.default else None
+            if isinstance(idx, torch.fx.Node) and (idx.name in st.cone or idx.name in masks):
+                raise UnsupportedOpError(
+                    f"node '{fx.name}' in module '{_module_path(fx)}' looks up an embedding with indices computed from the "
+                    f"token input {', '.join(repr(ctx.alias.get(m, m)) for m in sorted(_sources(idx, masks)))}; edgequant uses integer "
+                    "token inputs only to index embedding tables directly (compute position ids or masks outside the "
+                    "model and pass them as inputs)")
         _classify(ctx, ep, st, {ph.name: example[ctx.alias.get(ph.name, ph.name)] for ph in user if ph.name in masks})
     return user
+
+
+def _sources(fx, placeholders: set[str]) -> set[str]:
+    """The placeholders among ``placeholders`` that ``fx`` is computed from."""
+    seen, todo, out = set(), [fx], set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.name in placeholders:
+            out.add(n.name)
+        todo.extend(n.all_input_nodes)
+    return out
 
 
 def _indices_of(emb) -> object:
