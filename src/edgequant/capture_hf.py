@@ -305,7 +305,8 @@ def intercept(ctx: _Ctx, fx) -> bool:
             return True
         if fx.target is aten.embedding.default:
             return _embedding(ctx, st, fx)
-    if fx.target in (aten.sum.dim_IntList, aten.mean.dim):
+    if fx.target in (aten.sum.dim_IntList, aten.mean.dim) and not (isinstance(fx.args[0], torch.fx.Node)
+                                                                    and ctx.is_const(fx.args[0])):  # constants fold
         node = _reduce(ctx, fx)
         if node is not None:
             node.shape, node.module = _shape(fx), _module_path(fx)

@@ -79,7 +79,7 @@ def batch_size(x) -> int:
     """Samples in a batch (a tensor/array, or a dict of them)."""
     if isinstance(x, dict):
         return int(next(iter(x.values())).shape[0]) if x else 0
-    return int(x.shape[0])
+    return int(x.shape[0]) if getattr(x, "ndim", 1) > 0 else 1  # a 0-d tensor: one value (refused later)
 
 
 def take(x, start: int, stop: int):
