@@ -12,7 +12,7 @@ import torch
 from .calibrate import CalibrationView, calibrate, check_batch, check_finite, first_batch
 from .capture import capture
 from .heap import bounded_heap
-from .errors import InputError, RecipeError
+from .errors import CaptureError, InputError, RecipeError
 from .ir import Graph
 from .lower import lower
 from .lowbit.steps import lowbit_step
@@ -85,6 +85,32 @@ def _warn_unmatched_overrides(r: Recipe, graph: Graph) -> None:
                           UserWarning, stacklevel=3)
 
 
+def _tensor_example(example_input) -> torch.Tensor:
+    if not isinstance(example_input, torch.Tensor):
+        try:
+            example_input = torch.as_tensor(np.asarray(example_input))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"example_input must be a tensor or array, got {type(example_input).__name__} ({e})") from None
+    if example_input.ndim < 2 or example_input.shape[0] == 0:
+        raise InputError(f"example_input must be a non-empty (N, ...) batch, got shape {tuple(example_input.shape)}")
+    check_batch(example_input, tuple(example_input.shape), "example input", InputError)
+    check_finite(example_input.float(), "example input")
+    return example_input[:2]
+
+
+def _dict_example(example: dict) -> dict:
+    from .capture_hf import example_feeds
+
+    try:
+        ex = example_feeds(example)
+    except CaptureError as e:
+        raise InputError(str(e)) from None
+    for k, v in ex.items():
+        if v.dtype.is_floating_point:
+            check_finite(v, f"example input {k!r}")
+    return {k: v[:2] for k, v in ex.items()}
+
+
 def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: Iterable | None = None,
              example_input: torch.Tensor | None = None, max_calib_samples: int | None = None,
              nonfinite: str = "error") -> QuantizedModel:
@@ -108,16 +134,10 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
 
             raise CalibrationError(f"recipe {r.name!r} needs calibration data or an example_input to trace the model")
         example_input = first_batch(calib)
-    if not isinstance(example_input, torch.Tensor):
-        try:
-            example_input = torch.as_tensor(np.asarray(example_input))
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f"example_input must be a tensor or array, got {type(example_input).__name__} ({e})") from None
-    if example_input.ndim < 2 or example_input.shape[0] == 0:
-        raise InputError(f"example_input must be a non-empty (N, ...) batch, got shape {tuple(example_input.shape)}")
-    check_batch(example_input, tuple(example_input.shape), "example input", InputError)
-    check_finite(example_input.float(), "example input")
-    graph = capture_prepared(model, example_input[:2])
+    if isinstance(example_input, dict):  # keyword inputs (a Hugging Face batch)
+        graph = capture_prepared(model, _dict_example(example_input))
+    else:
+        graph = capture_prepared(model, _tensor_example(example_input))
     _warn_unmatched_overrides(r, graph)
     act_qp = None
     summary: dict = {}

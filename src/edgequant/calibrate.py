@@ -12,6 +12,7 @@ import torch
 
 from .deadline import check_deadline
 from .errors import CalibrationError
+from .feeds import batch_size, float_part, is_int_input, take, to_feeds
 from .graph_exec import GraphModule
 from .ir import Graph, Node
 from .observers import make_observer
@@ -20,7 +21,8 @@ from .recipes import Recipe
 
 # Nodes whose output gets its own activation qparams; the others inherit their input's.
 # softmax is not observed: its output qparams are fixed (scale 1/2^bits, zero point qmin, TFLite's).
-OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean", "matmul", "layernorm", "rnn")
+OBSERVED_OPS = ("input", "conv", "linear", "add", "mul", "unary", "cat", "mean", "matmul", "layernorm", "rnn",
+                "reduce")
 
 
 class CalibrationWarning(UserWarning):
@@ -45,8 +47,12 @@ def iter_batches(data, batch_size: int = 64) -> Iterator[torch.Tensor]:
         x = item[0] if isinstance(item, (tuple, list)) else item
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
+        if isinstance(x, dict):  # keyword inputs (the Hugging Face convention)
+            yield {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in x.items()}
+            continue
         if not isinstance(x, torch.Tensor):
-            raise CalibrationError(f"calibration batches must be tensors or (x, y) tuples; got {type(x).__name__}")
+            raise CalibrationError(f"calibration batches must be tensors, dicts of tensors (keyword inputs) or (x, y) "
+                                   f"tuples; got {type(x).__name__}")
         yield x
 
 
@@ -64,16 +70,25 @@ class CalibrationView:
     def __iter__(self) -> Iterator[torch.Tensor]:
         seen = 0
         for x in iter_batches(self.data):
-            if self.drop_nonfinite and x.numel():
-                x = x[torch.isfinite(x.float()).reshape(x.shape[0], -1).all(dim=1)]
+            if self.drop_nonfinite and batch_size(x):
+                x = _keep_finite(x)
             if self.max_samples is not None:
-                x = x[: self.max_samples - seen]
-            if x.shape[0] == 0:
+                x = take(x, 0, self.max_samples - seen)
+            if batch_size(x) == 0:
                 if self.max_samples is not None and seen >= self.max_samples:
                     return
                 continue
-            seen += x.shape[0]
+            seen += batch_size(x)
             yield x
+
+
+def _keep_finite(x):
+    """The samples of batch ``x`` (a tensor or dict) whose float inputs are all finite."""
+    parts = [v for v in (x.values() if isinstance(x, dict) else [x]) if v.dtype.is_floating_point]
+    if not parts:
+        return x
+    keep = torch.stack([torch.isfinite(v.float()).reshape(v.shape[0], -1).all(dim=1) for v in parts]).all(dim=0)
+    return {k: v[keep] for k, v in x.items()} if isinstance(x, dict) else x[keep]
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:
@@ -82,9 +97,9 @@ def check_finite(x: torch.Tensor, what: str) -> None:
         raise CalibrationError(f"{what} contains {bad} NaN/inf values; clean or filter those samples before quantizing")
 
 
-def first_batch(data) -> torch.Tensor:
+def first_batch(data):
     for x in iter_batches(data):
-        if x.numel() > 0:
+        if batch_size(x) > 0 and (isinstance(x, dict) or x.numel() > 0):
             return x
     raise CalibrationError("the calibration set is empty; pass at least one batch of representative inputs")
 
@@ -107,6 +122,17 @@ def check_batch(x: torch.Tensor, want: tuple[int, ...], what: str, error: type =
                     "-- every batch must have the example input's per-sample shape")
 
 
+def _check_graph_batch(graph: Graph, x, what: str):
+    """A batch for ``graph``: one float32 tensor, or a dict of its keyword inputs (ints kept int64)."""
+    if not isinstance(x, dict) and len(graph.inputs) == 1 and not is_int_input(graph.node(graph.input).attrs):
+        check_batch(x, graph.input_shape, what)
+        return x.float()
+    nodes = [graph.node(i) for i in graph.inputs]
+    feeds = to_feeds(x, graph.inputs, {n.name for n in nodes if is_int_input(n.attrs)}, {n.name: n.shape for n in nodes},
+                     CalibrationError, what)
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+
 def calibrate(graph: Graph, recipe: Recipe, data: Iterable, max_samples: int | None = None,
               nonfinite: str = "error", summary: dict | None = None) -> dict[str, QParams]:
     """Observe every node in ``OBSERVED_OPS`` over ``data``; returns qparams per node name.
@@ -121,7 +147,7 @@ def calibrate(graph: Graph, recipe: Recipe, data: Iterable, max_samples: int | N
         raise CalibrationError(f"max_samples={max_samples}: calibrate on at least one sample (None = all)")
     observers = {}
     for n in graph.nodes:
-        if n.op in OBSERVED_OPS:
+        if n.op in OBSERVED_OPS and not is_int_input(n.attrs):  # token ids and masks are never quantized
             _, kw = activation_spec_for(n, recipe)
             observers[n.name] = make_observer(recipe.activations.observer, **kw)
     gm = GraphModule(graph)
@@ -135,23 +161,25 @@ def calibrate(graph: Graph, recipe: Recipe, data: Iterable, max_samples: int | N
 
     with torch.no_grad():
         for b, x in enumerate(iter_batches(data)):
-            if x.numel() == 0:
+            if batch_size(x) == 0:
                 continue
-            check_batch(x, graph.input_shape, f"calibration batch {b}")
-            x = x.float()
+            x = _check_graph_batch(graph, x, f"calibration batch {b}")
             if nonfinite == "drop":
-                keep = torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1)
-                dropped += int((~keep).sum())
-                x = x[keep]
-                if x.shape[0] == 0:
+                n0 = batch_size(x)
+                x = _keep_finite(x)
+                dropped += n0 - batch_size(x)
+                if batch_size(x) == 0:
                     continue
             else:
-                check_finite(x, f"calibration batch {b}")
+                for k, v in (x.items() if isinstance(x, dict) else [("", x)]):
+                    if v.dtype.is_floating_point:
+                        check_finite(v, f"calibration batch {b}" + (f" input {k!r}" if k else ""))
             if max_samples is not None:
-                x = x[: max_samples - seen]
+                x = take(x, 0, max_samples - seen)
             gm(x, hook)
-            stats.update(x)
-            seen += x.shape[0]
+            if float_part(x) is not None:
+                stats.update(float_part(x))
+            seen += batch_size(x)
             batches += 1
             if max_samples is not None and seen >= max_samples:
                 break

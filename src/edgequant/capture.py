@@ -497,11 +497,12 @@ HANDLERS: dict = {
 }
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def _export(model: torch.nn.Module, example) -> torch.export.ExportedProgram:
+    args, kwargs = ((), dict(example)) if isinstance(example, dict) else ((example,), None)  # dict: keyword inputs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return torch.export.export(model, (example,), strict=False)
+            return torch.export.export(model, args, kwargs, strict=False)
         except Exception as e:  # torch raises many types here; all mean "could not trace"
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaptureError(
@@ -524,15 +525,19 @@ def _live(graph: torch.fx.Graph) -> set[str]:
     return live
 
 
-def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
-    """Trace ``model`` on ``example`` (one tensor, batch in dim 0) into a validated QGraph."""
+def capture(model: torch.nn.Module, example) -> Graph:
+    """Trace ``model`` on ``example`` (one tensor, batch in dim 0; or a dict of keyword inputs,
+    see ``capture_hf``) into a validated QGraph."""
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example, torch.Tensor) or example.ndim < 2:
+    if isinstance(example, dict):
+        example = capture_hf.example_feeds(example)
+    elif not isinstance(example, torch.Tensor) or example.ndim < 2:
         raise CaptureError(f"example input must be a tensor (N, ...) with a batch dim, got {getattr(example, 'shape', type(example))}")
-    example = example.detach().float().cpu()
-    if example.shape[0] < 2:  # export specializes size-1 dims; use batch 2 so reshapes keep the batch
-        example = torch.cat([example, example], 0)
+    else:
+        example = example.detach().float().cpu()
+        if example.shape[0] < 2:  # export specializes size-1 dims; use batch 2 so reshapes keep the batch
+            example = torch.cat([example, example], 0)
     was_training = model.training
     model.eval()
     try:
@@ -540,16 +545,19 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         ep = _export(capture_rnn.recurrent_ops(batch_first_attention(model)), example)
     finally:
         model.train(was_training)
-    ctx = _Ctx(ep, example.shape[0])
+    ctx = _Ctx(ep, capture_hf.batch_of(example))
     inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name not in ctx.param_of]
-    if len(inputs) != 1:
+    if isinstance(example, dict):
+        inputs = capture_hf.prologue(ctx, ep, example)  # integer/mask inputs, the mask's derived values
+    elif len(inputs) != 1:
         raise CaptureError(f"the model takes {len(inputs)} tensor inputs; edgequant supports exactly one")
     out_name = None
     live = _live(ep.graph)
     for fx in ep.graph.nodes:
         if fx.op == "placeholder":
             if fx.name not in ctx.param_of:
-                ctx.nodes.append(Node(fx.name, "input", [], {}, {}, _shape(fx)))
+                ctx.nodes.append(Node(ctx.alias.get(fx.name, fx.name), "input", [], capture_hf.input_attrs(ctx, fx), {},
+                                      _shape(fx)))
             continue
         if fx.op == "output":
             outs = fx.args[0]
@@ -562,7 +570,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         if fx.name not in live:  # its value never reaches the output (e.g. attention weights nobody reads)
             continue
         target = fx.target
-        if capture_rnn.intercept(ctx, fx) or capture_shape.intercept(ctx, fx):  # virtual h_n/time-major views; constants, splits
+        if (capture_rnn.intercept(ctx, fx) or capture_hf.intercept(ctx, fx)  # virtual h_n/time-major views; masks
+                or capture_shape.intercept(ctx, fx)):  # constants, chunk/split
             continue
         if target in _IDENTITY or target is operator.getitem:
             if target is operator.getitem and fx.args[1] != 0:
@@ -594,8 +603,11 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     if out_name in ctx.splits or out_name not in {n.name for n in ctx.nodes}:
         raise CaptureError(f"the model's output '{out_name}' is not computed from the input (a constant, or the tuple of a "
                            "split); return one tensor that depends on the input")
-    return Graph(ctx.nodes, inputs[0].name, out_name).validate()
+    names = [ctx.alias.get(n.name, n.name) for n in inputs]
+    graph = Graph(ctx.nodes, names[0], out_name, names[1:])
+    return capture_hf.finish(graph).validate()
 
 
+from . import capture_hf  # noqa: E402  (keyword inputs, embeddings, padding masks, reductions)
 from . import capture_shape  # noqa: E402  (registers slicing/upsampling/constant handlers into HANDLERS)
 from . import capture_rnn  # noqa: E402  (nn.LSTM/nn.GRU: the rnn op's handler and the virtual layouts)

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .feeds import is_int_input
 from .ir import Graph, Node
 from .rnn_float import rnn_layer
+from .masking import FLOAT_OPS as _MASK_OPS
 from .unary import apply as apply_unary
 
 Hook = Callable[[Node, torch.Tensor], torch.Tensor]
@@ -89,6 +91,9 @@ SHAPE_OPS = {
 }
 
 
+SHAPE_OPS.update(_MASK_OPS)  # embedding, masked softmax, maskmul, reduce (masking)
+
+
 def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
     op, a = node.op, node.attrs
     if op in SHAPE_OPS:
@@ -142,20 +147,22 @@ class GraphModule(torch.nn.Module):
             n.name: {k: torch.as_tensor(v, dtype=dtype) for k, v in n.params.items()} for n in graph.nodes
         }
 
-    def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
-        """The graph on ``x``; each node's output is dropped after its last use (an ImageNet-size
-        net keeps a few maps alive, not all ~100 of them: calibration batches stay small in RAM)."""
+    def forward(self, x, hook: Hook | None = None) -> torch.Tensor:
+        """``x``: the input tensor, or a dict of keyword inputs (integer inputs stay int64). Each
+        node's output is dropped after its last use (an ImageNet-size net keeps a few maps alive,
+        not all ~100 of them: calibration batches stay small in RAM)."""
         env: dict[str, torch.Tensor] = {}
         last = last_uses(self.graph)
         for i, n in enumerate(self.graph.nodes):
             if n.op == "input":
-                y = x.to(self.dtype)
+                v = torch.as_tensor(x[n.name] if isinstance(x, dict) else x)
+                y = v.long() if is_int_input(n.attrs) else v.to(self.dtype)
             else:
                 y = run_node(n, [env[a] for a in n.inputs], self._params[n.name])
                 for a in set(n.inputs):
                     if last.get(a) == i and a != self.graph.output:
                         del env[a]
-            if hook is not None:
+            if hook is not None and not (n.op == "input" and is_int_input(n.attrs)):  # ids/masks: never quantized
                 y = hook(n, y)
             env[n.name] = y
         return env[self.graph.output]

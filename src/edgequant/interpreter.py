@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .feeds import INT_DTYPE, batch_size, take, to_feeds
 from .kernels import RUN, SIM
 from .kernels.context import KernelContext
 from .program import Instr, Program
@@ -32,8 +33,22 @@ _BATCH_WIDE_OPS = ("conv_dyn", "linear_dyn", "rnn_dyn")  # activation range take
 _ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "float16": 2, "float32": 4, "float64": 8}
 
 
+def program_feeds(program: Program, x) -> dict[str, np.ndarray]:
+    """``{input name: array}`` for ``program`` from a tensor/array (one input) or a dict batch
+    (keyword inputs; integer inputs int64, the others float32); ``InputError`` on a mismatch."""
+    ints = {n for n in program.inputs if program.tensors[n].dtype == INT_DTYPE}
+    if not isinstance(x, dict) and not ints and len(program.inputs) == 1:
+        x = np.ascontiguousarray(np.asarray(x, np.float32))
+        check_input(program, x)
+        return {program.input: x}
+    return to_feeds(x, program.inputs, ints, {n: program.tensors[n].shape for n in program.inputs})
+
+
 def check_input(program: Program, x: np.ndarray) -> None:
     """``InputError`` unless ``x`` is a (N, ...) batch of the per-sample shape the program was captured for."""
+    if isinstance(x, dict) or len(program.inputs) > 1:
+        program_feeds(program, x)
+        return
     want = program.input_shape
     if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
         raise InputError(f"input has shape {tuple(x.shape)}; the model was captured for (N, {', '.join(map(str, want[1:]))})")
@@ -108,19 +123,19 @@ def run(program: Program, x: np.ndarray, rounding: str = "gemmlowp", return_int:
     and dtype against the program with it).
     """
     check_rounding(rounding)
-    x = np.ascontiguousarray(np.asarray(x, np.float32))
-    check_input(program, x)
+    x = program_feeds(program, x)  # {input name: array}; one entry for a one-input program
+    n = batch_size(x)
     plan = memory_plan(program)
-    size = chunk if chunk is not None and not plan.batch_wide else plan.chunk(x.shape[0], memory_mb)
-    if size >= x.shape[0]:
+    size = chunk if chunk is not None and not plan.batch_wide else plan.chunk(n, memory_mb)
+    if size >= n:
         return _run_chunk(program, x, rounding, return_int, trace, plan)
-    parts = [_run_chunk(program, x[s:e], rounding, return_int, trace, plan) for s, e in _chunks(x.shape[0], size)]
+    parts = [_run_chunk(program, take(x, s, e), rounding, return_int, trace, plan) for s, e in _chunks(n, size)]
     return np.concatenate(parts)
 
 
-def _run_chunk(program: Program, x: np.ndarray, rounding: str, return_int: bool, trace, plan: MemoryPlan) -> np.ndarray:
+def _run_chunk(program: Program, x: dict, rounding: str, return_int: bool, trace, plan: MemoryPlan) -> np.ndarray:
     ctx = KernelContext(rounding, program.tensors)
-    env = {program.input: x}
+    env = dict(x)
     for i, ins in enumerate(program.instrs):
         if return_int and ins.op == "dequantize" and ins.output == program.output:
             return env[ins.inputs[0]]
@@ -140,18 +155,24 @@ def simulate(program: Program, x, rounding: str = "gemmlowp", return_int: bool =
     Chunked like ``run`` (float64 tensors: 8 bytes per element where ``run`` holds one).
     """
     check_rounding(rounding)
-    xt = torch.as_tensor(np.asarray(x, np.float32) if not isinstance(x, torch.Tensor) else x).to(dtype)
-    check_input(program, xt.numpy() if not xt.requires_grad else xt.detach().numpy())
+    if isinstance(x, dict) or len(program.inputs) > 1:  # keyword inputs: floats in ``dtype``, ints int64
+        xt = {k: torch.from_numpy(v) if v.dtype == np.int64 else torch.from_numpy(v).to(dtype)
+              for k, v in program_feeds(program, x).items()}
+    else:
+        t = torch.as_tensor(np.asarray(x, np.float32) if not isinstance(x, torch.Tensor) else x).to(dtype)
+        check_input(program, t.numpy() if not t.requires_grad else t.detach().numpy())
+        xt = {program.input: t}
+    n = batch_size(xt)
     plan = memory_plan(program)
-    size = chunk if chunk is not None and not plan.batch_wide else plan.chunk(xt.shape[0], memory_mb, per_element=8)
-    if size >= xt.shape[0]:
+    size = chunk if chunk is not None and not plan.batch_wide else plan.chunk(n, memory_mb, per_element=8)
+    if size >= n:
         return _simulate_chunk(program, xt, rounding, return_int, plan)
-    return torch.cat([_simulate_chunk(program, xt[s:e], rounding, return_int, plan) for s, e in _chunks(xt.shape[0], size)])
+    return torch.cat([_simulate_chunk(program, take(xt, s, e), rounding, return_int, plan) for s, e in _chunks(n, size)])
 
 
-def _simulate_chunk(program: Program, xt: torch.Tensor, rounding: str, return_int: bool, plan: MemoryPlan) -> torch.Tensor:
+def _simulate_chunk(program: Program, xt: dict, rounding: str, return_int: bool, plan: MemoryPlan) -> torch.Tensor:
     ctx = KernelContext(rounding, program.tensors)
-    env = {program.input: xt}
+    env = dict(xt)
     for i, ins in enumerate(program.instrs):
         if return_int and ins.op == "dequantize" and ins.output == program.output:
             qp = program.tensors[ins.inputs[0]].qparams

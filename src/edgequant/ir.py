@@ -30,6 +30,16 @@ Ops (attrs in brackets):
   const     params value (1, ...)         a constant tensor, broadcast over the batch (no inputs)
   rnn       [cell (lstm|gru), reverse, output (h|c), hidden]  params w_ih, w_hh, b_ih, b_hh, h0 (1,H), c0 (1,H,
                                           lstm); one layer-direction over (N, T, I) -> (N, T, H) (capture_rnn)
+Keyword inputs (dict batches, ``capture_hf``): ``Graph.extra_inputs`` names inputs after the first;
+an integer input node has ``attrs["dtype"] = "int64"`` and ``attrs["role"]`` "index" (token ids) or
+"mask" (a (N, L) padding mask, nonzero = keep). ``mask_view`` is the mask's shape without the batch
+dim, reshaped to broadcast against the other operand ((1, 1, L) for (N, H, Lq, L) scores).
+  embedding params weight (V, D)          table gather: input an index input (N, ...) -> (N, ..., D)
+  softmax   [axis, mask_view]             with a second input (a mask input): masked keys get probability 0
+  masklogits [mask_view]                  x where keep, else -inf (an additive padding mask; fused into softmax)
+  maskmul   [mask_view]                   x where keep, else 0 (x * mask)
+  reduce    [kind (sum|mean), dims, keepdim, mask_view]  sum/mean over any non-batch dims; with a second
+                                          input (a mask over one of ``dims``) the mean is over kept positions
 After ``fuse_activations`` a conv/linear/add may carry ``act=(lo, hi)``: its output is clamped.
 """
 from __future__ import annotations
@@ -45,6 +55,7 @@ OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "
        "matmul", "softmax", "layernorm", "transpose"}
 OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture_shape)
 OPS |= {"rnn"}  # one LSTM/GRU layer-direction (capture_rnn)
+OPS |= {"embedding", "masklogits", "maskmul", "reduce"}  # keyword/integer inputs and masks (capture_hf)
 
 
 @dataclass
@@ -67,6 +78,11 @@ class Graph:
     nodes: list[Node]
     input: str
     output: str
+    extra_inputs: list[str] = field(default_factory=list)  # keyword inputs after the first (dict batches)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input, *self.extra_inputs]
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -99,7 +115,7 @@ class Graph:
                 if i not in seen:
                     raise CaptureError(f"{n.describe()} uses {i!r} before it is defined")
             seen.add(n.name)
-        if self.input not in seen or self.output not in seen:
+        if any(i not in seen for i in self.inputs) or self.output not in seen:
             raise CaptureError("graph input/output not among its nodes")
         return self
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import qmath
 from .errors import RecipeError, UnsupportedOpError
+from .feeds import INT_DTYPE, is_int_input
 from .ir import Graph, Node
 from .kernels.elementwise import add_multipliers
 from .program import Instr, Program, TensorInfo
@@ -226,20 +227,25 @@ FLOAT: dict[str, Callable] = {
 def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None) -> Program:
     """Prepared graph (BN folded, activations fused) -> Program for ``recipe``."""
     L = _Lowering(graph, recipe, act_qp or {})
-    inp = graph.node(graph.input)
-    L.tensors[inp.name] = TensorInfo("float32", inp.shape)
-    L.where[inp.name] = inp.name
     table = STATIC if recipe.mode == "static" else FLOAT
-    if recipe.mode == "static":
-        if inp.name not in L.act_qp:
-            raise RecipeError("static recipes need calibrated activation qparams")
-        def _quantize_input(L: _Lowering, n: Node) -> None:
-            L.emit("quantize", n, [n.name], out=n.name + ".q", info=TensorInfo("int8", n.shape, L.act_qp[n.name]))
+    for name in graph.inputs:
+        inp = graph.node(name)
+        L.where[inp.name] = inp.name
+        if is_int_input(inp.attrs):  # token ids / padding masks: int64 in, never quantized
+            L.tensors[inp.name] = TensorInfo(INT_DTYPE, inp.shape)
+            continue
+        L.tensors[inp.name] = TensorInfo("float32", inp.shape)
+        if recipe.mode == "static":
+            if inp.name not in L.act_qp:
+                raise RecipeError("static recipes need calibrated activation qparams")
 
-        if is_binary_tensor(L.act_qp[inp.name]):
-            lower_binary_output(L, inp, _quantize_input)
-        else:
-            _quantize_input(L, inp)
+            def _quantize_input(L: _Lowering, n: Node) -> None:
+                L.emit("quantize", n, [n.name], out=n.name + ".q", info=TensorInfo("int8", n.shape, L.act_qp[n.name]))
+
+            if is_binary_tensor(L.act_qp[inp.name]):
+                lower_binary_output(L, inp, _quantize_input)
+            else:
+                _quantize_input(L, inp)
     for node in graph.nodes:
         if node.op == "input":
             continue
@@ -256,9 +262,10 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
         L.tensors["output"] = TensorInfo("float32", outn.shape)
         out = "output"
     meta = {"recipe": recipe.to_dict()}
-    return Program(L.instrs, inp.name, out, L.tensors, meta)
+    return Program(L.instrs, graph.input, out, L.tensors, meta, list(graph.extra_inputs))
 
 
 from . import lower_elementwise, lower_transformer  # noqa: E402,F401  (register unary/mul and transformer lowerings)
 from . import lower_shape  # noqa: E402,F401  (slice/upsample/const lowerings)
 from . import lower_rnn  # noqa: E402,F401  (LSTM/GRU layer-directions)
+from . import lower_hf  # noqa: E402,F401  (embedding, masked softmax, maskmul, reduce)

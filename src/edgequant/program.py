@@ -38,6 +38,11 @@ class Program:
     output: str
     tensors: dict[str, TensorInfo]
     meta: dict = field(default_factory=dict)
+    extra_inputs: list[str] = field(default_factory=list)  # keyword inputs after the first (dict batches)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input, *self.extra_inputs]
 
     @property
     def input_shape(self) -> tuple[int, ...]:

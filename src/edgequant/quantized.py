@@ -54,7 +54,14 @@ class QuantizedModel:
         self.graph = graph  # the prepared float graph (BN folded), kept for analysis; not needed to run
         self.float_size_bytes = float_size_bytes
 
-    def _input(self, x, check_finite: bool) -> tuple[np.ndarray, bool]:
+    def _input(self, x, check_finite: bool):
+        if isinstance(x, dict) or len(self.program.inputs) > 1:  # keyword inputs (a dict batch)
+            feeds = interpreter.program_feeds(self.program, x)
+            bad = [k for k, v in feeds.items() if v.dtype == np.float32 and not np.all(np.isfinite(v))]
+            if check_finite and bad:
+                raise InputError(f"input {bad[0]!r} contains NaN or inf; clean it, or pass check_finite=False to run anyway")
+            was_torch = not isinstance(x, dict) or any(isinstance(v, torch.Tensor) for v in x.values())
+            return feeds, was_torch
         arr, was_torch = _to_numpy(x)
         interpreter.check_input(self.program, arr)  # before any backend: shape vs the captured graph
         if check_finite and not np.all(np.isfinite(arr)):

@@ -70,6 +70,12 @@ def artifact_files(q) -> dict[str, bytes]:
     from .. import __version__
 
     program, recipe = q.program, q.recipe
+    if len(program.inputs) > 1 or program.tensors[program.input].dtype != "float32":
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"this program takes keyword inputs ({', '.join(program.inputs)}); the artifact format "
+                            "(version 1) stores one float32 input, so it cannot be saved yet -- keep the model in "
+                            "memory, or export it with q.export(...) where the format supports it")
     doc, tensors = program_to_files(program)
     x = _golden_input(program)
     exact = _exact(program)

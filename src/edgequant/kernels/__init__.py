@@ -26,3 +26,4 @@ def run_kernel(op: str) -> Callable:
 from . import conv, elementwise, pool, quant, binary, lut, mul, transformer  # noqa: E402,F401  (fill the tables)
 from . import shape  # noqa: E402,F401  (slice, upsample, const)
 from . import rnn  # noqa: E402,F401  (LSTM/GRU layer-directions)
+from . import masked  # noqa: E402,F401  (embedding, masked softmax, maskmul, reduce)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..calibrate import iter_batches
+from ..feeds import batch_size, float_inputs
 from ..errors import CalibrationError, RecipeError
 from ..graph_exec import GraphModule, conv_float
 from ..ir import Graph, Node
@@ -83,9 +84,9 @@ def mean_inputs(graph: Graph, nodes: list[Node], calib) -> dict[str, np.ndarray]
 
     with torch.no_grad():
         for x in iter_batches(calib):
-            if x.numel():
-                gm(x.float(), hook)
-                count += x.shape[0]
+            if batch_size(x):
+                gm(float_inputs(x), hook)
+                count += batch_size(x)
     if count == 0:
         raise CalibrationError("bias correction needs a non-empty calibration set")
     return {k: v / count for k, v in sums.items()}

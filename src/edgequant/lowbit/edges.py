@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..calibrate import iter_batches
+from ..feeds import batch_size, float_inputs
 from ..errors import CalibrationError
 from ..graph_exec import GraphModule
 from ..ir import Graph, Node
@@ -127,7 +128,7 @@ def recalibrate_edges(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] |
 
     with torch.no_grad():
         for x in iter_batches(calib):
-            if x.numel():
-                gm(x.float(), hook)
+            if batch_size(x):
+                gm(float_inputs(x), hook)
     for n, ob in observers.items():
         act_qp[n] = ob.qparams()

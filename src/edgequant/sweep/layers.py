@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import interpreter
+from ..feeds import input_value
 from ..deadline import check_deadline
 from ..graph_exec import GraphModule, run_node
 from ..ir import Graph
@@ -83,7 +84,7 @@ def float_outputs(graph: Graph, x: torch.Tensor, names: set[str]) -> dict[str, n
         return y
 
     with torch.no_grad():
-        GraphModule(graph)(x.float(), hook)
+        GraphModule(graph)(x.float(), hook)  # a dict batch: GraphModule casts each input
     return keep
 
 
@@ -194,7 +195,8 @@ def sensitivity(program: Program, graph: Graph, batches: list[tuple[torch.Tensor
         for b, (x, _) in enumerate(batches):
             env: dict[str, torch.Tensor] = {}
             for n in graph.nodes:
-                env[n.name] = x.float() if n.op == "input" else run_node(n, [env[i] for i in n.inputs], params[n.name])
+                env[n.name] = (input_value(x, n) if n.op == "input"
+                               else run_node(n, [env[i] for i in n.inputs], params[n.name]))
             for layer in todo:
                 check_deadline("sensitivity")  # a sweep's time limit bites between layers
                 if progress and b == 0:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from ..feeds import KeywordBatch, cat
 from ..errors import PluginError
 
 BUILTIN_MODELS = ("digits_cnn", "resnet_digits", "mobilenet_v2_digits")
@@ -118,7 +119,7 @@ class Data:
 
     @property
     def eval_x(self) -> torch.Tensor:
-        return torch.cat([x for x, _ in self.eval])
+        return cat([x for x, _ in self.eval])
 
     @property
     def eval_y(self) -> torch.Tensor:
@@ -134,6 +135,17 @@ def _as_tensor(v, spec: str, which: str, i: int, field: str) -> torch.Tensor:
                       "(x, y) pairs of tensors or NumPy arrays")
 
 
+def _as_x(v, spec: str, which: str, i: int):
+    """A batch's inputs: a float tensor, or a dict of tensors (keyword inputs, e.g. a tokenizer's output)."""
+    if isinstance(v, dict):
+        if not v or not all(isinstance(k, str) for k in v):
+            raise PluginError(f"--data {spec!r}: {which} batch {i} is a dict without string keys; a dict batch maps the "
+                              "model's keyword argument names to tensors")
+        out = KeywordBatch({k: _as_tensor(t, spec, which, i, f"x[{k!r}]") for k, t in v.items()})
+        return KeywordBatch({k: t.float() if t.dtype.is_floating_point else t.long() for k, t in out.items()})
+    return _as_tensor(v, spec, which, i, "x").float()
+
+
 def _batches(it: Iterable, spec: str, which: str, limit: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     try:
         iterator = iter(it)
@@ -145,7 +157,7 @@ def _batches(it: Iterable, spec: str, which: str, limit: int | None) -> list[tup
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise PluginError(f"--data {spec!r}: {which} batch {i} is a {type(item).__name__}; every batch must be an "
                               "(x, y) pair: inputs (N, ...) and labels (N,)")
-        x = _as_tensor(item[0], spec, which, i, "x").float()
+        x = _as_x(item[0], spec, which, i)
         y = _as_tensor(item[1], spec, which, i, "y")
         if x.ndim < 2 or y.shape[0] != x.shape[0]:
             raise PluginError(f"--data {spec!r}: {which} batch {i} has x {tuple(x.shape)} and y {tuple(y.shape)}; "

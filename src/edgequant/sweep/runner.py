@@ -31,6 +31,7 @@ import torch
 from .. import __version__
 from ..api import capture_prepared, quantize
 from ..deadline import Deadline, TimeLimitExceeded, check_deadline, remaining_s
+from ..feeds import as_torch, call_model
 from ..errors import CaptureError, EdgequantError, PluginError, UnsupportedOpError
 from ..quantized import QuantizedModel
 from ..recipes import RECIPES
@@ -345,10 +346,10 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     say("fp32 baseline (torch)", 0, total)
     with torch.no_grad():
         try:
-            base_logits = torch.cat([model(x).float() for x, _ in data.eval])
+            base_logits = torch.cat([call_model(model, x).float() for x, _ in data.eval])
             raw = metric_fn(base_logits, data.eval_y)
-            xt = torch.from_numpy(xb)
-            torch_ms = timing.median_ms(lambda: model(xt), cfg.repeats)
+            xt = as_torch(xb)
+            torch_ms = timing.median_ms(lambda: call_model(model, xt), cfg.repeats)
         except PluginError:
             raise
         except Exception as e:
