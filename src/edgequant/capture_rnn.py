@@ -218,7 +218,9 @@ def intercept(ctx: _Ctx, fx) -> bool:
     if t is torch.ops.edgequant.rnn.default:
         return False
     if t in _SHAPE_CONSTS:  # torch.zeros(L, N, H) as an initial state: a constant (capture folds what uses it)
-        ctx.consts[fx.name] = torch.full(_shape(fx), _SHAPE_CONSTS[t])
+        val = fx.meta.get("val")  # keep the traced dtype: HF builds int64 token_type_ids with torch.zeros
+        dtype = val.dtype if isinstance(val, torch.Tensor) else torch.float32
+        ctx.consts[fx.name] = torch.full(_shape(fx), _SHAPE_CONSTS[t], dtype=dtype)
         return True
     args = [a for a in fx.args if isinstance(a, torch.fx.Node)]
     if t is aten.stack.default and int(fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("dim", 0)) == 0:
