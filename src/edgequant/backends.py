@@ -31,14 +31,22 @@ def ort_session(q, threads: int | None = None, **export_options):
     key = (id(q.program), threads, tuple(sorted(export_options.items())))
     if key not in cache:
         model = to_onnx(q, **export_options)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        cache[key] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        cache[key] = ort.InferenceSession(model.SerializeToString(), ort_options(threads), providers=["CPUExecutionProvider"])
     return cache[key]
+
+
+def ort_options(threads: int | None):
+    """ONNX Runtime session options as every edgequant session uses them: all graph optimizations,
+    quiet logs, ``threads`` intra-op threads (None: ORT's default) and one inter-op thread."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return so
 
 
 def _run_onnxruntime(q, x: np.ndarray) -> np.ndarray:

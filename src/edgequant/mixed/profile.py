@@ -34,16 +34,12 @@ def ort_unit_ms(q, x: np.ndarray, unit_of_tensor: dict[str, str], threads: int |
     import onnx
     import onnxruntime as ort
 
+    from ..backends import ort_options
     from ..export.onnx_export import to_onnx
 
     keys = sorted(unit_of_tensor)
     with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
+        so = ort_options(threads)
         so.optimized_model_filepath = os.path.join(d, "optimized.onnx")
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(d, "profile")
