@@ -162,3 +162,16 @@ def test_recipes_lists_presets(tmp_path):
     assert cli.main(["recipes", "--json", str(tmp_path / "r.json")]) == 0
     rows = {r["recipe"]: r for r in json.loads((tmp_path / "r.json").read_text())["recipes"]}
     assert "int8" in rows["w8a8-pc"]["presets"] and rows["fp32"]["weight_bits"] == 32
+
+
+def test_max_minutes_counts_from_the_call_in_a_long_lived_process(monkeypatch):
+    """A notebook or test process may be older than --max-minutes: the sweep's budget starts at main(argv)."""
+    import time
+
+    from edgequant import cli
+
+    monkeypatch.setattr(cli, "_process_age_s", lambda: 3600.0)  # an hour-old kernel
+    monkeypatch.setattr(cli, "_CALLED_AT", time.monotonic())
+    assert cli._minutes_left(20.0) > 19.9
+    monkeypatch.setattr(cli, "_CALLED_AT", None)  # the `edgequant` command: imports count
+    assert cli._minutes_left(20.0) == 0.05

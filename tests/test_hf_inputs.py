@@ -121,7 +121,7 @@ def test_masked_softmax_kernel_gives_masked_keys_zero():
     from edgequant.kernels.masked import softmax_masked_run
     from edgequant.kernels.context import KernelContext
     from edgequant.kernels.transformer import ort_softmax_table, softmax_exp_table
-    from edgequant.lower_transformer import softmax_qparams
+    from edgequant.lower.transformer import softmax_qparams
     from edgequant.program import Instr, TensorInfo
     from edgequant.qmath import QParams
 

@@ -150,7 +150,7 @@ def test_cell_state_is_16_bit_on_a_power_of_two_grid():
 
 
 def test_cell_frac_covers_the_sequence_length():
-    from edgequant.lower_rnn import cell_frac
+    from edgequant.lower.rnn import cell_frac
     from edgequant.ir import Node
 
     def node(t, c0=0.0):

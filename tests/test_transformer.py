@@ -18,7 +18,7 @@ from edgequant.capture import capture
 from edgequant.errors import ExportError, UnsupportedOpError
 from edgequant.kernels import RUN, SIM
 from edgequant.kernels.context import KernelContext
-from edgequant.lower_transformer import softmax_qparams
+from edgequant.lower.transformer import softmax_qparams
 from edgequant.program import Instr, TensorInfo
 from edgequant.qmath import QParams, round_half_away
 
@@ -137,7 +137,7 @@ def _instr(op, inputs, attrs=None, arrays=None):
 
 
 def test_matmul_kernel_exact_accumulator_and_requantization():
-    from edgequant.lower_transformer import _s_matmul  # noqa: F401  (registered lowering exists)
+    from edgequant.lower.transformer import _s_matmul  # noqa: F401  (registered lowering exists)
     from edgequant.lower import requant_arrays
 
     rng = np.random.default_rng(0)
@@ -185,8 +185,8 @@ def test_softmax_kernel_within_one_lsb_of_float(scale, d):
 @pytest.mark.parametrize("d,scale,eps", [(32, 0.05, 1e-5), (768, 0.02, 1e-12), (16, 0.5, 1e-3)])
 def test_layernorm_kernel_within_one_lsb_of_float(d, scale, eps):
     from edgequant.ir import Node
-    from edgequant.lower import _Lowering
-    from edgequant.lower_transformer import _s_layernorm
+    from edgequant.lower import Lowering
+    from edgequant.lower.transformer import _s_layernorm
     from edgequant.recipes import get_recipe
 
     rng = np.random.default_rng(d)
@@ -199,7 +199,7 @@ def test_layernorm_kernel_within_one_lsb_of_float(d, scale, eps):
     qx = QParams(np.float32(scale), np.int32(4))
     qy = QParams(np.float32(0.03), np.int32(-2))
     node = Node("ln", "layernorm", ["x"], {"eps": eps}, {"weight": gamma, "bias": beta}, (50, d))
-    L = _Lowering(None, get_recipe("w8a8-pc"), {"ln": qy})
+    L = Lowering(None, get_recipe("w8a8-pc"), {"ln": qy})
     L.tensors["x"] = TensorInfo("int8", (50, d), qx)
     L.where["x"] = "x"
     _s_layernorm(L, node)

@@ -99,7 +99,7 @@ def _tensor_example(example_input) -> torch.Tensor:
 
 
 def _dict_example(example: dict) -> dict:
-    from .capture_hf import example_feeds
+    from .capture.hf import example_feeds
 
     try:
         ex = example_feeds(example)

@@ -56,9 +56,15 @@ def _process_age_s() -> float:
         return 0.0
 
 
+_CALLED_AT: float | None = None  # time.monotonic() when main() was called from Python (not the command line)
+
+
 def _minutes_left(max_minutes: float) -> float:
-    """``--max-minutes`` counts from the command's start: Python and torch imports are spent already."""
-    return max(max_minutes - _process_age_s() / 60.0, 0.05)
+    """``--max-minutes`` counts from the command's start: from the process's start for the
+    ``edgequant`` command (Python and torch imports are spent already), from the ``main(argv)``
+    call when Python code (a notebook, a test) runs it in a process that may be hours old."""
+    spent = _process_age_s() if _CALLED_AT is None else time.monotonic() - _CALLED_AT
+    return max(max_minutes - spent / 60.0, 0.05)
 
 
 def _csv(s: str) -> list[str]:
@@ -392,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    global _CALLED_AT
+    _CALLED_AT = None if argv is None else time.monotonic()
     ap = build_parser()
     a = ap.parse_args(argv)
     if getattr(a, "fn", None) is None:

@@ -29,8 +29,8 @@ Ops (attrs in brackets):
                                           whole factors only
   const     params value (1, ...)         a constant tensor, broadcast over the batch (no inputs)
   rnn       [cell (lstm|gru), reverse, output (h|c), hidden]  params w_ih, w_hh, b_ih, b_hh, h0 (1,H), c0 (1,H,
-                                          lstm); one layer-direction over (N, T, I) -> (N, T, H) (capture_rnn)
-Keyword inputs (dict batches, ``capture_hf``): ``Graph.extra_inputs`` names inputs after the first;
+                                          lstm); one layer-direction over (N, T, I) -> (N, T, H) (capture.rnn)
+Keyword inputs (dict batches, ``capture.hf``): ``Graph.extra_inputs`` names inputs after the first;
 an integer input node has ``attrs["dtype"] = "int64"`` and ``attrs["role"]`` "index" (token ids) or
 "mask" (a (N, L) padding mask, nonzero = keep). ``mask_view`` is the mask's shape without the batch
 dim, reshaped to broadcast against the other operand ((1, 1, L) for (N, H, Lq, L) scores).
@@ -53,9 +53,9 @@ from .errors import CaptureError
 
 OPS = {"input", "conv", "linear", "batchnorm", "clamp", "add", "mul", "unary", "cat", "maxpool", "avgpool", "mean", "reshape", "pad",
        "matmul", "softmax", "layernorm", "transpose"}
-OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture_shape)
-OPS |= {"rnn"}  # one LSTM/GRU layer-direction (capture_rnn)
-OPS |= {"embedding", "masklogits", "maskmul", "reduce"}  # keyword/integer inputs and masks (capture_hf)
+OPS |= {"slice", "upsample", "const"}  # data movement and constants (capture.shape)
+OPS |= {"rnn"}  # one LSTM/GRU layer-direction (capture.rnn)
+OPS |= {"embedding", "masklogits", "maskmul", "reduce"}  # keyword/integer inputs and masks (capture.hf)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from ..lower_transformer import matmul_scale_f32
+from ..lower.transformer import matmul_scale_f32
 from ..program import Instr
 from .onnx_graph import OnnxBuilder
 from .onnx_qdq import Emitter

@@ -20,7 +20,7 @@ import torch
 from ..ir import Graph, Node
 from ..kernels import RUN
 from ..kernels.context import KernelContext
-from ..lower import STATIC, _Lowering, act_int_bounds
+from ..lower import STATIC, Lowering, act_int_bounds
 from ..lowbit.binary_act import binary_threshold, carrier_qparams, is_binary_tensor, lower_binary_output
 from ..program import TensorInfo
 from .. import qmath
@@ -146,7 +146,7 @@ def run_program_op(graph: Graph, node: Node, recipe: Recipe, inputs: list[tuple[
     inputs' device.
     """
     act_qp = {node.name: out_qp} if out_qp is not None else {}
-    low = _Lowering(graph, recipe, act_qp)
+    low = Lowering(graph, recipe, act_qp)
     arrays = []
     for name, (q, qp) in zip(node.inputs, inputs):
         a = q.detach().cpu().numpy().astype(np.int8)

@@ -3,7 +3,7 @@ integer program quantizes.
 
 The forward is the float twin of ``kernels.rnn`` with straight-through fake quantization: weights per
 output channel (``WeightFakeQuant``, W_ih and W_hh separately), gate sums on Q3.12, gate outputs on
-Q0.15, the LSTM cell on its power-of-two grid (``lower_rnn.cell_frac``) and h on the layer's output
+Q0.15, the LSTM cell on its power-of-two grid (``lower.rnn.cell_frac``) and h on the layer's output
 quantizer at every step (h feeds the next step's matmul as int8). With ``rounding`` set, the value
 is the integer program's own (the ``rnn`` kernel run on the current weights and grids, as
 ``integer_twin.run_program_op`` does for add/cat), the gradient the fake-quant one's.
@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..ir import Graph, Node
 from ..kernels.rnn import Q015, Q312
 from ..kernels.rnn_lut import INT16_MAX, INT16_MIN
-from ..lower_rnn import cell_frac
+from ..lower.rnn import cell_frac
 from ..qmath import fake_quantize
 from ..recipes import Recipe
 from . import integer_twin as twin

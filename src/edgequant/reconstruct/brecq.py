@@ -141,7 +141,7 @@ def requant_shifts(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, "W
     first rounding is invisible; at 4 bits the multiplier ``s_in s_w / s_out`` is near 1/2..1/8, so
     ``R`` is 1..3 and the first rounding moves up to a quarter of the outputs by one step. The sim
     reproduces it where the program does it (``_double_rounds``) so that the rounding is learned for
-    the arithmetic ``q.run`` really does (the same ``real`` as ``lower._s_gemm``)."""
+    the arithmetic ``q.run`` really does (the same ``real`` as ``lower.gemm``)."""
     out = {}
     by = graph.by_name()
     for n in graph.nodes:

@@ -3,7 +3,7 @@
 Why: ``torch.export`` unrolls PyTorch's recurrent modules into ``aten.lstm``/``aten.gru`` calls with
 ``aten.zeros`` initial states, none of which is activation arithmetic edgequant can quantize piece
 by piece (the cell state must stay 16-bit, the gates run on fixed grids). As for
-``nn.MultiheadAttention`` (``capture_mha``), a copy of the model gets each recurrent module replaced
+``nn.MultiheadAttention`` (``capture.mha``), a copy of the model gets each recurrent module replaced
 by :class:`RecurrentOps`, which computes the same function from the same parameters with one
 ``edgequant::rnn`` custom op per layer and direction (an IR ``rnn`` node: batch-first (N, T, I) in,
 (N, T, H) out). Everything around it is plain ops capture already knows: ``cat`` of the two
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .capture import HANDLERS, _Ctx, _module_path, _shape, aten
-from .capture_shape import _bounds, _slice_node  # capture imports capture_shape before this module
-from .errors import UnsupportedOpError
-from .ir import Node
-from .rnn_float import rnn_layer
+from ..errors import UnsupportedOpError
+from ..ir import Node
+from ..rnn_float import rnn_layer
+from .context import HANDLERS, Ctx, aten, fx_shape, module_path
+from .shape import slice_bounds, slice_node
 
 
 @torch.library.custom_op("edgequant::rnn", mutates_args=())
@@ -125,22 +125,22 @@ def recurrent_ops(model: nn.Module) -> nn.Module:
 
 
 # -- capture of the op ---------------------------------------------------------------------------
-def _state(ctx: _Ctx, fx, a, what: str, hidden: int) -> np.ndarray:
+def _state(ctx: Ctx, fx, a, what: str, hidden: int) -> np.ndarray:
     """A constant initial state as (1, H): zero, or a learned tensor the same for every sample."""
     if not (isinstance(a, torch.fx.Node) and ctx.is_const(a)):
         raise UnsupportedOpError(
-            f"node '{fx.name}' in module '{_module_path(fx)}': the initial {what} is computed from the input; edgequant "
+            f"node '{fx.name}' in module '{module_path(fx)}': the initial {what} is computed from the input; edgequant "
             "supports zero or constant (learned) initial states -- pass hx=None or a parameter")
     v = ctx.param(a).reshape(-1, hidden)
     if v.shape[0] != 1:
         if not np.all(v == v[:1]):
-            raise UnsupportedOpError(f"node '{fx.name}' in module '{_module_path(fx)}': the initial {what} differs between "
+            raise UnsupportedOpError(f"node '{fx.name}' in module '{module_path(fx)}': the initial {what} differs between "
                                      "samples; edgequant needs one initial state for every sample (zero or learned)")
         v = v[:1]
     return v.astype(np.float32)
 
 
-def _rnn(ctx: _Ctx, fx, args):
+def _rnn(ctx: Ctx, fx, args):
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, cell, reverse, output = args
     module = ctx.param_module(w_ih)
     if isinstance(x, torch.fx.Node) and x.name in _views(ctx)[1]:
@@ -151,7 +151,7 @@ def _rnn(ctx: _Ctx, fx, args):
     for p in (w_ih, w_hh, b_ih, b_hh):
         if not ctx.is_param(p):
             raise UnsupportedOpError(f"node '{fx.name}': recurrent weights computed at run time are not supported")
-    hid = int(_shape(w_hh)[1]) if _shape(w_hh) else ctx.param(w_hh).shape[1]
+    hid = int(fx_shape(w_hh)[1]) if fx_shape(w_hh) else ctx.param(w_hh).shape[1]
     params = {"w_ih": ctx.param(w_ih), "w_hh": ctx.param(w_hh), "b_ih": ctx.param(b_ih), "b_hh": ctx.param(b_hh),
               "h0": _state(ctx, fx, h0, "hidden state h0", hid)}
     if cell == "lstm":
@@ -169,7 +169,7 @@ _SHAPE_CONSTS = {aten.zeros.default: 0.0, aten.ones.default: 1.0, aten.zeros_lik
 _TRANSPOSES = (aten.transpose.int, aten.permute.default, aten.swapaxes.default, aten.swapdims.default)
 
 
-def _views(ctx: _Ctx) -> tuple[dict, dict]:
+def _views(ctx: Ctx) -> tuple[dict, dict]:
     """(stacks: fx name -> [IR names of the (N, ...) items], time_major: fx name -> IR name of the
     batch-first tensor it is the dim-0/1 transpose of)."""
     if not hasattr(ctx, "rnn_stacks"):
@@ -178,7 +178,7 @@ def _views(ctx: _Ctx) -> tuple[dict, dict]:
 
 
 def _swaps01(fx) -> bool:
-    nd = len(_shape(fx.args[0]))
+    nd = len(fx_shape(fx.args[0]))
     if fx.target == aten.permute.default:
         perm = [int(p) % nd for p in fx.args[1]]
         return perm[:2] == [1, 0] and perm[2:] == list(range(2, nd))
@@ -199,7 +199,7 @@ def _read_virtually(fx) -> bool:
 
 def _refuse(fx, what: str) -> UnsupportedOpError:
     return UnsupportedOpError(
-        f"node '{fx.name}' in module '{_module_path(fx)}' ({fx.target}) uses {what}, whose batch is not in dim 0; "
+        f"node '{fx.name}' in module '{module_path(fx)}' ({fx.target}) uses {what}, whose batch is not in dim 0; "
         "edgequant supports indexing it along dim 0 (h_n[-1], h_n[-2:], out[-1] for batch_first=False), unbind, "
         "squeeze(0), and transpose(0, 1) back to batch-first -- rewrite the model to use those")
 
@@ -211,7 +211,7 @@ def _item_index(k, n: int, fx) -> int:
     return k % n
 
 
-def intercept(ctx: _Ctx, fx) -> bool:
+def intercept(ctx: Ctx, fx) -> bool:
     """Handle ``fx`` if it makes or reads a virtual layout, or is a shape-only constant; True if done."""
     stacks, tm = _views(ctx)
     t = fx.target
@@ -220,7 +220,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
     if t in _SHAPE_CONSTS:  # torch.zeros(L, N, H) as an initial state: a constant (capture folds what uses it)
         val = fx.meta.get("val")  # keep the traced dtype: HF builds int64 token_type_ids with torch.zeros
         dtype = val.dtype if isinstance(val, torch.Tensor) else torch.float32
-        ctx.consts[fx.name] = torch.full(_shape(fx), _SHAPE_CONSTS[t], dtype=dtype)
+        ctx.consts[fx.name] = torch.full(fx_shape(fx), _SHAPE_CONSTS[t], dtype=dtype)
         return True
     args = [a for a in fx.args if isinstance(a, torch.fx.Node)]
     if t is aten.stack.default and int(fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("dim", 0)) == 0:
@@ -244,11 +244,11 @@ def intercept(ctx: _Ctx, fx) -> bool:
                 shape = _item_shape(ctx, item)
                 names.append(f"{fx.name}.item{k}")
                 ctx.nodes.append(Node(names[-1], "reshape", [item], {"shape": (1,) + shape[1:]}, {},
-                                      (shape[0], 1) + shape[1:], _module_path(fx)))
+                                      (shape[0], 1) + shape[1:], module_path(fx)))
             if len(names) == 1:
                 ctx.alias[fx.name] = names[0]
             else:
-                ctx.nodes.append(Node(fx.name, "cat", names, {"axis": 1}, {}, _shape(fx), _module_path(fx)))
+                ctx.nodes.append(Node(fx.name, "cat", names, {"axis": 1}, {}, fx_shape(fx), module_path(fx)))
         elif _read_virtually(fx):  # a batch-first tensor seen time-major
             tm[fx.name] = ctx.ref(args[0], fx)
         else:
@@ -283,19 +283,19 @@ def intercept(ctx: _Ctx, fx) -> bool:
         return True
     real = tm[src.name]
     shape = _item_shape(ctx, real)
-    module = _module_path(fx)
+    module = module_path(fx)
     if t is aten.select.int and int(fx.args[1]) == 0:  # y[t] of (T, N, H): step t of (N, T, H)
         k = _item_index(fx.args[2], shape[1], fx)
         sl = (shape[0], 1) + shape[2:]
-        ctx.nodes.append(_slice_node(f"{fx.name}.slice", real, 1, k, k + 1, 1, sl, module))
+        ctx.nodes.append(slice_node(f"{fx.name}.slice", real, 1, k, k + 1, 1, sl, module))
         ctx.nodes.append(Node(fx.name, "reshape", [f"{fx.name}.slice"], {"shape": shape[2:]}, {}, (shape[0],) + shape[2:],
                               module))
     elif t is aten.slice.Tensor and int(fx.args[1] if len(fx.args) > 1 else 0) == 0:  # y[a:b]: steps a..b
         step = int(fx.args[4]) if len(fx.args) > 4 else 1
-        start, stop = _bounds(shape[1], fx.args[2] if len(fx.args) > 2 else None,
+        start, stop = slice_bounds(shape[1], fx.args[2] if len(fx.args) > 2 else None,
                               fx.args[3] if len(fx.args) > 3 else None, step)
         sl = (shape[0], len(range(start, stop, step))) + shape[2:]
-        ctx.nodes.append(_slice_node(f"{fx.name}.bf", real, 1, start, stop, step, sl, module))
+        ctx.nodes.append(slice_node(f"{fx.name}.bf", real, 1, start, stop, step, sl, module))
         tm[fx.name] = f"{fx.name}.bf"
     elif t in _IDENTITY_VIEWS:
         tm[fx.name] = real
@@ -304,7 +304,7 @@ def intercept(ctx: _Ctx, fx) -> bool:
     return True
 
 
-def _item_shape(ctx: _Ctx, name: str) -> tuple[int, ...]:
+def _item_shape(ctx: Ctx, name: str) -> tuple[int, ...]:
     for n in reversed(ctx.nodes):
         if n.name == name:
             return tuple(n.shape)

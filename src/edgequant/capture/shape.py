@@ -30,10 +30,11 @@ import operator
 import numpy as np
 import torch
 
-from . import capture as cap
-from .capture import HANDLERS, _Ctx, _module_path, _shape, aten
-from .errors import UnsupportedOpError
-from .ir import Node
+from ..errors import UnsupportedOpError
+from ..ir import Node
+from .context import HANDLERS, Ctx, aten, fx_shape, module_path
+from .elementwise import fold_channel_scale
+from .layout import cat, reshape
 
 INT64_MAX = 9223372036854775807
 
@@ -49,7 +50,7 @@ def _node_args(v) -> list:
     return []
 
 
-def _subst(ctx: _Ctx, v):
+def _subst(ctx: Ctx, v):
     if isinstance(v, torch.fx.Node):
         return ctx.const_tensor(v)
     if isinstance(v, (list, tuple)):
@@ -59,7 +60,7 @@ def _subst(ctx: _Ctx, v):
     return v
 
 
-def _fold(ctx: _Ctx, fx) -> bool:
+def _fold(ctx: Ctx, fx) -> bool:
     """Evaluate ``fx`` now when every tensor it reads is a constant; True if it was."""
     nodes = _node_args(fx.args) + _node_args(fx.kwargs)
     if not nodes or not all(ctx.is_const(n) for n in nodes):
@@ -73,7 +74,7 @@ def _fold(ctx: _Ctx, fx) -> bool:
     return True
 
 
-def const_node(ctx: _Ctx, a, fx, rank: int, value: np.ndarray | None = None) -> str:
+def const_node(ctx: Ctx, a, fx, rank: int, value: np.ndarray | None = None) -> str:
     """An IR ``const`` node holding constant ``a`` (or ``value`` derived from it) as (1, ...) of
     ``rank`` dims, broadcast over the batch; returns its name."""
     v = np.asarray(ctx.param(a) if value is None else value, np.float32)
@@ -92,7 +93,7 @@ def const_node(ctx: _Ctx, a, fx, rank: int, value: np.ndarray | None = None) -> 
     name = f"{a.name}.const" if value is None else f"{fx.name}.const"
     if name not in ctx.const_nodes:
         ctx.const_nodes.add(name)
-        module = ctx.param_module(a) if a.name in ctx.param_of else _module_path(fx)
+        module = ctx.param_module(a) if a.name in ctx.param_of else module_path(fx)
         ctx.nodes.append(Node(name, "const", [], {}, {"value": v.copy()}, v.shape, module))
     return name
 
@@ -108,7 +109,7 @@ def _binary(kind: str):
     """add/sub/mul/div handler: the original for activation(s) and scalars, constants as above."""
     orig = HANDLERS[{"add": aten.add.Tensor, "sub": aten.sub.Tensor, "mul": aten.mul.Tensor, "div": aten.div.Tensor}[kind]]
 
-    def f(ctx: _Ctx, fx, args):
+    def f(ctx: Ctx, fx, args):
         a, b = args[0], args[1]
         ca = isinstance(a, torch.fx.Node) and ctx.is_const(a)
         cb = isinstance(b, torch.fx.Node) and ctx.is_const(b)
@@ -130,16 +131,16 @@ def _binary(kind: str):
         if kind == "div" and (fx.kwargs.get("rounding_mode") is not None or np.any(v == 0)):
             raise UnsupportedOpError(f"node '{fx.name}': division by a constant tensor holding zeros, or with a rounding "
                                      "mode, is not supported")
-        xs = _shape(x)
+        xs = fx_shape(x)
         vs = (1,) * (len(xs) - v.ndim) + v.shape
         if len(vs) > len(xs) or any(d not in (1, e) for d, e in zip(vs[1:], xs[1:])) or vs[0] not in (1, ctx.batch):
             raise UnsupportedOpError(f"node '{fx.name}' ({fx.target}): a constant of shape {v.shape} does not broadcast "
                                      f"into the activation {xs}; the constant must not enlarge it")
         c = {"add": v * alpha, "sub": -v * alpha, "mul": v, "div": 1.0 / v}[kind]
-        if kind in ("mul", "div") and cap._fold_channel_scale(ctx, fx, x, c.astype(np.float32)):
+        if kind in ("mul", "div") and fold_channel_scale(ctx, fx, x, c.astype(np.float32)):
             return None  # a layer scale right after its Linear/Conv (through transposes): folded at capture
         xr = ctx.ref(x, fx)
-        module = ctx.param_module(cnode) if cnode.name in ctx.param_of else _module_path(fx)
+        module = ctx.param_module(cnode) if cnode.name in ctx.param_of else module_path(fx)
         if len(xs) == 4 and vs[1:] == (xs[1], 1, 1) and vs[0] == 1:  # per channel: a depthwise 1x1 conv
             flat = c.reshape(-1)
             if kind in ("mul", "div"):
@@ -150,11 +151,11 @@ def _binary(kind: str):
     return f
 
 
-def _cat(ctx: _Ctx, fx, args):
+def _cat(ctx: Ctx, fx, args):
     tensors = list(args[0])
     if not any(isinstance(t, torch.fx.Node) and ctx.is_const(t) for t in tensors):
-        return cap._cat(ctx, fx, args)
-    rank = len(_shape(fx))
+        return cat(ctx, fx, args)
+    rank = len(fx_shape(fx))
     ins = [const_node(ctx, t, fx, rank) if ctx.is_const(t) else ctx.ref(t, fx) for t in tensors]
     axis = int(args[1] if len(args) > 1 else fx.kwargs.get("dim", 0)) % rank
     if axis == 0:
@@ -167,24 +168,24 @@ def _axis(dim, nd: int) -> int:
     return int(dim) % nd
 
 
-def _slice_node(name: str, src: str, axis: int, start: int, stop: int, step: int, shape, module: str) -> Node:
+def slice_node(name: str, src: str, axis: int, start: int, stop: int, step: int, shape, module: str) -> Node:
     return Node(name, "slice", [src], {"axis": axis, "start": int(start), "stop": int(stop), "step": int(step)},
                 shape=tuple(shape), module=module)
 
 
-def _bounds(size: int, start, stop, step: int) -> tuple[int, int]:
+def slice_bounds(size: int, start, stop, step: int) -> tuple[int, int]:
     start, stop, _ = slice(start, None if stop is None or stop >= INT64_MAX else stop, step).indices(size)
     return start, max(stop, start)
 
 
 def _batch_error(fx) -> UnsupportedOpError:
-    return UnsupportedOpError(f"node '{fx.name}' in module '{_module_path(fx)}' ({fx.target}) slices the batch dimension; "
+    return UnsupportedOpError(f"node '{fx.name}' in module '{module_path(fx)}' ({fx.target}) slices the batch dimension; "
                               "edgequant needs dim 0 to stay the batch -- slice the other dims only")
 
 
-def _slice(ctx: _Ctx, fx, args):
+def _slice(ctx: Ctx, fx, args):
     x = args[0]
-    ins = _shape(x)
+    ins = fx_shape(x)
     axis = _axis(args[1] if len(args) > 1 else fx.kwargs.get("dim", 0), len(ins))
     if fx.target == aten.narrow.default:
         start = int(args[2]) % ins[axis] if int(args[2]) < 0 else int(args[2])
@@ -193,40 +194,40 @@ def _slice(ctx: _Ctx, fx, args):
         start = args[2] if len(args) > 2 else fx.kwargs.get("start")
         stop = args[3] if len(args) > 3 else fx.kwargs.get("end")
         step = int(args[4] if len(args) > 4 else fx.kwargs.get("step", 1) or 1)
-        start, stop = _bounds(ins[axis], start, stop, step)
+        start, stop = slice_bounds(ins[axis], start, stop, step)
     if axis == 0:
         if (start, stop, step) == (0, ins[0], 1):  # the whole batch: nothing to do
             return _alias(ctx, fx, x)
         raise _batch_error(fx)
-    return _slice_node(fx.name, ctx.ref(x, fx), axis, start, stop, step, _shape(fx), "")
+    return slice_node(fx.name, ctx.ref(x, fx), axis, start, stop, step, fx_shape(fx), "")
 
 
-def _alias(ctx: _Ctx, fx, x) -> None:
+def _alias(ctx: Ctx, fx, x) -> None:
     ctx.alias[fx.name] = ctx.ref(x, fx)
     return None
 
 
-def _select(ctx: _Ctx, fx, args):
+def _select(ctx: Ctx, fx, args):
     x = args[0]
-    ins = _shape(x)
+    ins = fx_shape(x)
     axis = _axis(args[1], len(ins))
     if axis == 0:
         raise _batch_error(fx)
     i = int(args[2]) % ins[axis]
     sl = list(ins)
     sl[axis] = 1
-    ctx.nodes.append(_slice_node(f"{fx.name}.slice", ctx.ref(x, fx), axis, i, i + 1, 1, sl, _module_path(fx)))
-    return Node(fx.name, "reshape", [f"{fx.name}.slice"], {"shape": tuple(_shape(fx)[1:])})
+    ctx.nodes.append(slice_node(f"{fx.name}.slice", ctx.ref(x, fx), axis, i, i + 1, 1, sl, module_path(fx)))
+    return Node(fx.name, "reshape", [f"{fx.name}.slice"], {"shape": tuple(fx_shape(fx)[1:])})
 
 
 SPLITS = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int,
           aten.tensor_split.sections, aten.tensor_split.indices}
 
 
-def _record_split(ctx: _Ctx, fx) -> None:
+def _record_split(ctx: Ctx, fx) -> None:
     """Remember which slice each output of a chunk/split/unbind is; ``getitem`` builds it."""
     x, args = fx.args[0], fx.args
-    ins = _shape(x)
+    ins = fx_shape(x)
     dim = args[2] if len(args) > 2 else fx.kwargs.get("dim", 0)
     if fx.target == aten.unbind.int:
         dim = args[1] if len(args) > 1 else fx.kwargs.get("dim", 0)
@@ -256,7 +257,7 @@ def _record_split(ctx: _Ctx, fx) -> None:
                            fx.target == aten.unbind.int, ins)
 
 
-def _split_item(ctx: _Ctx, fx) -> None:
+def _split_item(ctx: Ctx, fx) -> None:
     if not fx.users:  # an output nobody reads (e.g. the rest of an unbind): nothing to compute
         return
     src, axis, parts, squeeze, ins = ctx.splits[fx.args[0].name]
@@ -264,20 +265,20 @@ def _split_item(ctx: _Ctx, fx) -> None:
     start, stop = parts[k]
     sl = list(ins)
     sl[axis] = stop - start
-    module = _module_path(fx)
+    module = module_path(fx)
     if not squeeze:
-        ctx.nodes.append(_slice_node(fx.name, src, axis, start, stop, 1, sl, module))
+        ctx.nodes.append(slice_node(fx.name, src, axis, start, stop, 1, sl, module))
         return
-    ctx.nodes.append(_slice_node(f"{fx.name}.slice", src, axis, start, stop, 1, sl, module))
-    ctx.nodes.append(Node(fx.name, "reshape", [f"{fx.name}.slice"], {"shape": tuple(_shape(fx)[1:])}, {}, _shape(fx), module))
+    ctx.nodes.append(slice_node(f"{fx.name}.slice", src, axis, start, stop, 1, sl, module))
+    ctx.nodes.append(Node(fx.name, "reshape", [f"{fx.name}.slice"], {"shape": tuple(fx_shape(fx)[1:])}, {}, fx_shape(fx), module))
 
 
 # -- upsampling ------------------------------------------------------------------------------------
 def _upsample(mode: str):
-    def f(ctx: _Ctx, fx, args):
+    def f(ctx: Ctx, fx, args):
         x = args[0]
-        ins, out = _shape(x), _shape(fx)
-        where = f"node '{fx.name}' in module '{_module_path(fx)}'"
+        ins, out = fx_shape(x), fx_shape(fx)
+        where = f"node '{fx.name}' in module '{module_path(fx)}'"
         if len(ins) != 4:
             raise UnsupportedOpError(f"{where}: {mode} upsampling of a {len(ins)}-D tensor; only 2-D (N, C, H, W) is supported")
         if mode == "nearest":
@@ -299,7 +300,7 @@ def _upsample(mode: str):
 
 
 # -- attention -------------------------------------------------------------------------------------
-def _sdpa(ctx: _Ctx, fx, args):
+def sdpa(ctx: Ctx, fx, args):
     """``F.scaled_dot_product_attention(q, k, v)`` on batch-first (N, ..., T, E) tensors (HF models'
     default attention) as the IR's own ops: ``softmax((q @ k^T) * scale) @ v``; the scale rides on the
     scores' matmul (``alpha``, folded into its requantization)."""
@@ -307,11 +308,11 @@ def _sdpa(ctx: _Ctx, fx, args):
     mask = args[3] if len(args) > 3 else fx.kwargs.get("attn_mask")
     causal = bool(args[5] if len(args) > 5 else fx.kwargs.get("is_causal", False))
     if mask is not None or causal:
-        raise UnsupportedOpError(f"node '{fx.name}' in module '{_module_path(fx)}': scaled_dot_product_attention with an "
+        raise UnsupportedOpError(f"node '{fx.name}' in module '{module_path(fx)}': scaled_dot_product_attention with an "
                                  "attention mask or is_causal; edgequant quantizes unmasked attention only")
     if fx.kwargs.get("enable_gqa", False):
         raise UnsupportedOpError(f"node '{fx.name}': scaled_dot_product_attention with enable_gqa is not supported")
-    sq, sk, module = _shape(q), _shape(k), _module_path(fx)
+    sq, sk, module = fx_shape(q), fx_shape(k), module_path(fx)
     scale = fx.kwargs.get("scale")
     scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(sq[-1]))
     perm = list(range(len(sk)))
@@ -326,7 +327,7 @@ def _sdpa(ctx: _Ctx, fx, args):
 
 
 # -- the hook capture calls first ---------------------------------------------------------------------
-def intercept(ctx: _Ctx, fx) -> bool:
+def intercept(ctx: Ctx, fx) -> bool:
     """Handle ``fx`` here (constant folding, multi-output splits and their items); True if done."""
     if fx.target is operator.getitem and isinstance(fx.args[0], torch.fx.Node) and fx.args[0].name in ctx.splits:
         _split_item(ctx, fx)
@@ -345,8 +346,8 @@ HANDLERS.update({
     aten.div.Tensor: _binary("div"),
     aten.cat.default: _cat, aten.concat.default: _cat,
     aten.slice.Tensor: _slice, aten.narrow.default: _slice, aten.select.int: _select,
-    aten.unflatten.int: cap._reshape,
-    aten.scaled_dot_product_attention.default: _sdpa,
+    aten.unflatten.int: reshape,
+    aten.scaled_dot_product_attention.default: sdpa,
     aten.upsample_nearest2d.vec: _upsample("nearest"), aten.upsample_nearest2d.default: _upsample("nearest"),
     aten._upsample_nearest_exact2d.vec: _upsample("nearest"),  # the same source pixels for whole factors
     aten.upsample_bilinear2d.vec: _upsample("bilinear"), aten.upsample_bilinear2d.default: _upsample("bilinear"),

@@ -17,7 +17,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .errors import UnsupportedOpError
+from ..errors import UnsupportedOpError
 
 
 def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:

@@ -1,22 +1,22 @@
 """Lowering of the ops that read integer inputs (``embedding``, masked ``softmax``, ``maskmul``,
 ``reduce``); kernels and their arithmetic in ``kernels.masked``.
 
-Registered into ``lower``'s STATIC/FLOAT tables like ``lower_transformer``.
+Registered into ``lower.core``'s STATIC/FLOAT tables.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import qmath
-from .calibrate import activation_spec_for
-from .errors import UnsupportedOpError
-from .ir import Node
-from .lower import FLOAT, STATIC, _f_simple, _Lowering, requant_arrays
-from .lower_transformer import _int_input, _s_softmax
-from .program import TensorInfo
+from .. import qmath
+from ..calibrate import activation_spec_for
+from ..errors import UnsupportedOpError
+from ..ir import Node
+from ..program import TensorInfo
+from .core import FLOAT, STATIC, Lowering, f_simple, int_input, requant_arrays
+from .transformer import lower_softmax
 
 
-def _mask_input(L: _Lowering, node: Node, k: int = 1) -> str:
+def _mask_input(L: Lowering, node: Node, k: int = 1) -> str:
     m = L.src(node, k)
     if L.tensors[m].dtype != "int64":
         raise UnsupportedOpError(f"{node.describe()}: its mask {m!r} is not an integer (N, L) padding-mask input")
@@ -28,7 +28,7 @@ def embedding_qparams(weight: np.ndarray, bits: int, symmetric: bool) -> qmath.Q
     return qmath.compute_qparams(float(weight.min()), float(weight.max()), bits, True, symmetric)
 
 
-def _s_embedding(L: _Lowering, node: Node) -> None:
+def _s_embedding(L: Lowering, node: Node) -> None:
     ids = L.src(node)
     w = node.params["weight"].astype(np.float64)
     bits, spec = activation_spec_for(node, L.recipe)
@@ -37,41 +37,41 @@ def _s_embedding(L: _Lowering, node: Node) -> None:
     L.emit("embedding", node, [ids], {}, {"table": table}, info=TensorInfo("int8", node.shape, qp))
 
 
-def _f_embedding(L: _Lowering, node: Node) -> None:
+def _f_embedding(L: Lowering, node: Node) -> None:
     dt = np.float16 if L.recipe.mode == "fp16" else np.float32
     L.emit("embedding_f", node, [L.src(node)], {}, {"weight": node.params["weight"].astype(dt)},
            info=TensorInfo("float32", node.shape))
 
 
-def _s_softmax_any(L: _Lowering, node: Node) -> None:
+def lower_softmax_any(L: Lowering, node: Node) -> None:
     if len(node.inputs) == 1:
-        return _s_softmax(L, node)
+        return lower_softmax(L, node)
     mask = _mask_input(L, node)
-    _s_softmax(L, node)
+    lower_softmax(L, node)
     ins = L.instrs[-1]
     ins.op = "softmax_masked"
     ins.inputs.append(mask)
     ins.attrs["mask_view"] = tuple(node.attrs["mask_view"])
 
 
-def _f_softmax_any(L: _Lowering, node: Node) -> None:
+def _f_softmax_any(L: Lowering, node: Node) -> None:
     op = "softmax_f" if len(node.inputs) == 1 else "softmax_masked_f"
     L.emit(op, node, [L.where[i] for i in node.inputs], dict(node.attrs), info=TensorInfo("float32", node.shape))
 
 
-def _s_maskmul(L: _Lowering, node: Node) -> None:
-    x, mask = _int_input(L, node), _mask_input(L, node)
+def _s_maskmul(L: Lowering, node: Node) -> None:
+    x, mask = int_input(L, node), _mask_input(L, node)
     L.emit("maskmul", node, [x, mask], {"mask_view": tuple(node.attrs["mask_view"])},
            info=TensorInfo("int8", node.shape, L.qp(x)))
 
 
-def _f_maskmul(L: _Lowering, node: Node) -> None:
+def _f_maskmul(L: Lowering, node: Node) -> None:
     L.emit("maskmul", node, [L.src(node), _mask_input(L, node)], {"mask_view": tuple(node.attrs["mask_view"])},
            info=TensorInfo("float32", node.shape))
 
 
-def _s_reduce(L: _Lowering, node: Node) -> None:
-    x = _int_input(L, node)
+def _s_reduce(L: Lowering, node: Node) -> None:
+    x = int_input(L, node)
     qx, qy = L.qp(x), L.act_qp[node.name]
     a = node.attrs
     ins = [x]
@@ -88,5 +88,5 @@ def _s_reduce(L: _Lowering, node: Node) -> None:
            info=TensorInfo("int8", node.shape, qy))
 
 
-STATIC.update({"embedding": _s_embedding, "softmax": _s_softmax_any, "maskmul": _s_maskmul, "reduce": _s_reduce})
-FLOAT.update({"embedding": _f_embedding, "softmax": _f_softmax_any, "maskmul": _f_maskmul, "reduce": _f_simple("reduce_f")})
+STATIC.update({"embedding": _s_embedding, "softmax": lower_softmax_any, "maskmul": _s_maskmul, "reduce": _s_reduce})
+FLOAT.update({"embedding": _f_embedding, "softmax": _f_softmax_any, "maskmul": _f_maskmul, "reduce": f_simple("reduce_f")})

@@ -1,6 +1,6 @@
 """Lowering of the transformer ops (matmul of activations, softmax, layernorm, transpose).
 
-Registered into ``lower``'s STATIC/FLOAT tables like ``lower_elementwise``. Integer arithmetic is
+Registered into ``lower.core``'s STATIC/FLOAT tables. Integer arithmetic is
 documented in ``kernels.transformer``; this module computes the constants it needs once:
 requantization multipliers, the softmax exp tables, quantized gamma/beta.
 """
@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import qmath
-from .calibrate import activation_spec_for
-from .errors import UnsupportedOpError
-from .ir import Node
-from .kernels.transformer import LN_FRAC_BITS, LN_SQRT_FRAC_BITS, ort_softmax_table, softmax_exp_table
-from .lower import FLOAT, STATIC, _f_simple, _Lowering, _pass_through, requant_arrays
-from .program import TensorInfo
-from .qmath import QParams
-
-
-def _int_input(L: _Lowering, node: Node, k: int = 0) -> str:
-    x = L.src(node, k)
-    info = L.tensors[x]
-    if info.dtype != "int8" or info.qparams is None:
-        raise UnsupportedOpError(f"{node.describe()}: {node.op} on a {info.dtype} tensor in an integer program")
-    return x
+from .. import qmath
+from ..calibrate import activation_spec_for
+from ..ir import Node
+from ..kernels.transformer import LN_FRAC_BITS, LN_SQRT_FRAC_BITS, ort_softmax_table, softmax_exp_table
+from ..program import TensorInfo
+from ..qmath import QParams
+from .core import FLOAT, STATIC, Lowering, f_simple, int_input, pass_through, requant_arrays
 
 
 def matmul_scale_f32(s_a: float, alpha: float) -> np.float32:
@@ -32,8 +23,8 @@ def matmul_scale_f32(s_a: float, alpha: float) -> np.float32:
     return np.float32(float(np.float32(s_a)) * float(alpha))
 
 
-def _s_matmul(L: _Lowering, node: Node) -> None:
-    a, b = _int_input(L, node, 0), _int_input(L, node, 1)
+def _s_matmul(L: Lowering, node: Node) -> None:
+    a, b = int_input(L, node, 0), int_input(L, node, 1)
     qa, qb, qy = L.qp(a), L.qp(b), L.act_qp[node.name]
     alpha = float(node.attrs.get("alpha", 1.0))
     real = alpha * float(np.float32(qa.scale)) * float(np.float32(qb.scale)) / float(np.float32(qy.scale))
@@ -49,8 +40,8 @@ def softmax_qparams(bits: int) -> QParams:
     return QParams(np.float32(1.0 / (1 << bits)), np.int32(lo), bits, True, False)
 
 
-def _s_softmax(L: _Lowering, node: Node) -> None:
-    x = _int_input(L, node)
+def lower_softmax(L: Lowering, node: Node) -> None:
+    x = int_input(L, node)
     qx = L.qp(x)
     bits, _ = activation_spec_for(node, L.recipe)
     qy = softmax_qparams(bits)
@@ -60,10 +51,10 @@ def _s_softmax(L: _Lowering, node: Node) -> None:
     L.emit("softmax", node, [x], {"axis": -1, "out_levels": 1 << bits}, arrays, info=TensorInfo("int8", node.shape, qy))
 
 
-def _s_layernorm(L: _Lowering, node: Node) -> None:
+def _s_layernorm(L: Lowering, node: Node) -> None:
     """gamma as int8 per channel (scale |g|/127: exact up to the multiplier), beta as int32 on the
     accumulator grid ``g_scale * 2^-12``; the scale is raised where needed so |beta_q| <= 2^30."""
-    x = _int_input(L, node)
+    x = int_input(L, node)
     qx, qy = L.qp(x), L.act_qp[node.name]
     g = node.params["weight"].astype(np.float64)
     beta = node.params["bias"].astype(np.float64)
@@ -83,13 +74,13 @@ def _s_layernorm(L: _Lowering, node: Node) -> None:
     L.emit("layernorm", node, [x], {"eps": eps, "eps_fixed": eps_fixed}, arrays, info=TensorInfo("int8", node.shape, qy))
 
 
-def _f_layernorm(L: _Lowering, node: Node) -> None:
+def _f_layernorm(L: Lowering, node: Node) -> None:
     L.emit("layernorm_f", node, [L.src(node)], {"eps": float(node.attrs["eps"])},
            {"gamma_f": node.params["weight"].astype(np.float32), "beta_f": node.params["bias"].astype(np.float32)},
            info=TensorInfo("float32", node.shape))
 
 
-STATIC.update({"matmul": _s_matmul, "softmax": _s_softmax, "layernorm": _s_layernorm,
-               "transpose": _pass_through("transpose")})
-FLOAT.update({"matmul": _f_simple("matmul_f"), "softmax": _f_simple("softmax_f"), "layernorm": _f_layernorm,
-              "transpose": _pass_through("transpose")})
+STATIC.update({"matmul": _s_matmul, "softmax": lower_softmax, "layernorm": _s_layernorm,
+               "transpose": pass_through("transpose")})
+FLOAT.update({"matmul": f_simple("matmul_f"), "softmax": f_simple("softmax_f"), "layernorm": _f_layernorm,
+              "transpose": pass_through("transpose")})

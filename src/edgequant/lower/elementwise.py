@@ -1,21 +1,20 @@
 """Lowering of element-wise functions (``unary`` -> ``lut``) and of activation products (``mul``).
 
-Kept beside ``lower`` and registered into its STATIC/FLOAT tables (``lower`` imports this module
-last), so adding these ops touched one line there. Output qparams come from calibration of the
+Registered into ``lower.core``'s STATIC/FLOAT tables. Output qparams come from calibration of the
 op's output (``calibrate.OBSERVED_OPS``), like every other activation.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import UnsupportedOpError
-from .ir import Node
-from .kernels.lut import build_table
-from .lower import FLOAT, STATIC, _f_simple, _Lowering, requant_arrays
-from .program import TensorInfo
+from ..errors import UnsupportedOpError
+from ..ir import Node
+from ..kernels.lut import build_table
+from ..program import TensorInfo
+from .core import FLOAT, STATIC, Lowering, f_simple, requant_arrays
 
 
-def _s_unary(L: _Lowering, node: Node) -> None:
+def _s_unary(L: Lowering, node: Node) -> None:
     x = L.src(node)
     info = L.tensors[x]
     if info.dtype != "int8" or info.qparams is None:
@@ -27,7 +26,7 @@ def _s_unary(L: _Lowering, node: Node) -> None:
     L.emit("lut", node, [x], {**node.attrs, "in_qmin": int(qx.qmin)}, arrays, info=TensorInfo("int8", node.shape, qy))
 
 
-def _s_mul(L: _Lowering, node: Node) -> None:
+def _s_mul(L: Lowering, node: Node) -> None:
     a, b = L.src(node, 0), L.src(node, 1)
     qa, qb, qy = L.qp(a), L.qp(b), L.act_qp[node.name]
     real = float(np.float32(qa.scale)) * float(np.float32(qb.scale)) / float(np.float32(qy.scale))
@@ -37,4 +36,4 @@ def _s_mul(L: _Lowering, node: Node) -> None:
 
 
 STATIC.update({"unary": _s_unary, "mul": _s_mul})
-FLOAT.update({"unary": _f_simple("unary_f"), "mul": _f_simple("mul_f")})
+FLOAT.update({"unary": f_simple("unary_f"), "mul": f_simple("mul_f")})

@@ -2,7 +2,7 @@
 embedding tables, padding masks, and sums/means over any dim (masked mean pooling included).
 
 ``capture`` calls ``prologue`` for a dict example, ``intercept`` for every call (before
-``capture_shape``), and ``finish`` on the graph.
+``capture.shape``), and ``finish`` on the graph.
 
 The padding mask. A BERT-style model turns the (N, L) 0/1 ``attention_mask`` input into an
 attention bias with dozens of ops (``arange``, ``index``, boolean ``and``, ``expand``,
@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .capture import _IDENTITY, _Ctx, _module_path, _shape, aten
-from .errors import CaptureError, UnsupportedOpError
-from .feeds import INT_DTYPE
-from .ir import Graph, Node
+from ..errors import CaptureError, UnsupportedOpError
+from ..feeds import INT_DTYPE
+from ..ir import Graph, Node
+from .context import IDENTITY, Ctx, aten, fx_shape, module_path
+from .shape import sdpa
 
 EXCLUDE = -1e4  # an additive attention bias at or below this removes the key (HF uses finfo.min)
 _INT_TORCH = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
@@ -89,7 +90,7 @@ def batch_of(example) -> int:
     return int(next(iter(example.values())).shape[0]) if isinstance(example, dict) else int(example.shape[0])
 
 
-def input_attrs(ctx: _Ctx, fx) -> dict:
+def input_attrs(ctx: Ctx, fx) -> dict:
     st: _State | None = getattr(ctx, "hf", None)
     if st is None or fx.name not in st.roles:
         return {}
@@ -99,14 +100,14 @@ def input_attrs(ctx: _Ctx, fx) -> dict:
 def _users_through_identity(fx) -> list:
     out = []
     for u in fx.users:
-        if u.target in _IDENTITY and u.users:
+        if u.target in IDENTITY and u.users:
             out.extend(_users_through_identity(u))
         elif u.target is not aten._assert_tensor_metadata.default:
             out.append(u)
     return out
 
 
-def prologue(ctx: _Ctx, ep, example: dict) -> list:
+def prologue(ctx: Ctx, ep, example: dict) -> list:
     """Name the inputs after the dict keys, give integer inputs their role, find and classify the
     mask cone. Returns the input placeholders in the dict's order."""
     user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name not in ctx.param_of]
@@ -133,7 +134,7 @@ def prologue(ctx: _Ctx, ep, example: dict) -> list:
             idx = _indices_of(fx) if fx.target is aten.embedding.default else None
             if isinstance(idx, torch.fx.Node) and (idx.name in st.cone or idx.name in masks):
                 raise UnsupportedOpError(
-                    f"node '{fx.name}' in module '{_module_path(fx)}' looks up an embedding with indices computed from the "
+                    f"node '{fx.name}' in module '{module_path(fx)}' looks up an embedding with indices computed from the "
                     f"token input {', '.join(repr(ctx.alias.get(m, m)) for m in sorted(_sources(idx, masks)))}; edgequant uses integer "
                     "token inputs only to index embedding tables directly (compute position ids or masks outside the "
                     "model and pass them as inputs)")
@@ -157,12 +158,12 @@ def _sources(fx, placeholders: set[str]) -> set[str]:
 
 def _indices_of(emb) -> object:
     a = emb.args[1]
-    while isinstance(a, torch.fx.Node) and a.target in _IDENTITY:
+    while isinstance(a, torch.fx.Node) and a.target in IDENTITY:
         a = a.args[0]
     return a
 
 
-def _find_cone(ctx: _Ctx, ep, st: _State, masks: set[str]) -> None:
+def _find_cone(ctx: Ctx, ep, st: _State, masks: set[str]) -> None:
     constlike = set(ctx.param_of)
     for fx in ep.graph.nodes:
         if fx.op != "call_function":
@@ -179,7 +180,7 @@ def _find_cone(ctx: _Ctx, ep, st: _State, masks: set[str]) -> None:
             st.skip.add(fx.name)
 
 
-def _evaluate(ctx: _Ctx, ep, st: _State, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _evaluate(ctx: Ctx, ep, st: _State, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     env = dict(feeds)
 
     def val(a):  # lazily: a value, its inputs first
@@ -212,7 +213,7 @@ def _test_masks(n: int, length: int) -> list[torch.Tensor]:
     return out
 
 
-def _classify(ctx: _Ctx, ep, st: _State, examples: dict[str, torch.Tensor]) -> None:
+def _classify(ctx: Ctx, ep, st: _State, examples: dict[str, torch.Tensor]) -> None:
     depends: dict[str, set[str]] = {m: {m} for m in examples}
     boundary = []
     for fx in ep.graph.nodes:
@@ -284,23 +285,23 @@ def _recognise(pairs: list, mask_name: str) -> MaskValue:
 
 
 # -- the per-call hook -----------------------------------------------------------------------------
-def intercept(ctx: _Ctx, fx) -> bool:
+def intercept(ctx: Ctx, fx) -> bool:
     """Handle ``fx`` here; True if done (skipped mask-cone ops, mask consumers, embeddings, reductions)."""
     st: _State | None = getattr(ctx, "hf", None)
     if st is not None:
         if fx.name in st.skip:
             return True
         for a in fx.all_input_nodes:
-            if st.roles.get(a.name) == "index" and fx.target is not aten.embedding.default and fx.target not in _IDENTITY:
+            if st.roles.get(a.name) == "index" and fx.target is not aten.embedding.default and fx.target not in IDENTITY:
                 raise UnsupportedOpError(
-                    f"node '{fx.name}' in module '{_module_path(fx)}' ({fx.target}) computes on the token input "
+                    f"node '{fx.name}' in module '{module_path(fx)}' ({fx.target}) computes on the token input "
                     f"{ctx.alias.get(a.name, a.name)!r}; edgequant uses integer token inputs only to index embedding "
                     "tables (compute position ids or masks outside the model and pass them as inputs)")
         used = [a for a in fx.all_input_nodes if a.name in st.values]
         if used:
             node = _mask_consumer(ctx, st, fx, used)
-            node.shape = node.shape or _shape(fx)
-            node.module = node.module or _module_path(fx)
+            node.shape = node.shape or fx_shape(fx)
+            node.module = node.module or module_path(fx)
             ctx.nodes.append(node)
             return True
         if fx.target is aten.embedding.default:
@@ -309,29 +310,29 @@ def intercept(ctx: _Ctx, fx) -> bool:
                                                                     and ctx.is_const(fx.args[0])):  # constants fold
         node = _reduce(ctx, fx)
         if node is not None:
-            node.shape, node.module = _shape(fx), _module_path(fx)
+            node.shape, node.module = fx_shape(fx), module_path(fx)
             ctx.nodes.append(node)
             return True
     return False
 
 
-def _embedding(ctx: _Ctx, st: _State, fx) -> bool:
+def _embedding(ctx: Ctx, st: _State, fx) -> bool:
     w, idx = fx.args[0], _indices_of(fx)
     if ctx.is_param(w) and isinstance(idx, torch.fx.Node) and st.roles.get(idx.name) == "index":
-        ctx.nodes.append(Node(fx.name, "embedding", [ctx.ref(idx, fx)], {}, {"weight": ctx.param(w)}, _shape(fx),
+        ctx.nodes.append(Node(fx.name, "embedding", [ctx.ref(idx, fx)], {}, {"weight": ctx.param(w)}, fx_shape(fx),
                               ctx.param_module(w)))
         return True
     if isinstance(idx, torch.fx.Node) and ctx.is_param(idx):
-        return False  # constant indices (position / token-type ids from buffers): folded by capture_shape
-    raise UnsupportedOpError(f"node '{fx.name}' in module '{_module_path(fx)}': embedding lookup with computed indices "
+        return False  # constant indices (position / token-type ids from buffers): folded by capture.shape
+    raise UnsupportedOpError(f"node '{fx.name}' in module '{module_path(fx)}': embedding lookup with computed indices "
                              "or a computed table; edgequant gathers from a parameter table with an integer input")
 
 
 def _where(fx, what: str) -> str:
-    return f"node '{fx.name}' in module '{_module_path(fx)}' ({fx.target}): {what}"
+    return f"node '{fx.name}' in module '{module_path(fx)}' ({fx.target}): {what}"
 
 
-def _mask_consumer(ctx: _Ctx, st: _State, fx, used: list) -> Node:
+def _mask_consumer(ctx: Ctx, st: _State, fx, used: list) -> Node:
     """The IR node for a call that reads a mask-derived value (see the module doc)."""
     mv = st.values[used[0].name]
     args = list(fx.args)
@@ -367,27 +368,26 @@ class _FxView:
         self.name, self.target, self.meta, self.kwargs = fx.name, fx.target, fx.meta, kwargs
 
 
-def _masked_sdpa(ctx: _Ctx, st: _State, fx, args: list) -> Node:
-    from .capture_shape import _sdpa
+def _masked_sdpa(ctx: Ctx, st: _State, fx, args: list) -> Node:
 
     mask = args[3] if len(args) > 3 else fx.kwargs.get("attn_mask")
     mv = st.values.get(mask.name) if isinstance(mask, torch.fx.Node) else None
     if mv is None or any(a.name in st.values for a in args[:3] if isinstance(a, torch.fx.Node)):
         raise UnsupportedOpError(_where(fx, "the padding mask reaches the query, key or value; only attn_mask may hold it"))
-    if mv.kind != "select" or not _excludes(mv) or mv.view[-1] != _shape(fx.args[1])[-2] or any(v != 1 for v in mv.view[:-1]):
+    if mv.kind != "select" or not _excludes(mv) or mv.view[-1] != fx_shape(fx.args[1])[-2] or any(v != 1 for v in mv.view[:-1]):
         raise UnsupportedOpError(_where(fx, f"attention mask ({mv.kind}, keep={mv.keep:g}, drop={mv.drop:g}, view "
                                             f"{mv.view}) is not a key padding mask; edgequant supports masks that "
                                             "remove padded keys (boolean, or additive 0 / very negative)"))
     if len(args) > 3:
         args = args[:3] + [None] + args[4:]
-    node = _sdpa(ctx, _FxView(fx, {k: v for k, v in fx.kwargs.items() if k != "attn_mask"}), args)
+    node = sdpa(ctx, _FxView(fx, {k: v for k, v in fx.kwargs.items() if k != "attn_mask"}), args)
     probs = ctx.nodes[-1]
     probs.inputs.append(mv.mask)
     probs.attrs["mask_view"] = (1,) * (len(probs.shape) - 2) + (mv.view[-1],)
     return node
 
 
-def _masked_mean(ctx: _Ctx, fx, num, count: MaskValue) -> Node:
+def _masked_mean(ctx: Ctx, fx, num, count: MaskValue) -> Node:
     """``sum(x * mask, dims) / sum(mask, dims)``: the mean over kept positions of ``x``."""
     by = {n.name: n for n in ctx.nodes}
     s = by.get(ctx.alias.get(num.name, num.name))
@@ -402,10 +402,10 @@ def _masked_mean(ctx: _Ctx, fx, num, count: MaskValue) -> Node:
                 {"kind": "mean", "dims": (axis,), "keepdim": s.attrs["keepdim"], "mask_view": mm.attrs["mask_view"]})
 
 
-def _reduce(ctx: _Ctx, fx) -> Node | None:
+def _reduce(ctx: Ctx, fx) -> Node | None:
     """``x.sum(dims)`` / ``x.mean(dims)`` over non-batch dims (global spatial means stay ``mean``)."""
     x = fx.args[0]
-    nd = len(_shape(x))
+    nd = len(fx_shape(x))
     dims = fx.args[1] if len(fx.args) > 1 else fx.kwargs.get("dim")
     keep = bool(fx.args[2]) if len(fx.args) > 2 else bool(fx.kwargs.get("keepdim", False))
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):

@@ -1,6 +1,6 @@
 """Lowering of the recurrent ``rnn`` node (one LSTM/GRU layer-direction) into ``rnn``/``rnn_dyn``/``rnn_f``.
 
-Registered into ``lower``'s STATIC/FLOAT tables like ``lower_transformer``. The arithmetic is in
+Registered into ``lower.core``'s STATIC/FLOAT tables. The arithmetic is in
 ``kernels.rnn``; here the constants: int8 weights per output channel (W_ih and W_hh quantized
 separately, since they multiply different inputs, and stored side by side as one (G*H, I+H)
 ``weight`` so packed sizes count them), int32 biases on the sums' grids, the initial states on
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import qmath
-from .ir import Node
-from .lowbit.edges import node_bits
-from .lower import FLOAT, STATIC, _Lowering
-from .lower_transformer import _int_input
-from .program import TensorInfo
-from .qmath import QParams
-from .weight_quant import quantize_weight_ex
+from .. import qmath
+from ..ir import Node
+from ..lowbit.edges import node_bits
+from ..program import TensorInfo
+from ..qmath import QParams
+from ..weight_quant import quantize_weight_ex
+from .core import FLOAT, STATIC, Lowering, int_input
 
 
 def cell_frac(node: Node) -> int:
@@ -32,7 +31,7 @@ def cell_frac(node: Node) -> int:
     return 15 - min(max(int_bits, 0), 15)
 
 
-def _weights(L: _Lowering, node: Node, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+def _weights(L: Lowering, node: Node, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     out, extra = [], {}
     for key in ("w_ih", "w_hh"):
         w = node.params[key]
@@ -45,7 +44,7 @@ def _weights(L: _Lowering, node: Node, bits: int) -> tuple[np.ndarray, np.ndarra
     return out[0], out[1], out[2], out[3], extra
 
 
-def _hidden_qparams(L: _Lowering, node: Node) -> QParams:
+def _hidden_qparams(L: Lowering, node: Node) -> QParams:
     """The int8 grid of h: the node's own output for ``output="h"``; for a cell-state node, that of the
     hidden-state node of the same layer-direction (else h's natural range (-1, 1))."""
     if node.attrs["output"] == "h":
@@ -62,8 +61,8 @@ def _int_bias(b: np.ndarray, scale: np.ndarray, w_int: np.ndarray) -> np.ndarray
     return np.clip(np.round(b.astype(np.float64) / scale.astype(np.float64)), -limit, limit).astype(np.int32)
 
 
-def _s_rnn(L: _Lowering, node: Node) -> None:
-    x = _int_input(L, node)
+def _s_rnn(L: Lowering, node: Node) -> None:
+    x = int_input(L, node)
     qx, qy = L.qp(x), L.act_qp[node.name]
     qh = _hidden_qparams(L, node)
     cell, hid = node.attrs["cell"], int(node.attrs["hidden"])
@@ -92,7 +91,7 @@ def _s_rnn(L: _Lowering, node: Node) -> None:
     L.emit("rnn", node, [x], attrs, arrays, info=TensorInfo("int8", node.shape, qy))
 
 
-def _f_rnn(L: _Lowering, node: Node) -> None:
+def _f_rnn(L: Lowering, node: Node) -> None:
     p = node.params
     hid = int(node.attrs["hidden"])
     attrs = {k: node.attrs[k] for k in ("cell", "reverse", "output", "hidden")}

@@ -1,0 +1,68 @@
+"""Lowering of ``conv`` and ``linear``: the TFLite int8 spec's GEMM.
+
+Symmetric (per-channel) weights at the width the recipe gives the layer, int32 bias with scale
+s_in*s_w (saturated so no runtime's accumulator overflows), requantization multiplier
+M = s_in*s_w/s_out as (Q31 M0, shift) plus the float32 M that ONNX Runtime uses. Float regions:
+fp32/fp16 weights, or int8 weights with run-time activation scales (dynamic).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import qmath
+from ..ir import Node
+from ..lowbit.binary_act import gemm_op
+from ..lowbit.edges import node_bits
+from ..program import TensorInfo
+from ..weight_quant import quantize_weight_ex
+from .core import FLOAT, STATIC, Lowering, act_int_bounds, register, requant_arrays
+
+
+def gemm_attrs(node: Node) -> dict:
+    if node.op == "linear":
+        return {}
+    keys = ("stride", "padding", "dilation", "groups", "dims")
+    return {k: node.attrs[k] for k in keys}
+
+
+@register(STATIC, "conv", "linear")
+def _s_gemm(L: Lowering, node: Node) -> None:
+    x = L.src(node)
+    qx, qy = L.qp(x), L.act_qp[node.name]
+    wb, _ = node_bits(L.g, L.recipe, node)  # overrides and the first/last-layer rule
+    w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
+    s_in = np.float32(qx.scale)
+    bias_scale = (s_in * w_scale).astype(np.float32)
+    # saturate so that bias + sum(x * w) never leaves int32 in any runtime (qmath.bias_limit)
+    limit = qmath.bias_limit(w_int).astype(np.float64)
+    bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), -limit, limit)
+    real = float(s_in) * w_scale.astype(np.float64) / float(np.float32(qy.scale))
+    real_f32 = (s_in * w_scale.astype(np.float32) / np.float32(qy.scale)).astype(np.float32)
+    arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int32), "w_scale": w_scale.astype(np.float32),
+              **requant_arrays(real, real_f32)}
+    attrs = {**gemm_attrs(node), **act_int_bounds(node.attrs.get("act"), qy), "weight_bits": wb,
+             "per_channel": bool(L.recipe.weights.per_channel), **w_attrs}
+    op = gemm_op(node.op, w_int, wb, qx)  # +-1 weights on a binary input: XNOR-popcount kernel
+    L.emit(op, node, [x], attrs, arrays, info=TensorInfo("int8", node.shape, qy))
+
+
+@register(FLOAT, "conv", "linear")
+def _f_gemm(L: Lowering, node: Node) -> None:
+    x = L.src(node)
+    mode = L.recipe.mode
+    attrs = {**gemm_attrs(node)}
+    if "act" in node.attrs:
+        attrs["act"] = tuple(node.attrs["act"])
+    if mode == "dynamic":
+        wb, _ = node_bits(L.g, L.recipe, node)
+        w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
+        arrays = {"weight": w_int.astype(np.int8), "w_scale": w_scale.astype(np.float32),
+                  "bias_f": node.params["bias"].astype(np.float32)}
+        attrs["weight_bits"] = wb
+        attrs.update(w_attrs)
+        op = node.op + "_dyn"
+    else:
+        wdt = np.float16 if mode == "fp16" else np.float32
+        arrays = {"weight": node.params["weight"].astype(wdt), "bias": node.params["bias"].astype(wdt)}
+        op = node.op + "_f"
+    L.emit(op, node, [x], attrs, arrays, info=TensorInfo("float32", node.shape))
