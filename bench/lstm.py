@@ -32,7 +32,7 @@ import torch
 
 import edgequant as eq
 from edgequant.backends import ort_session
-from edgequant.export.onnx_export import to_onnx
+from edgequant.export.onnx import to_onnx
 from edgequant.kernels.rnn_lut import table_error
 from edgequant.training import accuracy
 

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edgequant as eq
-from edgequant.export.onnx_export import to_onnx
+from edgequant.export.onnx import to_onnx
 
 
 class BertLayer(nn.Module):

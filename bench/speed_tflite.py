@@ -36,7 +36,7 @@ import torch
 
 import edgequant as eq
 from edgequant.export.tflite import to_tflite
-from edgequant.export.tflite_run import interpreter
+from edgequant.export.tflite.run import interpreter
 
 MODELS = ("resnet18", "mobilenet_v2", "digits_cnn", "resnet_digits", "mobilenet_v2_digits")
 KERNELS = ("optimized", "default")

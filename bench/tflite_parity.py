@@ -32,8 +32,8 @@ import torch
 import edgequant as eq
 from edgequant import interpreter
 from edgequant.export.tflite import to_tflite
-from edgequant.export.tflite_run import interpreter as litert_interpreter
-from edgequant.export.tflite_run import run_tflite
+from edgequant.export.tflite.run import interpreter as litert_interpreter
+from edgequant.export.tflite.run import run_tflite
 
 NETS = ("digits_cnn", "resnet_digits", "mobilenet_v2_digits")
 

@@ -307,7 +307,7 @@ def test_tflite_lookup_tables_and_se_product_are_bit_exact(random_nets):
     """Lookup tables export as CAST + GATHER of the program's own table, the SE product as MUL: LiteRT's
     reference kernels give the interpreter's integers (gemmlowp mode) for every activation/gate pair."""
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     for act, (_, q) in random_nets.items():

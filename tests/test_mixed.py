@@ -138,7 +138,7 @@ def test_mixed_program_exports_to_tflite_where_widths_allow(searched, digits, di
     pytest.importorskip("ai_edge_litert")
     from edgequant.errors import ExportError
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     res = searched[0]
     x = torch.cat([b[0] for b in searched[1]]).numpy()

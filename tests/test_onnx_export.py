@@ -17,7 +17,7 @@ import edgequant as eq  # noqa: E402
 from edgequant import cli  # noqa: E402
 from edgequant.backends import ort_session  # noqa: E402
 from edgequant.errors import ExportError  # noqa: E402
-from edgequant.export.onnx_export import to_onnx  # noqa: E402
+from edgequant.export.onnx import to_onnx  # noqa: E402
 
 NETS = ("digits_cnn", "resnet_digits", "mobilenet_v2_digits")
 FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "GlobalAveragePool", "Concat"}

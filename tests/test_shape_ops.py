@@ -29,7 +29,7 @@ def _trace(q, x) -> dict[str, np.ndarray]:
 
 
 def _ort(q, x, **options) -> np.ndarray:
-    from edgequant.export.onnx_export import to_onnx
+    from edgequant.export.onnx import to_onnx
 
     s = ort.InferenceSession(to_onnx(q, **options).SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
@@ -38,7 +38,7 @@ def _ort(q, x, **options) -> np.ndarray:
 def _assert_tflite_bit_exact(q, x) -> None:
     """The .tflite file on LiteRT's reference kernels gives the interpreter's integers exactly."""
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), np.asarray(q.run(x)))
 
@@ -203,7 +203,7 @@ def test_slices_program_matches_fp32_simulate_and_onnx(slices):
 
 def test_slices_tflite_bit_exact_and_artifact_round_trip(slices, tmp_path):
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     q, x, _ = slices
     y = np.asarray(q.run(x))
@@ -240,7 +240,7 @@ def test_artifact_rejects_edited_slices(slices, tmp_path, op, fn, match):
                                              ("bilinear", (7, 11), False), ("bilinear", (7, 11), True)])
 def test_upsample(mode, size, ac):
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     torch.manual_seed(0)
     model = Upsample(mode, size, ac).eval()
@@ -288,7 +288,7 @@ def test_layer_scale_folds_into_the_conv_and_keeps_each_channel_precise():
         assert err < 0.06, (c, err)  # max error vs the channel range, at most 1/4 of the output range
     assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     assert np.array_equal(run_tflite(to_tflite(q), x.numpy()), y)
 
@@ -338,7 +338,7 @@ def test_constant_concatenation_broadcasts_over_the_batch_everywhere():
     """A class-token-like constant joins every sample: interpreter, ORT, and LiteRT (BROADCAST_TO to the
     runtime batch, so the .tflite keeps a dynamic batch)."""
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import run_tflite
+    from edgequant.export.tflite.run import run_tflite
 
     q, x = _quantize(_ConstCat(), (3, 4, 4))
     assert np.abs(_ort(q, x) - np.asarray(q.run(x, rounding="onnxruntime"))).max() == 0.0
@@ -555,7 +555,7 @@ class _GateAdd(nn.Module):
 
 def test_broadcasting_add_of_two_activations_runs_and_exports_exactly():
     from edgequant.export.tflite import to_tflite
-    from edgequant.export.tflite_run import litert_available, run_tflite
+    from edgequant.export.tflite.run import litert_available, run_tflite
 
     torch.manual_seed(0)
     model = _GateAdd().eval()

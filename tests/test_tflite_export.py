@@ -18,7 +18,7 @@ import edgequant as eq  # noqa: E402
 from edgequant import interpreter  # noqa: E402
 from edgequant.errors import ExportError  # noqa: E402
 from edgequant.export.tflite import to_tflite  # noqa: E402
-from edgequant.export.tflite_run import run_tflite  # noqa: E402
+from edgequant.export.tflite.run import run_tflite  # noqa: E402
 
 
 def lsb(y: np.ndarray, ref: np.ndarray, q) -> np.ndarray:

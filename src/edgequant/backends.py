@@ -1,6 +1,6 @@
 """Fast backends for ``QuantizedModel.run(x, backend=...)``; the interpreter stays the reference.
 
-``"onnxruntime"`` exports the program to ONNX (QDQ, uint8 activations, see ``export.onnx_export``)
+``"onnxruntime"`` exports the program to ONNX (QDQ, uint8 activations, see ``export.onnx``)
 once, keeps the ONNX Runtime session on the model, and runs it with all graph optimizations on.
 Its integer outputs equal the interpreter's ``rounding="onnxruntime"`` mode (tests assert it);
 the default ``"gemmlowp"`` mode rounds like TFLite and may differ by one LSB here and there.
@@ -25,7 +25,7 @@ def ort_session(q, threads: int | None = None, **export_options):
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
         raise ExportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") from e
-    from .export.onnx_export import to_onnx
+    from .export.onnx import to_onnx
 
     cache = q.__dict__.setdefault(_CACHE_ATTR, {})
     key = (id(q.program), threads, tuple(sorted(export_options.items())))

@@ -12,7 +12,7 @@ from ..errors import ExportError
 
 # format -> "module:function" (relative to this package)
 EMITTERS: dict[str, str] = {
-    "onnx": "onnx_export:export_onnx",
+    "onnx": "onnx:export_onnx",
     "tflite": "tflite:export_tflite",
 }
 
@@ -24,7 +24,7 @@ def register_emitter(fmt: str, target: str) -> None:
 
 def export(q, path, format: str = "onnx", **options) -> Path:
     """Write quantized model ``q`` to ``path`` in ``format`` ("onnx": QDQ by default, see
-    ``onnx_export.to_onnx`` for options). Returns the path written."""
+    ``export.onnx.to_onnx`` for options). Returns the path written."""
     if format not in EMITTERS:
         raise ExportError(f"export format {format!r} is not supported; available: {', '.join(sorted(EMITTERS))}")
     mod_name, fn_name = EMITTERS[format].split(":")

@@ -10,7 +10,7 @@
   weighted by products of 10-bit fractions (sum ``2^20``) on the raw int8 values and the sum is
   divided by ``2^20`` rounding half away from zero. The output keeps the input's qparams (a
   weighted average never leaves the input's range). Both rounding modes compute it the same way:
-  the ONNX export spells out this very arithmetic (``export.onnx_shape``). The float twin runs
+  the ONNX export spells out this very arithmetic (``export.onnx.shape``). The float twin runs
   the same integer formula on the (exact) grid values, so run and simulate agree exactly.
 * ``const``: the stored tensor, (1, ...) broadcast over the batch by its consumer.
 """

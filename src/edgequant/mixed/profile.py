@@ -35,7 +35,7 @@ def ort_unit_ms(q, x: np.ndarray, unit_of_tensor: dict[str, str], threads: int |
     import onnxruntime as ort
 
     from ..backends import ort_options
-    from ..export.onnx_export import to_onnx
+    from ..export.onnx import to_onnx
 
     keys = sorted(unit_of_tensor)
     with tempfile.TemporaryDirectory() as d:

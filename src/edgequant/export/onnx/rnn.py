@@ -20,12 +20,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from ..kernels.rnn import h_bounds, multipliers
-from ..kernels.rnn_lut import LUTS, lut_lookup
-from ..program import Instr
-from .onnx_float import _float_param
-from .onnx_graph import OnnxBuilder
-from .onnx_qdq import Emitter
+from ...kernels.rnn import h_bounds, multipliers
+from ...kernels.rnn_lut import LUTS, lut_lookup
+from ...program import Instr
+from .core import OnnxBuilder, float_param, register
 
 F32 = TensorProto.FLOAT
 
@@ -103,6 +101,7 @@ def _order(ins: Instr, t_len: int) -> list[int]:
     return list(range(t_len - 1, -1, -1)) if ins.attrs["reverse"] else list(range(t_len))
 
 
+@register("rnn")
 def rnn(b: OnnxBuilder, ins: Instr) -> None:
     """The integer layer-direction (see the module docstring)."""
     s = _Steps(b, ins)
@@ -191,6 +190,7 @@ def _dyn_matmul(s: _Steps, v: str, w: np.ndarray, ws: np.ndarray, bias: np.ndarr
     return s.op("Add", s.op("Mul", acc, s.op("Mul", qs, s.c(ws.astype(np.float32)))), s.c(bias.astype(np.float32)))
 
 
+@register("rnn_dyn")
 def rnn_dyn(b: OnnxBuilder, ins: Instr) -> None:
     s = _Steps(b, ins)
     ar, hid = ins.arrays, int(ins.attrs["hidden"])
@@ -200,19 +200,12 @@ def rnn_dyn(b: OnnxBuilder, ins: Instr) -> None:
     _float_steps(b, ins, xp, lambda h: _dyn_matmul(s, h, w_hh, ar["w_scale_hh"], ar["b_hh"]))
 
 
+@register("rnn_f")
 def rnn_f(b: OnnxBuilder, ins: Instr) -> None:
     s = _Steps(b, ins)
     ar = ins.arrays
-    w_ih_t = _float_param(b, f"{s.p}_w_ih", np.ascontiguousarray(ar["w_ih"].T))
-    w_hh_t = _float_param(b, f"{s.p}_w_hh", np.ascontiguousarray(ar["w_hh"].T))
-    b_ih, b_hh = _float_param(b, f"{s.p}_b_ih", ar["b_ih"]), _float_param(b, f"{s.p}_b_hh", ar["b_hh"])
+    w_ih_t = float_param(b, f"{s.p}_w_ih", np.ascontiguousarray(ar["w_ih"].T))
+    w_hh_t = float_param(b, f"{s.p}_w_hh", np.ascontiguousarray(ar["w_hh"].T))
+    b_ih, b_hh = float_param(b, f"{s.p}_b_ih", ar["b_ih"]), float_param(b, f"{s.p}_b_hh", ar["b_hh"])
     xp = s.op("Add", s.op("MatMul", ins.inputs[0], w_ih_t), b_ih)
     _float_steps(b, ins, xp, lambda h: s.op("Add", s.op("MatMul", h, w_hh_t), b_hh))
-
-
-EMITTERS: dict[str, Emitter] = {"rnn": rnn, "rnn_dyn": rnn_dyn, "rnn_f": rnn_f}
-
-
-def install(styles: dict[str, dict]) -> None:
-    for table in styles.values():
-        table.update(EMITTERS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError, InputError
+from ...errors import ExportError, InputError
 
 KERNELS = ("reference", "optimized", "default")
 

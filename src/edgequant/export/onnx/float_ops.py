@@ -12,16 +12,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from ..program import Instr
-from .onnx_graph import OnnxBuilder, conv_attrs, conv_weight
-from .onnx_qdq import Emitter, avgpool_plan, float_clip
-
-
-def _float_param(b: OnnxBuilder, base: str, arr: np.ndarray) -> str:
-    if arr.dtype == np.float16:
-        h = b.const(f"{base}_fp16", arr, share=False)
-        return b.node("Cast", [h], name=f"{base}_widen", to=TensorProto.FLOAT)[0]
-    return b.const(base, arr.astype(np.float32), share=False)
+from ...program import Instr
+from .core import OnnxBuilder, conv_attrs, conv_weight, float_param, register
+from .qdq import avgpool_plan, float_clip
 
 
 def _act(b: OnnxBuilder, ins: Instr, y: str) -> None:
@@ -37,32 +30,37 @@ def _out(ins: Instr) -> str | None:
     return None if "act" in ins.attrs else ins.output
 
 
+@register("conv_f")
 def conv_f(b: OnnxBuilder, ins: Instr) -> None:
-    w = _float_param(b, f"{ins.output}_w", conv_weight(ins, ins.arrays["weight"]))
-    bias = _float_param(b, f"{ins.output}_b", ins.arrays["bias"])
+    w = float_param(b, f"{ins.output}_w", conv_weight(ins, ins.arrays["weight"]))
+    bias = float_param(b, f"{ins.output}_b", ins.arrays["bias"])
     y = b.node("Conv", [ins.inputs[0], w, bias], _out(ins), name=ins.output, **conv_attrs(ins))[0]
     if "act" in ins.attrs:
         _act(b, ins, y)
 
 
+@register("linear_f", nd_rows=True)
 def linear_f(b: OnnxBuilder, ins: Instr) -> None:
-    w = _float_param(b, f"{ins.output}_w", ins.arrays["weight"])
-    bias = _float_param(b, f"{ins.output}_b", ins.arrays["bias"])
+    w = float_param(b, f"{ins.output}_w", ins.arrays["weight"])
+    bias = float_param(b, f"{ins.output}_b", ins.arrays["bias"])
     y = b.node("Gemm", [ins.inputs[0], w, bias], _out(ins), name=ins.output, transB=1)[0]
     if "act" in ins.attrs:
         _act(b, ins, y)
 
 
+@register("add_f")
 def add_f(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("Add", list(ins.inputs), _out(ins), name=ins.output)[0]
     if "act" in ins.attrs:
         _act(b, ins, y)
 
 
+# registered by shape.py, which wraps it for constant (batch-1) inputs
 def cat_f(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Concat", list(ins.inputs), ins.output, axis=int(ins.attrs["axis"]))
 
 
+@register("avgpool_f")
 def avgpool_f(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     explicit, attrs = avgpool_plan(ins)
@@ -71,6 +69,7 @@ def avgpool_f(b: OnnxBuilder, ins: Instr) -> None:
     b.node("AveragePool", [x], ins.output, **attrs)
 
 
+@register("mean_f")
 def mean_f(b: OnnxBuilder, ins: Instr) -> None:
     if ins.attrs.get("keepdim", True):
         b.node("GlobalAveragePool", [ins.inputs[0]], ins.output)
@@ -101,15 +100,11 @@ def _dyn(b: OnnxBuilder, ins: Instr, is_conv: bool) -> None:
         _act(b, ins, y)
 
 
+@register("conv_dyn")
 def conv_dyn(b: OnnxBuilder, ins: Instr) -> None:
     _dyn(b, ins, True)
 
 
+@register("linear_dyn", nd_rows=True)
 def linear_dyn(b: OnnxBuilder, ins: Instr) -> None:
     _dyn(b, ins, False)
-
-
-EMITTERS: dict[str, Emitter] = {
-    "conv_f": conv_f, "linear_f": linear_f, "add_f": add_f, "cat_f": cat_f, "avgpool_f": avgpool_f,
-    "mean_f": mean_f, "conv_dyn": conv_dyn, "linear_dyn": linear_dyn,
-}

@@ -9,22 +9,21 @@ QDQ forms, chosen for what ONNX Runtime fuses:
   runs it in float32 -- it has no quantized LayerNorm kernel).
 * ``transpose``: Transpose on the 8-bit tensor itself (no Q/DQ; bit-exact by construction).
 * Linear on a rank > 2 input (any style): Reshape the 8-bit input to (rows, features), the 2-D
-  emitter (QDQ Gemm, which ORT fuses to QGemm with the int32 bias), Reshape back.
+  emitter (QDQ Gemm, which ORT fuses to QGemm with the int32 bias), Reshape back (``core.rows``;
+  the Linear emitters register with ``nd_rows=True``).
 
 The QOperator style uses these QDQ forms too (ORT fuses them the same way).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from ..lower.transformer import matmul_scale_f32
-from ..program import Instr
-from .onnx_graph import OnnxBuilder
-from .onnx_qdq import Emitter
+from ...lower.transformer import matmul_scale_f32
+from ...program import Instr
+from .core import OnnxBuilder, register
 
 
+@register("matmul")
 def matmul(b: OnnxBuilder, ins: Instr) -> None:
     a, c = ins.inputs
     alpha = float(ins.attrs.get("alpha", 1.0))
@@ -37,6 +36,7 @@ def matmul(b: OnnxBuilder, ins: Instr) -> None:
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
+@register("softmax")
 def softmax(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("Softmax", [b.dq(ins.inputs[0])], name=ins.output, axis=-1)[0]
     b.quantize_into(y, ins.output)
@@ -49,14 +49,17 @@ def _layernorm(b: OnnxBuilder, ins: Instr, x: str, out: str | None) -> str:
                   epsilon=float(ins.attrs["eps"]))[0]
 
 
+@register("layernorm")
 def layernorm(b: OnnxBuilder, ins: Instr) -> None:
     b.quantize_into(_layernorm(b, ins, b.dq(ins.inputs[0]), None), ins.output)
 
 
+@register("transpose")
 def transpose(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Transpose", [ins.inputs[0]], ins.output, perm=[int(p) for p in ins.attrs["perm"]])
 
 
+@register("matmul_f")
 def matmul_f(b: OnnxBuilder, ins: Instr) -> None:
     alpha = float(ins.attrs.get("alpha", 1.0))
     if alpha == 1.0:
@@ -66,41 +69,11 @@ def matmul_f(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Mul", [y, b.const("alpha", np.float32(alpha))], ins.output, name=f"{ins.output}_alpha")
 
 
+@register("softmax_f")
 def softmax_f(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Softmax", [ins.inputs[0]], ins.output, name=ins.output, axis=-1)
 
 
+@register("layernorm_f")
 def layernorm_f(b: OnnxBuilder, ins: Instr) -> None:
     _layernorm(b, ins, ins.inputs[0], ins.output)
-
-
-EMITTERS: dict[str, Emitter] = {"matmul": matmul, "softmax": softmax, "layernorm": layernorm, "transpose": transpose,
-                                "matmul_f": matmul_f, "softmax_f": softmax_f, "layernorm_f": layernorm_f}
-
-
-def rows(emit: Emitter) -> Emitter:
-    """Linear emitter that also takes (N, ..., I) inputs: Reshape to (rows, I), emit, Reshape back."""
-    def wrapped(b: OnnxBuilder, ins: Instr) -> None:
-        x = ins.inputs[0]
-        xi, yi = b.program.tensors[x], b.program.tensors[ins.output]
-        if len(xi.shape) <= 2:
-            emit(b, ins)
-            return
-        fx, fy = b.fresh(f"{x}_rows"), b.fresh(f"{ins.output}_rows")
-        b.program.tensors[fx] = dataclasses.replace(xi, shape=(int(np.prod(xi.shape[:-1])), xi.shape[-1]))
-        b.program.tensors[fy] = dataclasses.replace(yi, shape=(int(np.prod(yi.shape[:-1])), yi.shape[-1]))
-        b.node("Reshape", [x, b.const("shape", np.array([-1, xi.shape[-1]], np.int64))], fx, name=f"{fx}_reshape")
-        emit(b, dataclasses.replace(ins, inputs=[fx], output=fy))
-        b.node("Reshape", [fy, b.const("shape", np.array([-1, *yi.shape[1:]], np.int64))], ins.output,
-               name=f"{ins.output}_reshape")
-    return wrapped
-
-
-def install(styles: dict[str, dict]) -> None:
-    """Add the transformer emitters to every export style and let its Linear emitters take N-D inputs."""
-    for table in styles.values():
-        table.update(EMITTERS)
-        for op in ("linear", "linear_f", "linear_dyn"):
-            if op in table:
-                table[op] = rows(table[op])
-

@@ -4,20 +4,21 @@ LiteRT has no table operator, but a table lookup is a GATHER: ``CAST`` the int8 
 subtract the table's first code, ``GATHER`` from the instruction's own 256-entry int8 table (the
 gemmlowp-mode table ``q.run`` uses). Bit-exact by construction, and the same for every function --
 the file computes what the program computes instead of LiteRT's own float-derived kernels
-(LOGISTIC, HARD_SWISH, ...), which round differently. Registered into ``tflite.EMITTERS``.
+(LOGISTIC, HARD_SWISH, ...), which round differently. Registered into ``core.EMITTERS``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..program import Instr
-from .tflite import EMITTERS, _Emitter
-from .tflite_builder import OPS, TENSOR_TYPES
+from ...program import Instr
+from .builder import OPS, TENSOR_TYPES
+from .core import Emitter, register
 
 OPS.update({"CAST": (53, "CastOptions", 37), "GATHER": (36, "GatherOptions", 23)})
 
 
-def _lut(e: _Emitter, ins: Instr) -> None:
+@register("lut")
+def _lut(e: Emitter, ins: Instr) -> None:
     src = ins.inputs[0]
     form = e.form_of(src)
     x = e.where[src][form]
@@ -31,5 +32,3 @@ def _lut(e: _Emitter, ins: Instr) -> None:
     out = e.define(ins.output, form)
     e.m.op("GATHER", [table, index], [out], Axis=0, BatchDims=0)
 
-
-EMITTERS.update({"lut": _lut})

@@ -13,16 +13,18 @@ file is small and the runtime still fuses the int8 QLinearConv / QGemm kernels.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ExportError
-from ..packing import pack
-from ..program import Instr, Program
+from ...errors import ExportError
+from ...packing import pack
+from ...program import Instr, Program
 
 CIN_ALIGN = 4  # dense convs get input channels padded to a multiple of this (see align_conv_input)
 OPSET = 21  # int4 QuantizeLinear/DequantizeLinear/Cast need opset 21
@@ -270,3 +272,54 @@ def pool_attrs(ins: Instr, with_extra: bool = True) -> dict:
 def onnx_pads(pads) -> list[int]:
     """((before, after) per dim) -> ONNX [b0, b1, ..., a0, a1, ...]."""
     return [int(p[0]) for p in pads] + [int(p[1]) for p in pads]
+
+
+def float_param(b: OnnxBuilder, base: str, arr: np.ndarray) -> str:
+    """A float parameter initializer; float16 arrays stay half size in the file and are widened by a Cast."""
+    if arr.dtype == np.float16:
+        h = b.const(f"{base}_fp16", arr, share=False)
+        return b.node("Cast", [h], name=f"{base}_widen", to=TensorProto.FLOAT)[0]
+    return b.const(base, arr.astype(np.float32), share=False)
+
+
+# -- the emitter tables --------------------------------------------------------------------------
+# Each emitter is ``fn(builder, instr) -> None`` writing the ONNX tensor named ``instr.output``.
+# One table per export style: QDQ and QOperator differ only in the integer compute ops (conv, linear,
+# add, cat, avgpool, mean); every other op is shared. The op modules fill the tables on import (the
+# package ``__init__`` imports them all); registering an op twice for a style is an error, so the
+# tables do not depend on import order.
+Emitter = Callable[[OnnxBuilder, Instr], None]
+
+STYLES: dict[str, dict[str, Emitter]] = {"qdq": {}, "qoperator": {}}
+ALL = tuple(STYLES)
+
+
+def rows(emit: Emitter) -> Emitter:
+    """Linear emitter that also takes (N, ..., I) inputs: Reshape to (rows, I), emit, Reshape back."""
+    def wrapped(b: OnnxBuilder, ins: Instr) -> None:
+        x = ins.inputs[0]
+        xi, yi = b.program.tensors[x], b.program.tensors[ins.output]
+        if len(xi.shape) <= 2:
+            emit(b, ins)
+            return
+        fx, fy = b.fresh(f"{x}_rows"), b.fresh(f"{ins.output}_rows")
+        b.program.tensors[fx] = dataclasses.replace(xi, shape=(int(np.prod(xi.shape[:-1])), xi.shape[-1]))
+        b.program.tensors[fy] = dataclasses.replace(yi, shape=(int(np.prod(yi.shape[:-1])), yi.shape[-1]))
+        b.node("Reshape", [x, b.const("shape", np.array([-1, xi.shape[-1]], np.int64))], fx, name=f"{fx}_reshape")
+        emit(b, dataclasses.replace(ins, inputs=[fx], output=fy))
+        b.node("Reshape", [fy, b.const("shape", np.array([-1, *yi.shape[1:]], np.int64))], ins.output,
+               name=f"{ins.output}_reshape")
+    return wrapped
+
+
+def register(op: str, styles: tuple[str, ...] = ALL, nd_rows: bool = False) -> Callable[[Emitter], Emitter]:
+    """Decorator: put the emitter in ``STYLES[s][op]`` for each style ``s``. ``nd_rows`` (Linear ops)
+    registers ``rows(fn)`` so the op also takes (N, ..., I) inputs; the module keeps the plain ``fn``."""
+    def deco(fn: Emitter) -> Emitter:
+        for s in styles:
+            if op in STYLES[s]:
+                raise RuntimeError(f"ONNX emitter for {op!r} ({s}) registered twice")
+            STYLES[s][op] = rows(fn) if nd_rows else fn
+        return fn
+
+    return deco

@@ -11,43 +11,47 @@ Each emitter is ``fn(builder, instr) -> None`` and writes the ONNX tensor named 
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from ..program import Instr
-from .onnx_graph import OnnxBuilder, conv_attrs, conv_weight, onnx_pads, pool_attrs
+from ...program import Instr
+from .core import OnnxBuilder, conv_attrs, conv_weight, onnx_pads, pool_attrs, register
 
-Emitter = Callable[[OnnxBuilder, Instr], None]
+QDQ = ("qdq",)  # QOperator has its own conv, linear, add, avgpool, mean (qop.py)
 
 
 # -- edges of the integer region ----------------------------------------------------------------
+@register("quantize")
 def quantize(b: OnnxBuilder, ins: Instr) -> None:
     b.quantize_into(ins.inputs[0], ins.output)
 
 
+@register("dequantize")
 def dequantize(b: OnnxBuilder, ins: Instr) -> None:
     s, z = b.qparams(ins.inputs[0])
     b.node("DequantizeLinear", [ins.inputs[0], s, z], ins.output, name=f"{ins.output}_dq")
 
 
 # -- integer compute: DQ -> float op -> Q ----------------------------------------------------------
+@register("conv", QDQ)
 def conv(b: OnnxBuilder, ins: Instr) -> None:
     x, w = b.align_conv_input(ins, conv_weight(ins, ins.arrays["weight"]))
     y = b.node("Conv", [b.dq(ins.inputs[0], x), b.dq_weight(ins, w), b.dq_bias(ins)], name=ins.output, **conv_attrs(ins))[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
+@register("linear", QDQ, nd_rows=True)
 def linear(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("Gemm", [b.dq(ins.inputs[0]), b.dq_weight(ins), b.dq_bias(ins)], name=ins.output, transB=1)[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
+@register("add", QDQ)
 def add(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("Add", [b.dq(ins.inputs[0]), b.dq(ins.inputs[1])], name=ins.output)[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
+# registered by shape.py, which wraps it for constant (batch-1) inputs
 def cat(b: OnnxBuilder, ins: Instr) -> None:
     axis = int(ins.attrs["axis"])
     if all(ins.attrs["same"]):  # the integers are already on the output grid
@@ -69,6 +73,7 @@ def avgpool_plan(ins: Instr) -> tuple[list[int] | None, dict]:
     return None, {**pool_attrs(ins), "count_include_pad": 0}
 
 
+@register("avgpool", QDQ)
 def avgpool(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     explicit, attrs = avgpool_plan(ins)
@@ -83,6 +88,7 @@ def avgpool(b: OnnxBuilder, ins: Instr) -> None:
     b.quantize_into(y, ins.output)
 
 
+@register("mean", QDQ)
 def mean(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("GlobalAveragePool", [b.dq(ins.inputs[0])], name=ins.output)[0]
     if ins.attrs.get("keepdim", True):
@@ -93,15 +99,18 @@ def mean(b: OnnxBuilder, ins: Instr) -> None:
 
 
 # -- dtype-generic ops: run on the 8-bit (or float) tensor itself --------------------------------------
+@register("maxpool")
 def maxpool(b: OnnxBuilder, ins: Instr) -> None:
     b.node("MaxPool", [ins.inputs[0]], ins.output, **pool_attrs(ins))
 
 
+@register("reshape")
 def reshape(b: OnnxBuilder, ins: Instr) -> None:
     shape = b.const("shape", np.array([0, *ins.attrs["shape"]], np.int64))
     b.node("Reshape", [ins.inputs[0], shape], ins.output)
 
 
+@register("pad")
 def pad(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     pads = b.const("pads", np.array(onnx_pads(ins.attrs["pads"]), np.int64))
@@ -112,6 +121,7 @@ def pad(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Pad", [x, pads, value], ins.output, mode="constant")
 
 
+@register("clamp")
 def clamp(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     if b.is_int(x):
@@ -127,9 +137,3 @@ def float_clip(b: OnnxBuilder, x: str, out: str | None, lo: float, hi: float) ->
     lo_c = "" if lo == float("-inf") else b.const("clip_lo", np.float32(lo))
     hi_c = "" if hi == float("inf") else b.const("clip_hi", np.float32(hi))
     return b.node("Clip", [x, lo_c, hi_c], out, name=f"{out or x}_clip")[0]
-
-
-EMITTERS: dict[str, Emitter] = {
-    "quantize": quantize, "dequantize": dequantize, "conv": conv, "linear": linear, "add": add, "cat": cat,
-    "avgpool": avgpool, "mean": mean, "maxpool": maxpool, "reshape": reshape, "pad": pad, "clamp": clamp,
-}

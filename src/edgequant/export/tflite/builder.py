@@ -1,8 +1,8 @@
 """A small in-memory TFLite model (tensors, buffers, operators) serialized with the generated
 flatbuffer code of the ``tflite`` package (schema v3), so no offsets are written by hand.
 
-The emitter in ``tflite.py`` appends tensors and operators here; ``serialize()`` writes the
-flatbuffer. Buffer 0 is the empty sentinel the schema requires; constant data is 16-byte aligned.
+The emitters (``core.Emitter`` and the op modules) append tensors and operators here;
+``serialize()`` writes the flatbuffer. Buffer 0 is the empty sentinel the schema requires; constant data is 16-byte aligned.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ExportError
+from ...errors import ExportError
 
 try:
     import flatbuffers

@@ -19,23 +19,27 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from ..errors import ExportError
-from ..kernels.shape import FRAC, factors, resize_plan
-from ..program import Instr
-from . import onnx_qdq, onnx_qop
-from .onnx_graph import MS_DOMAIN, OnnxBuilder
+from ...errors import ExportError
+from ...kernels.shape import FRAC, factors, resize_plan
+from ...program import Instr
+from .core import MS_DOMAIN, OnnxBuilder, register
+from .float_ops import cat_f
+from .qdq import cat as qdq_cat
+from .qop import cat as qop_cat
 
 
 def _producer(b: OnnxBuilder, tensor: str) -> str | None:
     return next((i.op for i in b.program.instrs if i.output == tensor), None)
 
 
+@register("slice")
 def slice_(b: OnnxBuilder, ins: Instr) -> None:
     a = ins.attrs
     args = [b.const("slice_" + k, np.array([int(a[k])], np.int64)) for k in ("start", "stop", "axis", "step")]
     b.node("Slice", [ins.inputs[0], *args], ins.output)
 
 
+@register("upsample")
 def upsample(b: OnnxBuilder, ins: Instr) -> None:
     x, a = ins.inputs[0], ins.attrs
     if a["mode"] == "nearest":
@@ -85,6 +89,8 @@ def _bilinear_int(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Cast", [y], name, to=b.act.elem_type)
 
 
+@register("const")
+@register("const_f")
 def const(b: OnnxBuilder, ins: Instr) -> None:
     v = ins.arrays["value"]
     arr = (v.astype(np.int16) + b.act.offset).astype(b.act.np_dtype) if ins.op == "const" else v.astype(np.float32)
@@ -108,14 +114,12 @@ def _expand_batch(b: OnnxBuilder, ins: Instr) -> list[str]:
 
 
 def _cat(style: str):
-    plain = {"qdq": onnx_qdq.EMITTERS["cat"], "qoperator": onnx_qop.EMITTERS["cat"], "float": None}[style]
+    """``cat`` for one style: the plain emitter, or Expand the constant inputs to the batch first."""
+    plain = {"qdq": qdq_cat, "qoperator": qop_cat, "float": cat_f}[style]
 
     def f(b: OnnxBuilder, ins: Instr) -> None:
         if not any(_producer(b, i) in ("const", "const_f") for i in ins.inputs):
-            if plain is None:
-                b.node("Concat", list(ins.inputs), ins.output, axis=int(ins.attrs["axis"]))
-            else:
-                plain(b, ins)
+            plain(b, ins)
             return
         srcs, axis = _expand_batch(b, ins), int(ins.attrs["axis"])
         if style == "float" or all(ins.attrs["same"]):
@@ -135,8 +139,6 @@ def _cat(style: str):
     return f
 
 
-def install(styles: dict) -> None:
-    """Add these emitters to every ONNX style's table."""
-    for style, table in styles.items():
-        table.update({"slice": slice_, "upsample": upsample, "const": const, "const_f": const,
-                      "cat": _cat(style), "cat_f": _cat("float")})
+register("cat", ("qdq",))(_cat("qdq"))
+register("cat", ("qoperator",))(_cat("qoperator"))
+register("cat_f")(_cat("float"))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..program import Instr
-from .onnx_graph import MS_DOMAIN, OnnxBuilder, conv_attrs, conv_weight
-from .onnx_qdq import Emitter, avgpool_plan
+from ...program import Instr
+from .core import MS_DOMAIN, OnnxBuilder, conv_attrs, conv_weight, register
+from .qdq import avgpool_plan
+
+QOP = ("qoperator",)
 
 
 def _finish(b: OnnxBuilder, ins: Instr, lo: int, hi: int) -> list[str] | str:
@@ -29,6 +31,7 @@ def _bias(b: OnnxBuilder, ins: Instr) -> str:
     return b.const(f"{ins.output}_bias", np.asarray(ins.arrays["bias"], np.int32), share=False)
 
 
+@register("conv", QOP)
 def conv(b: OnnxBuilder, ins: Instr) -> None:
     lo, hi = b.out_bounds(ins)
     x = ins.inputs[0]
@@ -41,6 +44,7 @@ def conv(b: OnnxBuilder, ins: Instr) -> None:
         b.clip_int(out, ins.output, lo, hi)
 
 
+@register("linear", QOP, nd_rows=True)
 def linear(b: OnnxBuilder, ins: Instr) -> None:
     lo, hi = b.out_bounds(ins)
     x = ins.inputs[0]
@@ -52,6 +56,7 @@ def linear(b: OnnxBuilder, ins: Instr) -> None:
         b.clip_int(out, ins.output, lo, hi)
 
 
+@register("add", QOP)
 def add(b: OnnxBuilder, ins: Instr) -> None:
     lo, hi = b.out_bounds(ins)
     a, c = ins.inputs
@@ -62,6 +67,7 @@ def add(b: OnnxBuilder, ins: Instr) -> None:
         b.clip_int(out, ins.output, lo, hi)
 
 
+# registered by shape.py, which wraps it for constant (batch-1) inputs
 def cat(b: OnnxBuilder, ins: Instr) -> None:
     qp = b.program.tensors[ins.output].qparams
     out = _finish(b, ins, qp.qmin, qp.qmax)
@@ -76,6 +82,7 @@ def cat(b: OnnxBuilder, ins: Instr) -> None:
         b.clip_int(out, ins.output, qp.qmin, qp.qmax)
 
 
+@register("avgpool", QOP)
 def avgpool(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     explicit, attrs = avgpool_plan(ins)
@@ -90,6 +97,7 @@ def avgpool(b: OnnxBuilder, ins: Instr) -> None:
         b.clip_int(out, ins.output, qp.qmin, qp.qmax)
 
 
+@register("mean", QOP)
 def mean(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     qp = b.program.tensors[ins.output].qparams
@@ -103,5 +111,3 @@ def mean(b: OnnxBuilder, ins: Instr) -> None:
     if not keep:
         b.node("Flatten", [y], ins.output, axis=1)
 
-
-EMITTERS: dict[str, Emitter] = {"conv": conv, "linear": linear, "add": add, "cat": cat, "avgpool": avgpool, "mean": mean}

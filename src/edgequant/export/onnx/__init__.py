@@ -1,8 +1,9 @@
 """The ONNX emitter: a Program -> an ONNX model (QDQ by default, QOperator as an option).
 
-Emitters are tables keyed by instruction op (``onnx_qdq.EMITTERS``, ``onnx_qop.EMITTERS``,
-``onnx_float.EMITTERS``); an instruction with no entry is an ``ExportError`` naming it. The file
-is checked with ``onnx.checker`` (full check, shape inference) before it is written.
+Emitters are tables keyed by instruction op, one per style (``core.STYLES``), filled by the op
+modules imported below (``core.register``); an instruction with no entry is an ``ExportError``
+naming it. The file is checked with ``onnx.checker`` (full check, shape inference) before it is
+written.
 """
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import ExportError
-from ..program import Program
-from . import onnx_elementwise, onnx_float, onnx_qdq, onnx_qop, onnx_rnn, onnx_shape, onnx_transformer
-from .onnx_graph import CIN_ALIGN, OPSET, WHY_UINT8, OnnxBuilder
+from ...errors import ExportError
+from ...program import Program
+from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer  # noqa: F401  (fill the tables)
+from .core import CIN_ALIGN, OPSET, STYLES, WHY_UINT8, OnnxBuilder
 
-STYLES = {
-    "qdq": {**onnx_qdq.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
-    "qoperator": {**onnx_qdq.EMITTERS, **onnx_qop.EMITTERS, **onnx_float.EMITTERS, **onnx_elementwise.EMITTERS},
-}
-onnx_transformer.install(STYLES)  # matmul/softmax/layernorm/transpose; Linear on (N, ..., I) inputs
-onnx_shape.install(STYLES)  # slice, upsample, constants; cat with a constant input
-onnx_rnn.install(STYLES)  # LSTM/GRU layer-directions, unrolled
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
 
 
@@ -59,7 +53,7 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     ``style``: "qdq" (QuantizeLinear/DequantizeLinear around float ops: portable, and what ONNX
     Runtime fuses into integer kernels) or "qoperator" (QLinearConv, QGemm, QLinearAdd, ... --
     ONNX Runtime's contrib ops for the non-conv ops). ``activation_type``: "uint8" (default; see
-    ``onnx_graph.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
+    ``core.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
     ``align_channels``: pad dense convs' input channels to this multiple (exact; faster in ONNX
     Runtime, see ``OnnxBuilder.align_conv_input``); 0 turns it off.
     """

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ExportError
-from ..program import Instr
-from .onnx_graph import OnnxBuilder
+from ...errors import ExportError
+from ...program import Instr
+from .core import OnnxBuilder, register
 
 _SIMPLE = {"sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish", "mish": "Mish"}
 
@@ -42,22 +42,24 @@ def float_function(b: OnnxBuilder, ins: Instr, x: str, out: str | None = None) -
     raise ExportError(f"layer '{ins.node}': element-wise function {fn!r} has no ONNX export")
 
 
+@register("lut")
 def lut(b: OnnxBuilder, ins: Instr) -> None:
     y = float_function(b, ins, b.dq(ins.inputs[0]))
     b.quantize_into(y, ins.output)
 
 
+@register("mul")
 def mul(b: OnnxBuilder, ins: Instr) -> None:
     y = b.node("Mul", [b.dq(ins.inputs[0]), b.dq(ins.inputs[1])], name=ins.output)[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
+@register("unary_f")
 def unary_f(b: OnnxBuilder, ins: Instr) -> None:
     float_function(b, ins, ins.inputs[0], ins.output)
 
 
+@register("mul_f")
 def mul_f(b: OnnxBuilder, ins: Instr) -> None:
     b.node("Mul", list(ins.inputs), ins.output, name=ins.output)
 
-
-EMITTERS = {"lut": lut, "mul": mul, "unary_f": unary_f, "mul_f": mul_f}

@@ -1,6 +1,6 @@
 """TFLite emitters for data movement, constants and products: ``slice`` (STRIDED_SLICE), ``transpose``,
 ``upsample`` (RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR), ``const`` (a constant tensor), ``mul``
-(MUL). Registered into ``tflite.EMITTERS`` (``tflite`` imports this module last).
+(MUL), and ``reshape`` (RESHAPE) / ``pad`` (PAD). Registered into ``core.EMITTERS``.
 
 All keep LiteRT's reference kernels bit-exact with ``q.run(rounding="gemmlowp")``: slicing and
 nearest resizing move int8 values; int8 RESIZE_BILINEAR is ``ResizeBilinearInteger``, which the
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ExportError
-from ..program import Instr
-from .tflite import AXIS_TO_NHWC, EMITTERS, NHWC, _binary_form, _cat, _Emitter
-from .tflite_builder import ACTIVATIONS, OPS
+from ...errors import ExportError
+from ...program import Instr
+from .builder import ACTIVATIONS, OPS
+from .core import AXIS_TO_NHWC, NHWC, Emitter, binary_form, cat, register
 
 OPS.update({
     "MUL": (18, "MulOptions", 21),
@@ -28,7 +28,8 @@ OPS.update({
 })
 
 
-def _const(e: _Emitter, ins: Instr) -> None:
+@register("const", "const_f")
+def _const(e: Emitter, ins: Instr) -> None:
     v = ins.arrays["value"]
     integer = ins.op == "const"
     dt = "int8" if integer else "float32"
@@ -39,11 +40,12 @@ def _const(e: _Emitter, ins: Instr) -> None:
     e.where[ins.output] = forms
 
 
-def _is_const(e: _Emitter, name: str) -> bool:
+def _is_const(e: Emitter, name: str) -> bool:
     return any(i.output == name and i.op in ("const", "const_f") for i in e.p.instrs)
 
 
-def _slice(e: _Emitter, ins: Instr) -> None:
+@register("slice")
+def _slice(e: Emitter, ins: Instr) -> None:
     src, a = ins.inputs[0], ins.attrs
     form = e.form_of(src)
     x = e.where[src][form]
@@ -60,7 +62,8 @@ def _slice(e: _Emitter, ins: Instr) -> None:
            BeginMask=mask, EndMask=mask, EllipsisMask=0, NewAxisMask=0, ShrinkAxisMask=0)
 
 
-def _upsample(e: _Emitter, ins: Instr) -> None:
+@register("upsample")
+def _upsample(e: Emitter, ins: Instr) -> None:
     src, a = ins.inputs[0], ins.attrs
     x = e.get(src, "nhwc")
     size = e.m.const(f"{ins.output}/size", np.array(a["size"], np.int32))
@@ -72,7 +75,8 @@ def _upsample(e: _Emitter, ins: Instr) -> None:
     e.m.op("RESIZE_BILINEAR", [x, size], [out], AlignCorners=align, HalfPixelCenters=not align)
 
 
-def _transpose(e: _Emitter, ins: Instr) -> None:
+@register("transpose")
+def _transpose(e: Emitter, ins: Instr) -> None:
     """TRANSPOSE in edgequant's order; the NCHW <-> NHWC permutations of a 4-D tensor cost nothing:
     the other layout of the same bytes is already there (or is made once, lazily, by ``get``)."""
     src, perm = ins.inputs[0], tuple(int(p) for p in ins.attrs["perm"])
@@ -87,24 +91,26 @@ def _transpose(e: _Emitter, ins: Instr) -> None:
     e.m.op("TRANSPOSE", [x, e.m.const(f"{ins.output}/perm", np.array(perm, np.int32))], [out])
 
 
-def _mul(e: _Emitter, ins: Instr) -> None:
+@register("mul", "mul_f")
+def _mul(e: Emitter, ins: Instr) -> None:
     integer = ins.op == "mul"
     if integer and ins.attrs.get("rounding") == "single":
         raise ExportError(f"layer '{ins.node}': a sub-8-bit product has no TFLite kernel")
-    form = _binary_form(e, ins.inputs)
+    form = binary_form(e, ins.inputs)
     a, b = (e.get(n, form) for n in ins.inputs)
     out = e.define(ins.output, form)
     e.m.op("MUL", [a, b], [out], FusedActivationFunction=ACTIVATIONS["NONE"])
 
 
-def _cat_const(e: _Emitter, ins: Instr) -> None:
+@register("cat", "cat_f")
+def _cat_const(e: Emitter, ins: Instr) -> None:
     """CONCATENATION, with each constant input (batch 1) first broadcast to the runtime batch:
     BROADCAST_TO to ``[batch of an activation input (SHAPE + STRIDED_SLICE), rest of the constant's shape]``."""
     consts = [n for n in ins.inputs if _is_const(e, n)]
     if not consts:
-        _cat(e, ins)
+        cat(e, ins)
         return
-    form = _binary_form(e, ins.inputs)
+    form = binary_form(e, ins.inputs)
     ref = next((n for n in ins.inputs if n not in consts), None)
     if ref is None:
         raise ExportError(f"layer '{ins.node}': a concatenation of constants only")
@@ -123,9 +129,30 @@ def _cat_const(e: _Emitter, ins: Instr) -> None:
         out = e.new(f"{n}/batch", (e.batch,) + tuple(e.m.tensors[c].shape[1:]), like=n)
         e.m.op("BROADCAST_TO", [c, full], [out])
         e.where[n] = {form: out}
-    _cat(e, ins)
+    cat(e, ins)
 
 
-EMITTERS.update({"const": _const, "const_f": _const, "slice": _slice, "upsample": _upsample, "transpose": _transpose,
-                 "mul": _mul,
-                 "mul_f": _mul, "cat": _cat_const, "cat_f": _cat_const})
+@register("reshape")
+def _reshape(e: Emitter, ins: Instr) -> None:
+    name_in = ins.inputs[0]
+    shp = e.shape(name_in)
+    # NHWC and NCHW hold the same bytes when H = W = 1: no transpose needed then
+    form = e.form_of(name_in)
+    if len(shp) == 4 and form == "nhwc" and shp[2] * shp[3] != 1:
+        form = "nchw"
+    x = e.get(name_in, form) if len(shp) == 4 else e.where[name_in][form]
+    new_shape = [-1] + [int(d) for d in ins.attrs["shape"]]
+    out = e.define(ins.output, "nchw")
+    e.m.op("RESHAPE", [x, e.m.const(f"{ins.output}/shape", np.array(new_shape, np.int32))], [out], NewShape=new_shape)
+
+
+@register("pad")
+def _pad(e: Emitter, ins: Instr) -> None:
+    name_in = ins.inputs[0]
+    form = e.form_of(name_in)
+    x = e.where[name_in][form]
+    pads = [tuple(int(v) for v in p) for p in ins.attrs["pads"]]
+    if form == "nhwc":
+        pads = [pads[i] for i in NHWC]
+    out = e.define(ins.output, form)
+    e.pad(x, out, ins.output, name_in, pads, ins.attrs["value"])

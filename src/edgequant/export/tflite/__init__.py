@@ -1,0 +1,90 @@
+"""The TFLite emitter: an integer (or fp32) Program -> a ``.tflite`` flatbuffer LiteRT runs.
+
+Int8 programs follow the TFLite int8 quantization spec exactly as lowered: per-channel symmetric
+int8 weights (zp 0), int32 bias with scale ``s_in * s_w``, asymmetric int8 activations. LiteRT
+derives its fixed-point multipliers from the float32 scales in the file with the same
+``QuantizeMultiplier`` the lowering uses, so its reference kernels (``BUILTIN_REF``) reproduce
+``interpreter.run(..., rounding="gemmlowp")`` bit for bit.
+
+Layout: edgequant tensors are NCHW, TFLite kernels NHWC. Each 4-D tensor is kept in whichever
+layout its producer wrote and a TRANSPOSE is inserted only where a consumer needs the other one
+(conv/pool/mean want NHWC; reshape/linear want edgequant's order). By default (``layout="nchw"``)
+the file's float32 input and any 4-D output are NCHW, exactly what ``q.run`` takes and returns;
+``layout="nhwc"`` makes them NHWC (no transposes at the edges). The batch dimension is dynamic
+(shape signature -1; ``Interpreter.resize_tensor_input``), the stored shape uses ``batch_size``.
+
+Emitters are a table keyed by instruction op (``core.EMITTERS``), filled by the op modules
+imported below; an instruction with no entry is an ``ExportError``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import ExportError
+from ...program import Program
+from . import conv, elementwise, pool, shape, lut  # noqa: F401  (fill the table)
+from .core import EMITTERS, Emitter, tflite_act_range
+
+OPTIONS = ("layout", "batch_size", "linear")
+
+
+def _program(q) -> Program:
+    return q if isinstance(q, Program) else q.program
+
+
+def _check_recipe(program: Program) -> None:
+    recipe = program.meta.get("recipe", {})
+    mode, name = recipe.get("mode"), recipe.get("name", "?")
+    rnn = next((ins for ins in program.instrs if ins.op in ("rnn", "rnn_dyn", "rnn_f")), None)
+    if rnn is not None:  # issue 17: UNIDIRECTIONAL_SEQUENCE_LSTM / GRU emitters are not written yet
+        raise ExportError(f"layer '{rnn.node}' is a recurrent {rnn.attrs['cell'].upper()}, which edgequant does not export "
+                          "to TFLite yet (no UNIDIRECTIONAL_SEQUENCE_LSTM emitter); export it to ONNX (q.export('m.onnx'), "
+                          "bit-exact with the interpreter in ONNX Runtime) or run it with the interpreter (q.run)")
+    if mode in ("dynamic", "fp16"):
+        raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
+                          "integer recipe (e.g. 'w8a8-pc') or 'fp32'")
+    for t, info in program.tensors.items():
+        qp = info.qparams
+        if info.dtype == "int8" and qp is not None and (qp.bits != 8 or qp.qmin != -128 or qp.qmax != 127):
+            raise ExportError(f"recipe {name!r} cannot target TFLite: tensor '{t}' is a {qp.bits}-bit activation "
+                              f"(range [{qp.qmin}, {qp.qmax}]) and LiteRT's int8 kernels saturate to [-128, 127]; "
+                              "use 8-bit activations (e.g. 'w4a8' or 'w8a8-pc')")
+
+
+def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> bytes:
+    """The ``.tflite`` flatbuffer bytes of a QuantizedModel (or Program); see the module docstring."""
+    program = _program(q)
+    _check_recipe(program)
+    e = Emitter(program, layout, batch_size, linear)
+    x = program.input
+    shape = e.shape(x)
+    form = "nhwc" if layout == "nhwc" and len(shape) == 4 else "nchw"
+    e.define(x, form)
+    e.m.inputs = [e.where[x][form]]
+    for ins in program.instrs:
+        if ins.op not in EMITTERS:
+            raise ExportError(f"instruction {ins.op!r} (layer '{ins.node}') has no TFLite emitter; exportable ops: "
+                              f"{', '.join(sorted(EMITTERS))}")
+        EMITTERS[ins.op](e, ins)
+    out = program.output
+    want = "nhwc" if layout == "nhwc" else "nchw"
+    e.m.outputs = [e.get(out, want)]
+    return e.m.serialize()
+
+
+def export_tflite(q, path, **options) -> Path:
+    """Write ``q`` as a ``.tflite`` file (options: ``layout``, ``batch_size``); returns the path."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ExportError(f"unknown TFLite export option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    data = to_tflite(q, **options)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise ExportError(f"cannot write TFLite file {path}: {e}") from e
+    return path
+
+
+__all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
