@@ -86,3 +86,12 @@ def reusing_heap() -> Iterator[None]:
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)
         libc.malloc_trim(0)
+
+
+def trim() -> None:
+    """Give the heap's free pages back to the OS now (inside ``reusing_heap``): a training loop whose
+    step buffers vary in size (clipped windows) otherwise grows the heap step after step -- measured
+    on EfficientNet-Lite1's second BRECQ chain, 1.1 -> 2.7 GB in 100 steps with ~30 MB live."""
+    libc = _libc() if _applied is not None else None
+    if libc is not None:
+        libc.malloc_trim(0)

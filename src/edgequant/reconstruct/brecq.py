@@ -50,6 +50,7 @@ import torch
 from ..calibrate import iter_batches
 from ..errors import CalibrationError, RecipeError
 from ..graph_exec import run_node
+from ..heap import trim as trim_heap
 from ..ir import Graph, Node
 from .. import qmath
 from ..qmath import QParams, quantize_multiplier, round_half_away
@@ -61,6 +62,7 @@ from .window import DEFAULT_WINDOW, Window, conv_window, crop, sample_window
 
 PROBE = 5        # steps timed before a CPU budget (``cpu_budget``) sets the step count
 MIN_STEPS = 50   # the CPU budget never cuts a layer / unit below this many steps
+TRIM_EVERY = 2   # steps between giving the heap's free pages back (heap.trim): varying window sizes fragment it
 STREAM_BYTES = 128 << 20  # live tensors of one streamed batch (``_Sim.stream_rows``)
 STREAM_LIVE = 8           # float32 copies of the largest map a fake-quantized node holds at once
 
@@ -366,6 +368,8 @@ class _Trainer:
                 tail.append(rec.item())
             self.progress.advance(label, rec.item())
             it += 1
+            if it % TRIM_EVERY == 0:
+                trim_heap()
         self.progress.skip(cfg.iterations - total)  # steps the CPU budget cut count as done
         self.steps_done.append(total)
         return first, float(np.mean(tail)) if tail else first
