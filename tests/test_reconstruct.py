@@ -612,3 +612,31 @@ def test_heap_trim_returns_fragmented_step_buffers():
         heap.trim()
         after = anon_mb()
     assert before - after > 100, (before, after)
+
+
+def test_cpu_budget_reestimates_steps_that_get_costlier():
+    """A 5-step probe can under-estimate a step (Lite1's last chain ran 2.4x over its budget): the step
+    count is re-estimated as steps run, so a unit whose steps turn costly still ends near its budget."""
+    import time as _time
+
+    from edgequant.reconstruct.adaround import AdaRoundWeight
+    from edgequant.reconstruct.brecq import MIN_STEPS, ReconConfig, _Trainer
+    from edgequant.reconstruct.progress import Progress
+
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    ada = {"l": AdaRoundWeight(w, np.full(4, 0.1, np.float32), np.full(4, -8.0), np.full(4, 7.0))}
+    cfg = ReconConfig(method="adaround", iterations=2000, cpu_budget=0.4)
+    trainer = _Trainer(cfg, None, Progress(2000, enabled=False))
+    calls = {"n": 0}
+
+    def loss_fn(weights):
+        calls["n"] += 1
+        if calls["n"] > 5:  # after the probe: each step burns ~3 ms of CPU
+            t = _time.process_time()
+            while _time.process_time() - t < 0.003:
+                pass
+        return (weights["l"] ** 2).sum()
+
+    trainer.fit("l", ada, loss_fn)
+    steps = trainer.steps_done[-1]
+    assert MIN_STEPS <= steps < 400, steps  # 2000 without the re-estimate (the probe saw free steps)
