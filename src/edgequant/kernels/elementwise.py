@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import qmath
+from ..errors import UnsupportedOpError
+from ..wide import container_dtype
 from . import RUN, SIM, native, register
 from ..graph_exec import batch_broadcast
 from .context import KernelContext, act_bounds
@@ -53,11 +55,14 @@ def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
         sa = mul(xa << at["left_shift"], at["m0_a"], at["shift_a"])
         sb = mul(xb << at["left_shift"], at["m0_b"], at["shift_b"])
         y = mul(sa + sb, at["m0_out"], at["shift_out"])
+    elif max(a_qp.bits, b_qp.bits, y_qp.bits) > 8:
+        raise UnsupportedOpError(f"add '{instr.node}': the onnxruntime rounding mode has no 16-bit Add; run with "
+                                 "rounding='gemmlowp'")
     else:
         y = _ort_qlinear_add(inputs[0], inputs[1], int(a_qp.zero_point), int(b_qp.zero_point),
                              np.float32(at["ratio_a"]), np.float32(at["ratio_b"]), int(y_qp.zero_point))
         return np.clip(y, lo, hi).astype(np.int8)
-    return np.clip(y + int(y_qp.zero_point), lo, hi).astype(np.int8)
+    return np.clip(y + int(y_qp.zero_point), lo, hi).astype(container_dtype(y_qp.bits))
 
 
 def _fma_f32(x, y, z) -> np.ndarray:

@@ -133,7 +133,9 @@ def layernorm_normalised(xc: np.ndarray, eps_fixed: int) -> np.ndarray:
     """
     d = xc.shape[-1]
     u = d * xc - xc.sum(axis=-1, keepdims=True)  # |u| <= D * 255 * 2
-    v = (u * u).sum(axis=-1, keepdims=True)  # < 2^63 for D < 2^14
+    big = int(np.abs(u).max(initial=0)) ** 2 * d >= 1 << 62  # int16 inputs at large D
+    v = ((u.astype(object) ** 2).sum(axis=-1, keepdims=True) if big  # exact, slow, rare
+         else (u * u).sum(axis=-1, keepdims=True))  # < 2^63 for int8 inputs and D < 2^14
     two_f = 2 * LN_SQRT_FRAC_BITS
     r = np.array([math.isqrt((int(vi) << two_f) // d + eps_fixed) for vi in v.reshape(-1)], dtype=object)
     r = r.astype(np.int64).reshape(v.shape)  # < 2^47
