@@ -176,3 +176,12 @@ def test_exporters_refuse_16_bit_tensors_by_name(models, tmp_path):
         q.export(str(tmp_path / "m.onnx"))
     with pytest.raises(ExportError, match="16-bit"):
         q.export(str(tmp_path / "m.tflite"))
+
+
+def test_artifact_round_trip_keeps_int16_tensors(models, data, tmp_path):
+    _, _, q = models
+    q.save(str(tmp_path / "m"))
+    q2 = eq.load(str(tmp_path / "m"))
+    x = data[64:72].numpy()
+    assert np.array_equal(q.run(x), q2.run(x))
+    assert sum(t.dtype == "int16" for t in q2.program.tensors.values()) > 0

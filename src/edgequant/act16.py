@@ -15,11 +15,11 @@ from .errors import RecipeError
 from .ir import Graph
 from .qmath import QParams, compute_qparams
 from .recipes import Recipe
-from .wide import WIDE_BITS
+from .wide import INT16_INPUT_OPS, WIDE_BITS
 
-PRODUCERS = frozenset({"input", "linear", "conv", "add", "layernorm", "unary"})
-CONSUMERS = frozenset({"linear", "conv", "add", "layernorm", "unary"})
+PRODUCERS = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce"})
 PASS = frozenset({"reshape", "transpose"})
+CONSUMERS = INT16_INPUT_OPS - PASS
 MODES = ("residual",)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from . import RUN, SIM, gemm, register
 from .context import KernelContext
+from ..wide import container_dtype
 from .conv import requantize_accumulator
 
 EXP_FRAC_BITS = 20  # softmax exp table in Q20: sum of up to 2^43 rows' entries fits int64
@@ -171,7 +172,7 @@ def _ort_layernorm(x: np.ndarray, qx, qy, instr) -> np.ndarray:
     std = np.sqrt(msq / d - mean * mean + np.float32(instr.attrs["eps"])).astype(np.float32)
     y = (xf - mean) / std * instr.arrays["gamma_f"] + instr.arrays["beta_f"]
     q = np.rint(y.astype(np.float32) / np.float32(qy.scale)).astype(np.int64) + int(qy.zero_point)
-    return np.clip(q, qy.qmin, qy.qmax).astype(np.int8)
+    return np.clip(q, qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
 
 
 @register("layernorm", SIM)

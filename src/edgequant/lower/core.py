@@ -17,6 +17,7 @@ from ..ir import Graph, Node
 from ..program import Instr, TensorInfo
 from ..qmath import QParams
 from ..recipes import Recipe
+from ..wide import INT16_INPUT_OPS
 
 
 # integer instructions that requantize into their output (gemmlowp M0/shift); a sub-8-bit
@@ -153,7 +154,6 @@ def check_wide_inputs(L: Lowering, node: Node) -> None:
                                      f"the tensors feeding {node.op} at 8 bits (16-bit inputs: {', '.join(sorted(WIDE_OPS))})")
 
 
-# ops whose integer kernels take 16-bit inputs (int16 x int8 GEMM, TFLite 16x8); others refuse them
-WIDE_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reshape", "transpose"})
+WIDE_OPS = INT16_INPUT_OPS
 
 
