@@ -128,6 +128,12 @@ register_recipe(Recipe("w8a8-pc", "static", weights=W8_PC, activations=A8, optio
                        description="int8 per-channel weights, int8 activations, integer-only, empirical bias "
                                    "correction (default)"))
 
+# 16-bit residual stream (edgequant.act16, TFLite 16x8): per-tensor int8 cannot hold BERT-style
+# outlier channels (all-MiniLM-L6-v2: cosine 0.856 at w8a8-pc; bench/RESULTS.md, issue 16)
+register_recipe(Recipe("w8a16-res", "static", weights=W8_PC, activations=A8,
+                       options=(("bias_correction", "empirical"), ("act16", "residual")),
+                       description="int8 per-channel weights, int8 activations except the residual stream, LayerNorm "
+                                   "and FFN tensors in int16 (int16 x int8 GEMMs, int64 accumulators), for transformers"))
 
 # -- below 8 bits: Banner et al. post-training methods and binarization (edgequant/lowbit) ------------
 def low_bit_weights(bits: int, observer: str = "minmax") -> TensorSpec:

@@ -128,8 +128,8 @@ def _qparams(d, dtype: np.dtype, shape: tuple[int, ...], fail: _Fail, field: str
     _need(isinstance(d, dict) and set(d) == {"scale", "zero_point", "bits", "signed", "narrow", "axis"}, fail, field,
           "malformed qparams")
     bits, signed, narrow, axis = d["bits"], d["signed"], d["narrow"], d["axis"]
-    _need(isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 8, fail, f"{field}.bits",
-          f"bit width {bits!r} is not supported (1..8)")
+    _need(isinstance(bits, int) and not isinstance(bits, bool) and (1 <= bits <= 8 or bits == 16), fail, f"{field}.bits",
+          f"bit width {bits!r} is not supported (1..8, or 16 for act16 tensors)")
     _need(isinstance(signed, bool) and isinstance(narrow, bool), fail, field, "signed/narrow must be booleans")
     _need(dtype.kind in "iu", fail, field, f"qparams on a {dtype.name} tensor")
     lo, hi = qrange(bits, signed, narrow)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import qmath
+from .. import qmath, wide
 from ..graph_exec import conv_float
 from . import RUN, SIM, gemm, native, register
 from .context import KernelContext, act_bounds
@@ -143,6 +143,19 @@ def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext, axis: int
     output int8 tensor, per-channel requantization along ``axis`` (1; -1 for channels-last, e.g.
     layernorm). One fused pass (``native.requantize``; ``qmath.requantize`` is its spec)."""
     lo, hi = act_bounds(instr, ctx)
+    qy = ctx.qp(instr.output)
+    if instr.attrs.get("acc64"):  # 16-bit input (TFLite 16x8): int64 accumulator and bias
+        return wide.requantize_64(acc, bias=instr.arrays.get("bias"), m0=instr.arrays["m0"], shift=instr.arrays["shift"],
+                                  zero_point=int(qy.zero_point), qmin=lo, qmax=hi, axis=axis, out_bits=qy.bits)
+    if qy.bits > 8:  # int8 input, int16 output: the int32 requantization, wider container
+        cs = [1] * acc.ndim
+        if np.size(instr.arrays["m0"]) > 1 or np.size(instr.arrays.get("bias", 0)) > 1:
+            cs[axis % acc.ndim] = -1
+        bias = instr.arrays.get("bias")
+        a = acc.astype(np.int64) + (0 if bias is None else np.asarray(bias, np.int64).reshape(cs))
+        return qmath.requantize(a, m0=instr.arrays["m0"].reshape(cs), shift=instr.arrays["shift"].reshape(cs),
+                                real_multiplier=instr.arrays["multiplier"].reshape(cs), zero_point=int(qy.zero_point),
+                                qmin=lo, qmax=hi, rounding=ctx.requant_rounding(instr)).astype(np.int16)
     return native.requantize(acc, axis=axis, bias=instr.arrays.get("bias"), m0=instr.arrays["m0"],
                              shift=instr.arrays["shift"], multiplier=instr.arrays["multiplier"],
                              zero_point=int(ctx.qp(instr.output).zero_point), qmin=lo, qmax=hi,
@@ -182,7 +195,8 @@ def _grid_gemm(instr, x: torch.Tensor, s_in: float, zx: int) -> torch.Tensor | N
     value; only float64 rounding differs. ``None`` (the float64 path) when gradients are needed or
     the values are not on the grid.
     """
-    if x.requires_grad or x.dtype != torch.float64 or "weight" not in instr.arrays:
+    if x.requires_grad or x.dtype != torch.float64 or "weight" not in instr.arrays or zx < -128 or zx > 127 \
+            or instr.attrs.get("acc64"):
         return None
     k = torch.round(x / s_in)
     if not torch.equal(k * s_in, x):  # fake-quantized values are exactly s_in * integer

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import qmath
+from ..wide import container_dtype
 from . import RUN, SIM, native, register
 from ..graph_exec import batch_broadcast
 from .context import KernelContext, act_bounds
@@ -53,11 +54,15 @@ def add_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
         sa = mul(xa << at["left_shift"], at["m0_a"], at["shift_a"])
         sb = mul(xb << at["left_shift"], at["m0_b"], at["shift_b"])
         y = mul(sa + sb, at["m0_out"], at["shift_out"])
+    elif max(a_qp.bits, b_qp.bits, y_qp.bits) > 8:  # no QLinearAdd at 16 bits: DQ -> Add -> Q in float32
+        fa = (inputs[0].astype(np.int32) - int(a_qp.zero_point)).astype(np.float32) * np.float32(a_qp.scale)
+        fb = (inputs[1].astype(np.int32) - int(b_qp.zero_point)).astype(np.float32) * np.float32(b_qp.scale)
+        y = np.rint((fa + fb) / np.float32(y_qp.scale)).astype(np.int64)
     else:
         y = _ort_qlinear_add(inputs[0], inputs[1], int(a_qp.zero_point), int(b_qp.zero_point),
                              np.float32(at["ratio_a"]), np.float32(at["ratio_b"]), int(y_qp.zero_point))
         return np.clip(y, lo, hi).astype(np.int8)
-    return np.clip(y + int(y_qp.zero_point), lo, hi).astype(np.int8)
+    return np.clip(y + int(y_qp.zero_point), lo, hi).astype(container_dtype(y_qp.bits))
 
 
 def _fma_f32(x, y, z) -> np.ndarray:

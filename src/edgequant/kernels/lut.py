@@ -2,7 +2,7 @@
 
 DESIGN.md: "other element-wise nonlinearities on 8-bit tensors are 256-entry lookup tables". The
 table is built once, at lowering, from the function's float definition (``edgequant.unary``): every
-one of the 2^bits input codes is dequantized, the function applied, and the result quantized to the
+one of the 2^bits input codes (65536 for a 16-bit input: a direct table, exact, 64-128 KiB) is dequantized, the function applied, and the result quantized to the
 output qparams. The kernel is then a pure table lookup -- no float at run time, and any function
 costs the same.
 
@@ -24,12 +24,13 @@ from .. import qmath
 from ..errors import InputError
 from ..qmath import QParams
 from ..unary import apply
+from ..wide import container_dtype
 from . import RUN, SIM, native, register
 from .context import KernelContext
 
 
 def build_table(fn: str, attrs: dict, qx: QParams, qy: QParams, rounding: str = "gemmlowp") -> np.ndarray:
-    """int8 table over the input codes ``qx.qmin .. qx.qmax``: entry ``k`` is the output code of
+    """Table (int8, or int16 for a 16-bit output) over the input codes ``qx.qmin .. qx.qmax``: entry ``k`` is the output code of
     input code ``qx.qmin + k``."""
     codes = np.arange(int(qx.qmin), int(qx.qmax) + 1, dtype=np.int64) - int(qx.zero_point)
     if rounding == "gemmlowp":
@@ -40,7 +41,7 @@ def build_table(fn: str, attrs: dict, qx: QParams, qy: QParams, rounding: str = 
         x = torch.as_tensor(codes.astype(np.float32) * np.float32(qx.scale))
         y = apply(fn, attrs, x).to(torch.float32).numpy()
         r = np.rint(y / np.float32(qy.scale)).astype(np.float64)
-    return np.clip(r + int(qy.zero_point), qy.qmin, qy.qmax).astype(np.int8)
+    return np.clip(r + int(qy.zero_point), qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
 
 
 @register("lut", RUN)

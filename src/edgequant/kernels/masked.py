@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import masking, qmath
+from ..wide import container_dtype
 from . import RUN, SIM, register
 from .context import KernelContext
 from .transformer import EXP_FRAC_BITS  # noqa: F401  (the exp table's Q format, documented there)
@@ -136,7 +137,7 @@ def _masked_divide(acc: np.ndarray, count: np.ndarray, instr, ctx: KernelContext
             right = 40
         den = count.astype(np.int64) << right
         q = np.sign(num) * ((2 * np.abs(num) + den) // (2 * den))
-    return np.clip(q + int(qy.zero_point), qy.qmin, qy.qmax).astype(np.int8)
+    return np.clip(q + int(qy.zero_point), qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
 
 
 @register("reduce", RUN)
@@ -153,7 +154,7 @@ def reduce_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     acc = x.sum(axis=dims, keepdims=keepdim)
     y = qmath.requantize(acc, m0=instr.arrays["m0"], shift=instr.arrays["shift"], real_multiplier=instr.arrays["multiplier"],
                          zero_point=int(qy.zero_point), qmin=qy.qmin, qmax=qy.qmax, rounding=ctx.requant_rounding(instr))
-    return y.astype(np.int8)
+    return y.astype(container_dtype(qy.bits))
 
 
 @register("reduce", SIM)

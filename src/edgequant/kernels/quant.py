@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..qmath import round_half_away
+from ..wide import container_dtype
 from . import RUN, SIM, register
 from .context import KernelContext
 
@@ -14,7 +15,7 @@ def quantize_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     qp = ctx.qp(instr.output)
     v = inputs[0].astype(np.float32) / np.float32(qp.scale)  # float32 division, as runtimes do
     r = round_half_away(v) if ctx.half_away else np.rint(v)
-    return np.clip(r.astype(np.int64) + int(qp.zero_point), qp.qmin, qp.qmax).astype(np.int8)
+    return np.clip(r.astype(np.int64) + int(qp.zero_point), qp.qmin, qp.qmax).astype(container_dtype(qp.bits))
 
 
 @register("quantize", SIM)

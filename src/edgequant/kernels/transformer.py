@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from . import RUN, SIM, gemm, register
 from .context import KernelContext
+from ..wide import container_dtype
 from .conv import requantize_accumulator
 
 EXP_FRAC_BITS = 20  # softmax exp table in Q20: sum of up to 2^43 rows' entries fits int64
@@ -133,7 +134,9 @@ def layernorm_normalised(xc: np.ndarray, eps_fixed: int) -> np.ndarray:
     """
     d = xc.shape[-1]
     u = d * xc - xc.sum(axis=-1, keepdims=True)  # |u| <= D * 255 * 2
-    v = (u * u).sum(axis=-1, keepdims=True)  # < 2^63 for D < 2^14
+    big = int(np.abs(u).max(initial=0)) ** 2 * d >= 1 << 62  # int16 inputs at large D
+    v = ((u.astype(object) ** 2).sum(axis=-1, keepdims=True) if big  # exact, slow, rare
+         else (u * u).sum(axis=-1, keepdims=True))  # < 2^63 for int8 inputs and D < 2^14
     two_f = 2 * LN_SQRT_FRAC_BITS
     r = np.array([math.isqrt((int(vi) << two_f) // d + eps_fixed) for vi in v.reshape(-1)], dtype=object)
     r = r.astype(np.int64).reshape(v.shape)  # < 2^47
@@ -169,7 +172,7 @@ def _ort_layernorm(x: np.ndarray, qx, qy, instr) -> np.ndarray:
     std = np.sqrt(msq / d - mean * mean + np.float32(instr.attrs["eps"])).astype(np.float32)
     y = (xf - mean) / std * instr.arrays["gamma_f"] + instr.arrays["beta_f"]
     q = np.rint(y.astype(np.float32) / np.float32(qy.scale)).astype(np.int64) + int(qy.zero_point)
-    return np.clip(q, qy.qmin, qy.qmax).astype(np.int8)
+    return np.clip(q, qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
 
 
 @register("layernorm", SIM)

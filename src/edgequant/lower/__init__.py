@@ -13,7 +13,8 @@ from ..lowbit.binary_act import is_binary_tensor, lower_binary_output
 from ..program import Instr, Program, TensorInfo
 from ..qmath import QParams
 from ..recipes import Recipe
-from .core import FLOAT, REQUANT_OPS, STATIC, Lowering, act_int_bounds, register, requant_arrays
+from ..wide import dtype_name
+from .core import FLOAT, REQUANT_OPS, STATIC, Lowering, check_wide_inputs, act_int_bounds, register, requant_arrays
 from . import gemm, basic, elementwise, transformer, shape, rnn, hf  # noqa: F401  (fill the tables)
 
 
@@ -33,7 +34,8 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
                 raise RecipeError("static recipes need calibrated activation qparams")
 
             def _quantize_input(L: Lowering, n: Node) -> None:
-                L.emit("quantize", n, [n.name], out=n.name + ".q", info=TensorInfo("int8", n.shape, L.act_qp[n.name]))
+                L.emit("quantize", n, [n.name], out=n.name + ".q",
+                       info=TensorInfo(dtype_name(L.act_qp[n.name]), n.shape, L.act_qp[n.name]))
 
             if is_binary_tensor(L.act_qp[inp.name]):
                 lower_binary_output(L, inp, _quantize_input)
@@ -44,12 +46,14 @@ def lower(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None = None
             continue
         if node.op not in table:
             raise UnsupportedOpError(f"{node.describe()}: no {recipe.mode} lowering for op {node.op!r} (run passes.prepare first)")
+        if recipe.mode == "static":
+            check_wide_inputs(L, node)
         if recipe.mode == "static" and is_binary_tensor(L.act_qp.get(node.name)):
             lower_binary_output(L, node, table[node.op])  # 1-bit output: 8-bit carrier + binarize
         else:
             table[node.op](L, node)
     out = L.where[graph.output]
-    if L.tensors[out].dtype == "int8":
+    if L.tensors[out].dtype in ("int8", "int16"):
         outn = graph.node(graph.output)
         L.instrs.append(Instr("dequantize", [out], "output", {}, {}, outn.name))
         L.tensors["output"] = TensorInfo("float32", outn.shape)

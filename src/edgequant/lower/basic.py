@@ -11,6 +11,7 @@ from ..ir import Node
 from ..kernels.elementwise import add_multipliers
 from ..program import TensorInfo
 from ..qmath import QParams
+from ..wide import ADD_LEFT_SHIFT_16, dtype_name, is_wide
 from .core import FLOAT, STATIC, Lowering, act_int_bounds, f_simple, pass_through, register, requant_arrays
 
 
@@ -18,9 +19,11 @@ from .core import FLOAT, STATIC, Lowering, act_int_bounds, f_simple, pass_throug
 def _s_add(L: Lowering, node: Node) -> None:
     a, b = L.src(node, 0), L.src(node, 1)
     qy = L.act_qp[node.name]
-    attrs = {**add_multipliers(float(L.qp(a).scale), float(L.qp(b).scale), float(qy.scale)),
+    wide_any = any(is_wide(q) for q in (L.qp(a), L.qp(b), qy))  # TFLite int16 Add: left shift 15
+    attrs = {**add_multipliers(float(L.qp(a).scale), float(L.qp(b).scale), float(qy.scale),
+                               ADD_LEFT_SHIFT_16 if wide_any else 20),
              **act_int_bounds(node.attrs.get("act"), qy)}
-    L.emit("add", node, [a, b], attrs, info=TensorInfo("int8", node.shape, qy))
+    L.emit("add", node, [a, b], attrs, info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 def same_qp(p: QParams, q: QParams) -> bool:

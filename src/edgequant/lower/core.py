@@ -17,6 +17,7 @@ from ..ir import Graph, Node
 from ..program import Instr, TensorInfo
 from ..qmath import QParams
 from ..recipes import Recipe
+from ..wide import INT16_INPUT_OPS
 
 
 # integer instructions that requantize into their output (gemmlowp M0/shift); a sub-8-bit
@@ -131,12 +132,28 @@ def f_simple(op: str) -> Lowerer:
     return f
 
 
-def int_input(L: Lowering, node: Node, k: int = 0) -> str:
-    """Input ``k`` of ``node``, which must be an int8 tensor with qparams (an integer-region op)."""
+def int_input(L: Lowering, node: Node, k: int = 0, wide_ok: bool = False) -> str:
+    """Input ``k`` of ``node``, which must be an int8 tensor with qparams (an integer-region op);
+    ``wide_ok``: the op also has an int16 kernel (``edgequant.wide``)."""
     x = L.src(node, k)
     info = L.tensors[x]
-    if info.dtype != "int8" or info.qparams is None:
+    if info.dtype == "int16" and info.qparams is not None and not wide_ok:
+        raise UnsupportedOpError(f"{node.describe()}: {node.op} has no kernel for the 16-bit tensor {x!r}; keep the "
+                                 f"tensors feeding {node.op} at 8 bits (recipe option act16)")
+    if info.dtype not in ("int8", "int16") or info.qparams is None:
         raise UnsupportedOpError(f"{node.describe()}: {node.op} on a {info.dtype} tensor in an integer program")
     return x
+
+
+def check_wide_inputs(L: Lowering, node: Node) -> None:
+    """A 16-bit input to an op without an int16 kernel is refused, naming the tensor."""
+    for i in node.inputs:
+        t = L.where.get(i)
+        if t is not None and L.tensors[t].dtype == "int16" and node.op not in WIDE_OPS:
+            raise UnsupportedOpError(f"{node.describe()}: {node.op} has no kernel for the 16-bit tensor {t!r}; keep "
+                                     f"the tensors feeding {node.op} at 8 bits (16-bit inputs: {', '.join(sorted(WIDE_OPS))})")
+
+
+WIDE_OPS = INT16_INPUT_OPS
 
 

@@ -11,19 +11,20 @@ from ..errors import UnsupportedOpError
 from ..ir import Node
 from ..kernels.lut import build_table
 from ..program import TensorInfo
+from ..wide import dtype_name
 from .core import FLOAT, STATIC, Lowering, f_simple, requant_arrays
 
 
 def _s_unary(L: Lowering, node: Node) -> None:
     x = L.src(node)
     info = L.tensors[x]
-    if info.dtype != "int8" or info.qparams is None:
+    if info.dtype not in ("int8", "int16") or info.qparams is None:
         raise UnsupportedOpError(f"{node.describe()}: {node.attrs['fn']} on a {info.dtype} tensor in an integer program")
     qx, qy = info.qparams, L.act_qp[node.name]
     fn = node.attrs["fn"]
     arrays = {"table": build_table(fn, node.attrs, qx, qy, "gemmlowp"),
               "table_ort": build_table(fn, node.attrs, qx, qy, "onnxruntime")}
-    L.emit("lut", node, [x], {**node.attrs, "in_qmin": int(qx.qmin)}, arrays, info=TensorInfo("int8", node.shape, qy))
+    L.emit("lut", node, [x], {**node.attrs, "in_qmin": int(qx.qmin)}, arrays, info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 def _s_mul(L: Lowering, node: Node) -> None:

@@ -15,6 +15,7 @@ from ..lowbit.binary_act import gemm_op
 from ..lowbit.edges import node_bits
 from ..program import TensorInfo
 from ..weight_quant import quantize_weight_ex
+from ..wide import dtype_name, is_wide
 from .core import FLOAT, STATIC, Lowering, act_int_bounds, register, requant_arrays
 
 
@@ -33,17 +34,18 @@ def _s_gemm(L: Lowering, node: Node) -> None:
     w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
     s_in = np.float32(qx.scale)
     bias_scale = (s_in * w_scale).astype(np.float32)
+    wide_in = is_wide(qx)  # int16 input (TFLite 16x8): int64 accumulator and bias, no int32 bound
     # saturate so that bias + sum(x * w) never leaves int32 in any runtime (qmath.bias_limit)
-    limit = qmath.bias_limit(w_int).astype(np.float64)
+    limit = float(2**47) if wide_in else qmath.bias_limit(w_int).astype(np.float64)
     bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), -limit, limit)
     real = float(s_in) * w_scale.astype(np.float64) / float(np.float32(qy.scale))
     real_f32 = (s_in * w_scale.astype(np.float32) / np.float32(qy.scale)).astype(np.float32)
-    arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int32), "w_scale": w_scale.astype(np.float32),
+    arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int64 if wide_in else np.int32), "w_scale": w_scale.astype(np.float32),
               **requant_arrays(real, real_f32)}
     attrs = {**gemm_attrs(node), **act_int_bounds(node.attrs.get("act"), qy), "weight_bits": wb,
-             "per_channel": bool(L.recipe.weights.per_channel), **w_attrs}
+             "per_channel": bool(L.recipe.weights.per_channel), **w_attrs, **({"acc64": True} if wide_in else {})}
     op = gemm_op(node.op, w_int, wb, qx)  # +-1 weights on a binary input: XNOR-popcount kernel
-    L.emit(op, node, [x], attrs, arrays, info=TensorInfo("int8", node.shape, qy))
+    L.emit(op, node, [x], attrs, arrays, info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 @register(FLOAT, "conv", "linear")

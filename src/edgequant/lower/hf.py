@@ -12,6 +12,7 @@ from ..calibrate import activation_spec_for
 from ..errors import UnsupportedOpError
 from ..ir import Node
 from ..program import TensorInfo
+from ..wide import dtype_name
 from .core import FLOAT, STATIC, Lowering, f_simple, int_input, requant_arrays
 from .transformer import lower_softmax
 
@@ -71,7 +72,7 @@ def _f_maskmul(L: Lowering, node: Node) -> None:
 
 
 def _s_reduce(L: Lowering, node: Node) -> None:
-    x = int_input(L, node)
+    x = int_input(L, node, wide_ok=True)  # int16 in: sums stay far inside int64 (masked divide)
     qx, qy = L.qp(x), L.act_qp[node.name]
     a = node.attrs
     ins = [x]
@@ -85,7 +86,7 @@ def _s_reduce(L: Lowering, node: Node) -> None:
     real = float(np.float32(qx.scale)) / (n * float(np.float32(qy.scale)))
     real_f32 = np.float32(qx.scale) / (np.float32(n) * np.float32(qy.scale))
     L.emit("reduce", node, ins, dict(a), requant_arrays(np.array([real]), np.array([real_f32], np.float32)),
-           info=TensorInfo("int8", node.shape, qy))
+           info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 STATIC.update({"embedding": _s_embedding, "softmax": lower_softmax_any, "maskmul": _s_maskmul, "reduce": _s_reduce})

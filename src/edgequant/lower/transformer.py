@@ -13,6 +13,7 @@ from ..calibrate import activation_spec_for
 from ..ir import Node
 from ..kernels.transformer import LN_FRAC_BITS, LN_SQRT_FRAC_BITS, ort_softmax_table, softmax_exp_table
 from ..program import TensorInfo
+from ..wide import dtype_name
 from ..qmath import QParams
 from .core import FLOAT, STATIC, Lowering, f_simple, int_input, pass_through, requant_arrays
 
@@ -54,7 +55,7 @@ def lower_softmax(L: Lowering, node: Node) -> None:
 def _s_layernorm(L: Lowering, node: Node) -> None:
     """gamma as int8 per channel (scale |g|/127: exact up to the multiplier), beta as int32 on the
     accumulator grid ``g_scale * 2^-12``; the scale is raised where needed so |beta_q| <= 2^30."""
-    x = int_input(L, node)
+    x = int_input(L, node, wide_ok=True)
     qx, qy = L.qp(x), L.act_qp[node.name]
     g = node.params["weight"].astype(np.float64)
     beta = node.params["bias"].astype(np.float64)
@@ -71,7 +72,7 @@ def _s_layernorm(L: Lowering, node: Node) -> None:
     arrays = {"gamma": gamma_q, "bias": beta_q, "g_scale": g_scale.astype(np.float32),
               "gamma_f": node.params["weight"].astype(np.float32), "beta_f": node.params["bias"].astype(np.float32),
               **requant_arrays(real, real.astype(np.float32))}
-    L.emit("layernorm", node, [x], {"eps": eps, "eps_fixed": eps_fixed}, arrays, info=TensorInfo("int8", node.shape, qy))
+    L.emit("layernorm", node, [x], {"eps": eps, "eps_fixed": eps_fixed}, arrays, info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 def _f_layernorm(L: Lowering, node: Node) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ExportError
+from ...wide import wide_tensors
 from ...program import Program
 from . import conv, elementwise, pool, shape, lut  # noqa: F401  (fill the table)
 from .core import EMITTERS, Emitter, tflite_act_range
@@ -43,6 +44,10 @@ def _check_recipe(program: Program) -> None:
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")
+    wide = wide_tensors(program)
+    if wide:
+        raise ExportError(f"recipe {name!r} cannot target TFLite yet: tensor '{wide[0]}' is a 16-bit activation "
+                          "(act16; no 16x8 emitters); use 8-bit activations (e.g. 'w8a8-pc')")
     for t, info in program.tensors.items():
         qp = info.qparams
         if info.dtype == "int8" and qp is not None and (qp.bits != 8 or qp.qmin != -128 or qp.qmax != 127):
