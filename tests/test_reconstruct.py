@@ -587,30 +587,37 @@ def test_heap_bound_applies_on_glibc_and_opts_out(monkeypatch):
 
 def test_heap_trim_returns_fragmented_step_buffers():
     """Buffers of varying size freed inside ``reusing_heap`` stay in the heap until ``trim`` (BRECQ's
-    clipped windows did this: 1.1 -> 2.7 GB on Lite1); after it the process's anonymous memory drops."""
+    clipped windows did this: 1.1 -> 2.7 GB on Lite1); after it the process's anonymous memory drops.
+    In a fresh process, so that the heap's history (other tests) does not decide the figures."""
     import platform
-
-    from edgequant import heap
+    import subprocess
+    import sys
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("malloc_trim is glibc's")
+    script = """
+import numpy as np
+from edgequant import heap
 
-    def anon_mb() -> float:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+def anon_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 1024
 
-    rng = np.random.default_rng(0)
-    with heap.bounded_heap(), heap.reusing_heap():
-        keep, big = [], []
-        for _ in range(120):  # 1-8 MB step buffers, a small survivor after each: the heap cannot shrink from the top
-            big.append(np.ones(int(rng.integers(1 << 17, 1 << 20))))
-            keep.append(np.ones(2048))  # 16 KB: above NumPy's small-block cache, from the heap top
-        del big
-        before = anon_mb()
-        heap.trim()
-        after = anon_mb()
+rng = np.random.default_rng(0)
+with heap.bounded_heap(), heap.reusing_heap():
+    keep, big = [], []
+    for _ in range(120):  # 1-8 MB step buffers, a 16 KB survivor after each: the heap cannot shrink from the top
+        big.append(np.ones(int(rng.integers(1 << 17, 1 << 20))))
+        keep.append(np.ones(2048))
+    del big
+    before = anon_mb()
+    heap.trim()
+    print(before, anon_mb())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = map(float, out.stdout.split()[-2:])
     assert before - after > 100, (before, after)
 
 
