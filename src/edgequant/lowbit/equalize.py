@@ -1,0 +1,165 @@
+"""Cross-layer equalization (recipe option ``equalize``), after Nagel et al. 2019 (DFQ, arXiv 1906.04721).
+
+Why: a per-tensor activation grid is as coarse as its widest channel. On EfficientNet-Lite1 the
+ReLU6 outputs of the expand and depthwise convs span 0.1..6 per channel, so the narrow channels
+get a handful of levels. Between two convs ``A -> B`` (optionally through a zero ``pad``, or
+``mean -> reshape`` into a linear) channel ``i`` of A's output can be multiplied by ``d_i > 0``
+and B's input channel ``i`` divided by it: ``W_A[i] *= d_i, b_A[i] *= d_i, W_B[:, i] /= d_i``.
+
+How ``d`` is chosen (data, not weights): DFQ balances the per-channel *weight* ranges of A and B;
+with per-channel weights that balance is moot (a per-channel grid is invariant to a row scale),
+and what is left is the activation. So ``r_i`` = the channel's largest magnitude on the
+calibration data, ``R = max_i r_i``, and ``d_i = (R / r_i) ** alpha``: alpha 1 when B is
+depthwise (its per-channel weights absorb ``1/d_i`` for free), ``alpha`` (option
+``equalize_alpha``, default 0.5, DFQ's geometric mean) when B mixes channels (a column scaled by
+``1/d_i`` loses resolution on B's per-output-channel grid). ``d_i`` is capped at ``MAX_SCALE``.
+
+The fused activation must commute with the scale. Identity and ReLU do, exactly. ReLU6 does not:
+``clamp(d a, 0, 6) != d clamp(a, 0, 6)`` once ``d a > 6``. Here ``d_i >= 1`` always and
+``d_i <= R / r_i``, so the two differ only where ``a_i > 6 r_i / R >= r_i``: beyond the channel's
+calibrated maximum, where the per-tensor grid would have clipped it anyway at the tensor maximum
+(``R``, which is now the channel's own maximum ``r_i``). Exact on the calibration data (tested);
+off it, a channel that exceeds its calibrated maximum is clipped there. ``equalize="exact"``
+skips ReLU6 (and any other clamp) pairs and changes the float function nowhere. TFLite's fused
+clamps are per tensor, so a per-channel ReLU6 bound is not expressible in the program.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..calibrate import iter_batches
+from ..errors import CalibrationError, RecipeError
+from ..feeds import float_inputs
+from ..graph_exec import GraphModule
+from ..ir import Graph, Node
+from ..recipes import Recipe
+
+MODES = ("data", "exact")
+MAX_SCALE = 64.0  # a dead channel (r_i ~ 0) must not blow up A's weights and bias
+ALPHA = 0.5
+
+
+def _mode(recipe: Recipe) -> str | None:
+    m = recipe.option("equalize")
+    if m in (None, False, "none"):
+        return None
+    if m is True:
+        return "data"
+    if m not in MODES:
+        raise RecipeError(f"recipe {recipe.name!r}: equalize={m!r}; use True / 'data' (ReLU6 pairs within their "
+                          f"calibrated range), 'exact' (identity/ReLU pairs only) or leave it unset")
+    return m
+
+
+def _commutes(a: Node, mode: str) -> bool:
+    """Does A's fused activation commute with a positive per-channel scale (>= 1 for 'data')?"""
+    act = a.attrs.get("act")
+    if act is None or (act[0] == 0 and act[1] == float("inf")):
+        return True
+    return mode == "data" and act[0] == 0 and np.isfinite(act[1])
+
+
+def find_pairs(graph: Graph, mode: str = "data") -> list[tuple[Node, Node, list[Node]]]:
+    """(A, B, between) for conv A whose only reader chain is ``[pad(0)] -> conv B`` or
+    ``mean -> reshape -> linear B``, A's output channels being B's input channels."""
+    readers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in set(n.inputs):
+            readers.setdefault(i, []).append(n)
+
+    def sole(name: str) -> Node | None:
+        r = readers.get(name, [])
+        return r[0] if len(r) == 1 and name != graph.output else None
+
+    pairs = []
+    for a in graph.nodes:
+        if a.op != "conv" or a.attrs.get("dims", 2) != 2 or not _commutes(a, mode):
+            continue
+        c = a.params["weight"].shape[0]
+        chain: list[Node] = []
+        b = sole(a.name)
+        while b is not None and b.op in ("pad", "mean", "reshape") and len(chain) < 2:
+            if b.op == "pad" and (b.attrs.get("value", 0) != 0 or any(tuple(p) != (0, 0) for p in list(b.attrs["pads"])[:2])):
+                b = None
+                break
+            if b.op == "reshape" and tuple(b.shape[1:]) != (c,):
+                b = None
+                break
+            chain.append(b)
+            b = sole(b.name)
+        if b is None or b.inputs[0] != (chain[-1].name if chain else a.name):
+            continue
+        if b.op == "conv" and b.attrs.get("dims", 2) == 2 and not any(n.op != "pad" for n in chain):
+            g = b.attrs["groups"]
+            if b.params["weight"].shape[1] * g == c and (g == 1 or g == c):
+                pairs.append((a, b, chain))
+        elif b.op == "linear" and [n.op for n in chain] == ["mean", "reshape"] and b.params["weight"].shape[1] == c:
+            pairs.append((a, b, chain))
+    return pairs
+
+
+def channel_ranges(graph: Graph, names: set[str], calib) -> dict[str, np.ndarray]:
+    """Per output channel, the largest |value| of each named node on the calibration data."""
+    out: dict[str, np.ndarray] = {}
+
+    def hook(node: Node, y: torch.Tensor) -> torch.Tensor:
+        if node.name in names:
+            m = y.detach().abs().transpose(0, 1).reshape(y.shape[1], -1).amax(dim=1).double().numpy()
+            out[node.name] = m if node.name not in out else np.maximum(out[node.name], m)
+        return y
+
+    gm = GraphModule(graph)
+    with torch.no_grad():
+        for x in iter_batches(calib):
+            if len(x):
+                gm(float_inputs(x), hook)
+    if not out and names:
+        raise CalibrationError("equalization needs a non-empty calibration set")
+    return out
+
+
+def scales(r: np.ndarray, alpha: float) -> np.ndarray:
+    """``d_i = (R / r_i) ** alpha`` in [1, MAX_SCALE] (1 for dead channels)."""
+    r = np.where(np.isfinite(r), r, 0.0)  # NaN inputs: calibration rejects them right after
+    big = float(r.max()) if r.size else 0.0
+    if big <= 0:
+        return np.ones_like(r)
+    d = np.where(r > 0, (big / np.maximum(r, 1e-30)) ** alpha, 1.0)
+    return np.clip(d, 1.0, MAX_SCALE)
+
+
+def equalize(graph: Graph, calib, mode: str = "data", alpha: float = ALPHA) -> tuple[Graph, dict[str, np.ndarray]]:
+    """A copy of ``graph`` with every found pair equalized; returns it and the scale per A node."""
+    if not 0.0 < alpha <= 1.0:
+        raise RecipeError(f"equalize_alpha={alpha}: use a value in (0, 1]")
+    g = graph.copy()
+    pairs = find_pairs(g, mode)
+    if not pairs:
+        return g, {}
+    if calib is None:
+        raise CalibrationError("equalization needs calibration data (per-channel activation ranges)")
+    ranges = channel_ranges(graph, {a.name for a, _, _ in pairs}, calib)  # of the original graph: see below
+    applied = {}
+    for a, b, _ in pairs:  # B's output ranges do not change when its input is equalized, so one pass suffices
+        dw = b.op == "conv" and b.attrs["groups"] > 1
+        d = scales(ranges[a.name], 1.0 if dw else alpha)
+        wa = a.params["weight"].astype(np.float64)
+        a.params["weight"] = (wa * d.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(np.float32)
+        a.params["bias"] = (a.params["bias"].astype(np.float64) * d).astype(np.float32)
+        wb = b.params["weight"].astype(np.float64)
+        shape = (-1,) + (1,) * (wb.ndim - 1) if dw else (1, -1) + (1,) * (wb.ndim - 2)
+        b.params["weight"] = (wb / d.reshape(shape)).astype(np.float32)
+        applied[a.name] = d
+    return g.validate(), applied
+
+
+def equalize_step(graph: Graph, recipe: Recipe, calib) -> Graph:
+    """Pre-calibration step: equalize when the recipe sets ``equalize`` (else the graph unchanged)."""
+    mode = _mode(recipe)
+    if mode is None or recipe.mode not in ("static", "dynamic"):
+        return graph
+    alpha = recipe.option("equalize_alpha", ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise RecipeError(f"recipe {recipe.name!r}: equalize_alpha={alpha!r} must be a number in (0, 1]")
+    return equalize(graph, calib, mode, float(alpha))[0]
