@@ -12,7 +12,7 @@ import torch
 import edgequant as eq
 from edgequant.api import capture_prepared
 from edgequant.graph_exec import GraphModule
-from edgequant.lowbit.equalize import equalize, find_pairs
+from edgequant.lowbit.equalize import equalize, find_groups
 
 
 def _float(g, x):
@@ -36,7 +36,7 @@ def test_equalization_preserves_the_float_function(digits, name) -> None:
     if name == "resnet_digits":  # all its pairs are ReLU: 'data' is exact everywhere too
         assert d3 and float((_float(g2, tx) - ref_t).abs().max()) <= 1e-4 * float(ref_t.abs().max())
     else:  # ReLU6 pairs are not taken in 'exact' mode
-        assert all(a.attrs.get("act") in (None, (0.0, float("inf"))) for a, _, _ in find_pairs(g, "exact"))
+        assert all(a.attrs.get("act") in (None, (0.0, float("inf"))) for ps, _, _ in find_groups(g, "exact") for a in ps)
 
 
 class _Wide(torch.nn.Module):

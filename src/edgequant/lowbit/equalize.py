@@ -60,43 +60,77 @@ def _commutes(a: Node, mode: str) -> bool:
     return mode == "data" and act[0] == 0 and np.isfinite(act[1])
 
 
-def find_pairs(graph: Graph, mode: str = "data") -> list[tuple[Node, Node, list[Node]]]:
-    """(A, B, between) for conv A whose only reader chain is ``[pad(0)] -> conv B`` or
-    ``mean -> reshape -> linear B``, A's output channels being B's input channels."""
+def _reads(graph: Graph, readers: dict[str, list[Node]], t: Node) -> list[tuple[Node, list[Node]]] | None:
+    """The gemms that read tensor ``t`` channel for channel, each with the nodes between (a zero ``pad``,
+    or ``mean -> reshape`` into a linear); None when some reader is neither such a chain nor an add."""
+    c = t.shape[1]
+    out = []
+    for r in readers.get(t.name, []):
+        if r.op == "add":
+            continue
+        chain: list[Node] = []
+        b: Node | None = r
+        while b is not None and b.op in ("pad", "mean", "reshape") and len(chain) < 2:
+            if b.op == "pad" and (b.attrs.get("value", 0) != 0 or any(tuple(p) != (0, 0) for p in list(b.attrs["pads"])[:2])):
+                return None
+            if b.op == "reshape" and tuple(b.shape[1:]) != (c,):
+                return None
+            chain.append(b)
+            nxt = readers.get(b.name, [])
+            b = nxt[0] if len(nxt) == 1 and b.name != graph.output else None
+        if b is None or b.inputs[0] != (chain[-1].name if chain else t.name) or b.inputs.count(b.inputs[0]) != 1:
+            return None
+        if b.op == "conv" and b.attrs.get("dims", 2) == 2 and all(n.op == "pad" for n in chain):
+            g = b.attrs["groups"]
+            if not (b.params["weight"].shape[1] * g == c and (g == 1 or g == c)):
+                return None
+        elif not (b.op == "linear" and [n.op for n in chain] == ["mean", "reshape"] and b.params["weight"].shape[1] == c):
+            return None
+        out.append((b, chain))
+    return out
+
+
+def find_groups(graph: Graph, mode: str = "data") -> list[tuple[list[Node], list[Node], list[Node]]]:
+    """(producers, tensors, consumers): convs whose outputs are joined by residual adds (one channel
+    space: scaling channel i of one scales it in all), every tensor of it read channel for channel
+    by gemms (``_reads``) or by the group's adds. A lone conv with its readers is a group of one."""
+    by = graph.by_name()
     readers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for i in set(n.inputs):
             readers.setdefault(i, []).append(n)
-
-    def sole(name: str) -> Node | None:
-        r = readers.get(name, [])
-        return r[0] if len(r) == 1 and name != graph.output else None
-
-    pairs = []
-    for a in graph.nodes:
-        if a.op != "conv" or a.attrs.get("dims", 2) != 2 or not _commutes(a, mode):
+    seen: set[str] = set()
+    groups = []
+    for start in graph.nodes:
+        if start.op != "conv" or start.name in seen:
             continue
-        c = a.params["weight"].shape[0]
-        chain: list[Node] = []
-        b = sole(a.name)
-        while b is not None and b.op in ("pad", "mean", "reshape") and len(chain) < 2:
-            if b.op == "pad" and (b.attrs.get("value", 0) != 0 or any(tuple(p) != (0, 0) for p in list(b.attrs["pads"])[:2])):
-                b = None
-                break
-            if b.op == "reshape" and tuple(b.shape[1:]) != (c,):
-                b = None
-                break
-            chain.append(b)
-            b = sole(b.name)
-        if b is None or b.inputs[0] != (chain[-1].name if chain else a.name):
+        members, todo, ok = {}, [start.name], True
+        while todo:
+            t = by[todo.pop()]
+            if t.name in members:
+                continue
+            members[t.name] = t
+            if t.name == graph.output or (t.op == "conv" and (t.attrs.get("dims", 2) != 2 or not _commutes(t, mode))):
+                ok = False
+            elif t.op == "add":
+                ok = ok and "act" not in t.attrs and len(t.inputs) == 2 and t.inputs[0] != t.inputs[1]
+                todo += list(t.inputs)
+            elif t.op != "conv":
+                ok = False
+            todo += [r.name for r in readers.get(t.name, []) if r.op == "add"]
+        seen |= set(members)
+        if not ok:
             continue
-        if b.op == "conv" and b.attrs.get("dims", 2) == 2 and not any(n.op != "pad" for n in chain):
-            g = b.attrs["groups"]
-            if b.params["weight"].shape[1] * g == c and (g == 1 or g == c):
-                pairs.append((a, b, chain))
-        elif b.op == "linear" and [n.op for n in chain] == ["mean", "reshape"] and b.params["weight"].shape[1] == c:
-            pairs.append((a, b, chain))
-    return pairs
+        consumers: list[Node] = []
+        for t in members.values():
+            reads = _reads(graph, readers, t)
+            if reads is None:
+                ok = False
+                break
+            consumers += [b for b, _ in reads]
+        if ok and consumers:
+            groups.append(([t for t in members.values() if t.op == "conv"], list(members.values()), consumers))
+    return groups
 
 
 def channel_ranges(graph: Graph, names: set[str], calib) -> dict[str, np.ndarray]:
@@ -130,27 +164,29 @@ def scales(r: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def equalize(graph: Graph, calib, mode: str = "data", alpha: float = ALPHA) -> tuple[Graph, dict[str, np.ndarray]]:
-    """A copy of ``graph`` with every found pair equalized; returns it and the scale per A node."""
+    """A copy of ``graph`` with every found group equalized; returns it and the scale per producer."""
     if not 0.0 < alpha <= 1.0:
         raise RecipeError(f"equalize_alpha={alpha}: use a value in (0, 1]")
     g = graph.copy()
-    pairs = find_pairs(g, mode)
-    if not pairs:
+    groups = find_groups(g, mode)
+    if not groups:
         return g, {}
     if calib is None:
         raise CalibrationError("equalization needs calibration data (per-channel activation ranges)")
-    ranges = channel_ranges(graph, {a.name for a, _, _ in pairs}, calib)  # of the original graph: see below
-    applied = {}
-    for a, b, _ in pairs:  # B's output ranges do not change when its input is equalized, so one pass suffices
-        dw = b.op == "conv" and b.attrs["groups"] > 1
-        d = scales(ranges[a.name], 1.0 if dw else alpha)
-        wa = a.params["weight"].astype(np.float64)
-        a.params["weight"] = (wa * d.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(np.float32)
-        a.params["bias"] = (a.params["bias"].astype(np.float64) * d).astype(np.float32)
-        wb = b.params["weight"].astype(np.float64)
-        shape = (-1,) + (1,) * (wb.ndim - 1) if dw else (1, -1) + (1,) * (wb.ndim - 2)
-        b.params["weight"] = (wb / d.reshape(shape)).astype(np.float32)
-        applied[a.name] = d
+    ranges = channel_ranges(graph, {t.name for _, ts, _ in groups for t in ts}, calib)  # of the original graph:
+    applied = {}  # a consumer's output ranges do not change when its input is equalized, so one pass suffices
+    for producers, tensors, consumers in groups:
+        d = scales(np.max([ranges[t.name] for t in tensors], axis=0), alpha)
+        for a in producers:
+            wa = a.params["weight"].astype(np.float64)
+            a.params["weight"] = (wa * d.reshape((-1,) + (1,) * (wa.ndim - 1))).astype(np.float32)
+            a.params["bias"] = (a.params["bias"].astype(np.float64) * d).astype(np.float32)
+            applied[a.name] = d
+        for b in consumers:
+            wb = b.params["weight"].astype(np.float64)
+            dw = b.op == "conv" and b.attrs["groups"] > 1
+            b.params["weight"] = (wb / d.reshape((-1,) + (1,) * (wb.ndim - 1) if dw else (1, -1) + (1,) * (wb.ndim - 2))
+                                  ).astype(np.float32)
     return g.validate(), applied
 
 
