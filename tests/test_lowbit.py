@@ -456,7 +456,6 @@ def test_sequential_bias_correction_matches_output_means(digits) -> None:
         r = dataclasses.replace(base, name=f"w4a4-{mode}", options=(("bias_correction", mode),))
         q = eq.quantize(model, r, [x])
         gap[mode] = float(np.abs(np.asarray(q.run(x.numpy())).mean(axis=0) - ref).mean())
-    print(gap)
     assert gap["sequential"] < gap["empirical"] and gap["sequential"] < 0.5 * gap["none"], gap
 
 
