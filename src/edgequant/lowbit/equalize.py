@@ -1,27 +1,28 @@
 """Cross-layer equalization (recipe option ``equalize``), after Nagel et al. 2019 (DFQ, arXiv 1906.04721).
 
 Why: a per-tensor activation grid is as coarse as its widest channel. On EfficientNet-Lite1 the
-ReLU6 outputs of the expand and depthwise convs span 0.1..6 per channel, so the narrow channels
-get a handful of levels. Between two convs ``A -> B`` (optionally through a zero ``pad``, or
-``mean -> reshape`` into a linear) channel ``i`` of A's output can be multiplied by ``d_i > 0``
-and B's input channel ``i`` divided by it: ``W_A[i] *= d_i, b_A[i] *= d_i, W_B[:, i] /= d_i``.
+residual streams (project convs joined by adds) and the ReLU6 maps span 10-100x between channels,
+so the narrow channels get a handful of levels. Channel ``i`` of a conv's output can be multiplied
+by ``d_i > 0`` and every reader's input channel ``i`` divided by it: ``W_A[i] *= d_i, b_A[i] *=
+d_i, W_B[:, i] /= d_i`` (B read through a zero ``pad``, or ``mean -> reshape`` into a linear).
+Convs whose outputs meet in residual adds share one channel space, so they form one *group*
+(producers, the adds, every reader); a lone conv and its readers is a group of one.
 
 How ``d`` is chosen (data, not weights): DFQ balances the per-channel *weight* ranges of A and B;
 with per-channel weights that balance is moot (a per-channel grid is invariant to a row scale),
-and what is left is the activation. So ``r_i`` = the channel's largest magnitude on the
-calibration data, ``R = max_i r_i``, and ``d_i = (R / r_i) ** alpha``: alpha 1 when B is
-depthwise (its per-channel weights absorb ``1/d_i`` for free), ``alpha`` (option
-``equalize_alpha``, default 0.5, DFQ's geometric mean) when B mixes channels (a column scaled by
-``1/d_i`` loses resolution on B's per-output-channel grid). ``d_i`` is capped at ``MAX_SCALE``.
+and what is left is the activation. So ``r_i`` = the channel's largest magnitude over the group's
+tensors on the calibration data, ``R = max_i r_i``, ``d_i = (R / r_i) ** alpha`` (option
+``equalize_alpha``, default 0.5: DFQ's geometric mean; a reader's column scaled by ``1/d_i``
+loses resolution on its per-output-channel grid, and ``alpha < 1`` leaves each channel headroom
+above its calibrated maximum before the per-tensor grid clips it). ``d_i`` is in [1, MAX_SCALE].
 
 The fused activation must commute with the scale. Identity and ReLU do, exactly. ReLU6 does not:
-``clamp(d a, 0, 6) != d clamp(a, 0, 6)`` once ``d a > 6``. Here ``d_i >= 1`` always and
-``d_i <= R / r_i``, so the two differ only where ``a_i > 6 r_i / R >= r_i``: beyond the channel's
-calibrated maximum, where the per-tensor grid would have clipped it anyway at the tensor maximum
-(``R``, which is now the channel's own maximum ``r_i``). Exact on the calibration data (tested);
-off it, a channel that exceeds its calibrated maximum is clipped there. ``equalize="exact"``
-skips ReLU6 (and any other clamp) pairs and changes the float function nowhere. TFLite's fused
-clamps are per tensor, so a per-channel ReLU6 bound is not expressible in the program.
+``clamp(d a, 0, 6) != d clamp(a, 0, 6)`` once ``d a > 6``. Here ``1 <= d_i <= R / r_i``, so the two
+differ only where ``a_i > 6 r_i / R >= r_i``: beyond the channel's calibrated maximum. Exact on
+the calibration data (tested); off it, such a channel is clipped. ``equalize="exact"`` skips
+groups with a ReLU6 (or other bounded) producer and changes the float function nowhere. TFLite's
+fused clamps are per tensor, so a per-channel ReLU6 bound is not expressible in the program.
+Measured on Lite1 (bench/RESULTS.md): ``"exact"`` helps, ReLU6 groups cost more than they give.
 """
 from __future__ import annotations
 
