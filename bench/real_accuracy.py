@@ -157,13 +157,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     rows = [r for net in ARGS.nets.split(",") for r in bench_net(net)]
     print(f"\ncalib {ARGS.calib}, eval {ARGS.eval} (Lite: real photo crops; digits: test split), {ARGS.threads} threads")
-    print(f"{'net':<14}{'method':<34}{'agree %':>9}{'top1 lab %':>11}{'quant s':>9}")
+    print(f"{'net':<20}{'method':<34}{'agree %':>9}{'top1 lab %':>11}{'quant s':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['net']:<14}{r['method']:<34}  {r['error']}")
+            print(f"{r['net']:<20}{r['method']:<34}  {r['error']}")
             continue
         lab = "-" if r.get("top1_labeled") is None else f"{r['top1_labeled']:.1f}"
-        print(f"{r['net']:<14}{r['method']:<34}{r['agreement']:>9.1f}{lab:>11}{r['quantize_s']:>9.1f}")
+        print(f"{r['net']:<20}{r['method']:<34}{r['agreement']:>9.1f}{lab:>11}{r['quantize_s']:>9.1f}")
     if ARGS.json:
         Path(ARGS.json).write_text(json.dumps(rows, indent=1))
 
