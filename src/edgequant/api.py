@@ -15,6 +15,7 @@ from .heap import bounded_heap
 from .errors import CaptureError, InputError, RecipeError
 from .ir import Graph
 from .lower import lower
+from .lowbit.equalize import equalize_step
 from .lowbit.steps import lowbit_step
 from .passes import prepare
 from .quantized import QuantizedModel
@@ -141,6 +142,10 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
     _warn_unmatched_overrides(r, graph)
     act_qp = None
     summary: dict = {}
+    view = calib
+    if calib is not None and (max_calib_samples is not None or nonfinite == "drop"):
+        view = CalibrationView(calib, max_calib_samples, drop_nonfinite=nonfinite == "drop")
+    graph = equalize_step(graph, r, view)  # before calibration: it changes the activation ranges
     if r.mode == "static":
         if calib is None:
             from .errors import CalibrationError
@@ -148,8 +153,7 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
             raise CalibrationError(f"recipe {r.name!r} quantizes activations statically and needs calibration data")
         act_qp = calibrate(graph, r, calib, max_samples=max_calib_samples, nonfinite=nonfinite, summary=summary)
     _check_reconstruction_ops(r, graph)
-    if calib is not None and (max_calib_samples is not None or nonfinite == "drop"):
-        calib = CalibrationView(calib, max_calib_samples, drop_nonfinite=nonfinite == "drop")
+    calib = view
     for step in PTQ_STEPS:
         graph = step(graph, r, act_qp, calib)
     program = lower(graph, r, act_qp)

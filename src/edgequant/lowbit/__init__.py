@@ -9,8 +9,11 @@ and binarization, as recipe options that lower to the same integer program.
 * ``binary_act``      -- lowering of 1-bit (binary) activation tensors and XNOR-popcount GEMMs.
 * ``binary_calib``    -- 1-bit activations re-observed in order on the binarized upstream network.
 * ``steps``           -- the post-training step that ``api.quantize`` runs before lowering.
+* ``equalize``        -- cross-layer equalization (DFQ) on the float graph, before calibration.
+* ``seq_bias``        -- sequential empirical bias correction (upstream quantization included).
 
 Recipe options (``Recipe.options``): ``weight_method``, ``aciq_dist``, ``bit_alloc_min``,
-``bit_alloc_max``, ``bias_correction`` ("banner" | "empirical" | "both"), ``first_last_bits``,
-``fallback_weight_method``.
+``bit_alloc_max``, ``bias_correction`` ("banner" | "empirical" | "both" | "sequential"),
+``bias_correction_samples``, ``equalize`` (True | "data" | "exact"), ``equalize_alpha``,
+``first_last_bits``, ``fallback_weight_method``.
 """

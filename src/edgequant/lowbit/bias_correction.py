@@ -13,6 +13,8 @@ Recipe option ``bias_correction``:
   of the layer in the float model (per input channel and position, so padding is exact); the
   per-channel bias takes its average over output positions.
 * ``"both"``: the norm factor, then the empirical correction of what remains.
+* ``"sequential"``: each bias set so that the layer's mean pre-activation output, with everything
+  upstream quantized and already corrected, equals the float model's (``seq_bias.py``).
 
 ``Wq`` is exactly what lowering will store (same weight method, same widths), so the correction
 matches the program.
@@ -31,7 +33,7 @@ from ..qmath import QParams
 from ..recipes import Recipe
 from ..weight_quant import WEIGHT_CORRECTIONS, quantize_weight_ex
 
-MODES = ("banner", "empirical", "both")
+MODES = ("banner", "empirical", "both", "sequential")
 
 
 def _mode(recipe: Recipe) -> str | None:
@@ -131,4 +133,14 @@ def bias_correction_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams
         return graph
     if bits_of is None:
         bits_of = lambda n: recipe.layer_bits(n.module)[0]  # noqa: E731
+    if _mode(recipe) == "sequential":
+        if recipe.mode != "static" or not act_qp:
+            raise RecipeError(f"recipe {recipe.name!r}: bias_correction='sequential' needs a static recipe "
+                              "(calibrated activation grids); use 'empirical'")
+        from .seq_bias import SAMPLES, sequential_biases
+
+        n = recipe.option("bias_correction_samples", SAMPLES)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise RecipeError(f"recipe {recipe.name!r}: bias_correction_samples={n!r} must be a positive integer")
+        return sequential_biases(graph, recipe, act_qp, calib, bits_of, lambda node, b: dequantized_weight(node, recipe, b), n)
     return correct_biases(graph, recipe, calib, bits_of)
