@@ -185,3 +185,12 @@ def test_artifact_round_trip_keeps_int16_tensors(models, data, tmp_path):
     x = data[64:72].numpy()
     assert np.array_equal(q.run(x), q2.run(x))
     assert sum(t.dtype == "int16" for t in q2.program.tensors.values()) > 0
+
+
+def test_sweep_labels_16bit_activation_recipes():
+    """A w8a16-res row is not labelled plain W8A8: its residual stream is 16-bit."""
+    from edgequant.sweep import report
+
+    row = {"mode": "static", "weight_bits": 8, "act_bits": 8}
+    assert report._bits(row) == "W8A8"
+    assert report._bits({**row, "act16": "residual"}) == "W8A8/16"

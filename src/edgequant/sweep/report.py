@@ -54,7 +54,10 @@ def _num(v: float | None, fmt: str) -> str:
 def _bits(r: dict) -> str:
     if r["mode"] in ("float", "fp16"):
         return "fp32" if r["mode"] == "float" else "fp16"
-    return f"W{r['weight_bits']} dyn" if r["mode"] == "dynamic" else f"W{r['weight_bits']}A{r['act_bits']}"
+    if r["mode"] == "dynamic":
+        return f"W{r['weight_bits']} dyn"
+    wide = "/16" if r.get("act16") else ""  # act16 recipes: some activations 16-bit (w8a16-res: W8A8/16)
+    return f"W{r['weight_bits']}A{r['act_bits']}{wide}"
 
 
 def _front(r: dict) -> str:

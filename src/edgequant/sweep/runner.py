@@ -188,7 +188,8 @@ def _measure(plan: Plan, model, data: plugins.Data, calib_x, cfg: SweepConfig, s
     budget = ({"qat_epochs": cfg.qat_epochs} if plan.qat else {}) | (
         {"iterations": r.option("iterations")} if r.option("iterations") is not None else {})
     row: dict = {"recipe": plan.label, "base_recipe": plan.recipe, "qat": plan.qat, "budget": budget, "mode": r.mode,
-                 "weight_bits": wb, "act_bits": ab, "description": r.description, "status": "ok", "error": None,
+                 "weight_bits": wb, "act_bits": ab, "act16": r.option("act16"),  # 16-bit tensors beside the 8-bit ones
+                 "description": r.description, "status": "ok", "error": None,
                  "cut": None, "extras_cut": None, "limit_s": limit_s, "latency_by_runtime": {}, "runtime_notes": {},
                  "runtime_agreement_pct": {}, "latency_ms": None, "runtime": None, "sim_agreement_pct": None,
                  "sim_max_abs_diff": None, "sim_max_diff_lsb": None, "layers_sqnr": []}
