@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from ...errors import ExportError
+from ..files import check_options, write_file
 from ...wide import wide_tensors
 from ...program import Program
 from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer  # noqa: F401  (fill the tables)
@@ -88,17 +89,9 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
 
 def export_onnx(q, path, **options) -> Path:
     """Write ``q`` as an ONNX file (see ``to_onnx`` for options); returns the path."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ExportError(f"unknown ONNX export option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    check_options("ONNX", options, OPTIONS)
     model = to_onnx(q, **options)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(model, str(path))
-    except OSError as e:
-        raise ExportError(f"cannot write ONNX file {path}: {e}") from e
-    return path
+    return write_file("ONNX", path, lambda p: onnx.save_model(model, str(p)))
 
 
 __all__ = ["to_onnx", "export_onnx", "STYLES", "OPSET"]

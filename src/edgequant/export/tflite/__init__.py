@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ExportError
+from ..files import check_options, write_file
 from ...wide import wide_tensors
 from ...program import Program
 from . import conv, elementwise, pool, shape, lut  # noqa: F401  (fill the table)
@@ -79,17 +80,9 @@ def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv"
 
 def export_tflite(q, path, **options) -> Path:
     """Write ``q`` as a ``.tflite`` file (options: ``layout``, ``batch_size``); returns the path."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ExportError(f"unknown TFLite export option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    check_options("TFLite", options, OPTIONS)
     data = to_tflite(q, **options)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    except OSError as e:
-        raise ExportError(f"cannot write TFLite file {path}: {e}") from e
-    return path
+    return write_file("TFLite", path, lambda p: p.write_bytes(data))
 
 
 __all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
