@@ -17,8 +17,8 @@ from .qmath import QParams, compute_qparams
 from .recipes import Recipe
 from .wide import INT16_INPUT_OPS, WIDE_BITS
 
-PRODUCERS = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce"})
-PASS = frozenset({"reshape", "transpose"})
+PRODUCERS = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce", "mean"})
+PASS = frozenset({"reshape", "transpose", "pad"})
 CONSUMERS = INT16_INPUT_OPS - PASS
 MODES = ("residual",)
 
