@@ -231,3 +231,36 @@ def test_sweep_labels_16bit_activation_recipes():
     row = {"mode": "static", "weight_bits": 8, "act_bits": 8}
     assert report._bits(row) == "W8A8"
     assert report._bits({**row, "act16": "residual"}) == "W8A8/16"
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["byte-split-f32", "f64"])
+def test_int16_input_gemms_are_exact(split, monkeypatch):
+    """Both routes for int16 inputs (two float32 GEMMs on the bytes; one float64 GEMM where no
+    input-channel slicing fits) equal the int64 reference for full-range inputs (conv, strided
+    depthwise conv, linear)."""
+    from edgequant.kernels import conv as kconv
+    from edgequant.kernels import gemm as kgemm
+
+    if not split:
+        monkeypatch.setattr(kconv, "_input_slices", lambda instr, d: None)
+
+    torch.manual_seed(0)
+    m, x = _PadDepthwiseMean().eval(), torch.randn(16, 3, 9, 9)
+    p = eq.quantize(m, "w8a16-res", x).program
+    rng = np.random.default_rng(0)
+    checked = set()
+    for ins in p.instrs:
+        if ins.op not in ("conv", "linear") or p.tensors[ins.inputs[0]].dtype != "int16":
+            continue
+        shape = (3,) + tuple(p.tensors[ins.inputs[0]].shape[1:])
+        xi = rng.integers(-32768, 32768, shape).astype(np.int16)
+        got = kconv.int_accumulate(ins, xi, 0)
+        w, a = ins.arrays["weight"].astype(np.int64), ins.attrs
+        if ins.op == "linear":
+            ref = xi.astype(np.int64) @ w.T
+        else:
+            ref = kgemm.conv2d(xi, ins.arrays["weight"], tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
+                               a["groups"], pad_value=0, exact=True)
+        assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), ref), ins.node
+        checked.add((ins.op, a.get("groups", 1) > 1))
+    assert {("conv", False), ("conv", True), ("linear", False)} <= checked, checked
