@@ -8,7 +8,7 @@ Presets are resolved against ``edgequant.RECIPES`` at run time, so recipes other
   recipes, one reconstruction recipe per width (``w4a8-adaround``, ``w4a4-brecq``,
   ``w2a4-brecq-qdrop``) at ``DEFAULT_ITERATIONS`` iterations, and the QAT recipes for
   ``DEFAULT_QAT_EPOCHS`` epoch (only where the data has a training split).
-* ``int8``   -- fp32, fp16, dyn8, w8a8, w8a8-pc (those registered).
+* ``int8``   -- fp32, fp16, dyn8, w8a8, w8a8-pc, w8a16-res (those registered).
 * ``lowbit`` -- the sub-8-bit post-training recipes present (w4a8, w4a4, w4a4-aciq, w2a4-aciq,
   w1a8-xnor, w1a1-xnor, w2a8-ternary first, in that order, then any other registered post-training
   recipe below 8 bits, reconstruction included, at its own budget).
@@ -32,7 +32,7 @@ from ..errors import RecipeError
 from ..recipes import RECIPES, Recipe
 
 PRESETS = ("default", "all", "int8", "lowbit", "qat")
-INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc")
+INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc", "w8a16-res")
 LOWBIT_ORDER = ("w4a8", "w4a8-keep8", "w4a4", "w4a4-keep8", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
 DEFAULT_RECONSTRUCT = ("w4a8-adaround", "w4a4-brecq", "w2a4-brecq-qdrop")
 DEFAULT_ITERATIONS = 100  # per layer (AdaRound) / block (BRECQ) in the default preset; recipes ship 300 (AdaRound) and 1000 (BRECQ)
