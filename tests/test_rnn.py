@@ -10,7 +10,7 @@ import torch.nn as nn
 import edgequant as eq
 from edgequant import interpreter
 from edgequant.capture import capture
-from edgequant.errors import ExportError, UnsupportedOpError
+from edgequant.errors import UnsupportedOpError
 from edgequant.graph_exec import GraphModule
 from edgequant.kernels.rnn_lut import LUTS, lut_lookup, table_error
 
@@ -236,13 +236,6 @@ def test_reconstruction_recipes_refuse_recurrent_layers():
 def test_initial_state_from_the_input_is_refused():
     with pytest.raises(UnsupportedOpError, match="initial hidden state h0 is computed from the input"):
         eq.quantize(FromInput().eval(), "w8a8-pc", [_x(4)])
-
-
-def test_tflite_refuses_recurrent_layers():
-    m = _model(Last("lstm"))
-    q = eq.quantize(m, "w8a8-pc", [_x(16)])
-    with pytest.raises(ExportError, match="recurrent LSTM.*TFLite.*ONNX"):
-        q.export("/tmp/never.tflite", format="tflite")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
