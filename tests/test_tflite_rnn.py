@@ -60,6 +60,17 @@ def test_lstm_bit_exact_in_litert_reference_kernels(case):
         assert np.array_equal(y, ref)
 
 
+@pytest.mark.parametrize("t_len, bits", [(20, 5), (40, 6), (100, 6)])
+def test_long_sequences_bit_exact(t_len, bits):
+    """Longer sequences put the cell state on coarser grids (tanh(c) with 5 and 6 integer bits; at
+    T 100 the grid stops at TFLite's 6 bits) and stay bit-exact; inputs 4x wider than calibration."""
+    m = _model(Last("lstm", bidirectional=True))
+    q = eq.quantize(m, "w8a8", [_x(32, t=t_len)])
+    assert {15 - i.attrs["cell_frac"] for i in q.program.instrs if i.op == "rnn"} == {bits}
+    y, ref = _exact(q, 4 * _x(24, t=t_len, seed=3).numpy(), batch_size=24)
+    assert np.array_equal(y, ref)
+
+
 def test_file_holds_one_integer_lstm_per_layer_direction():
     from tflite.BuiltinOperator import BuiltinOperator
     from tflite.Model import Model
@@ -118,3 +129,7 @@ def test_refusals_name_the_layer_and_the_way_out():
         to_tflite(c_n)
     with pytest.raises(ExportError, match="float/dynamic LSTM"):
         to_tflite(eq.quantize(_model(Last("lstm")), "fp32", x))
+    earlier = eq.quantize(_model(Last("lstm")), "w8a8", x)
+    next(i for i in earlier.program.instrs if i.op == "rnn").attrs.pop("tflite")
+    with pytest.raises(ExportError, match="earlier gate tables.*quantize the model again"):
+        to_tflite(earlier)

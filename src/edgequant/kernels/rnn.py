@@ -1,12 +1,13 @@
 """Recurrent layers (one LSTM/GRU layer-direction): ``rnn`` (integer), ``rnn_dyn``, ``rnn_f``.
 
 ``rnn`` follows TFLite's integer LSTM (8x8->16): int8 input x and hidden state h (the output
-tensor's qparams), int8 weights per output channel, and 16-bit internals on fixed grids:
+tensor's qparams), int8 weights per output channel or per tensor, and 16-bit internals on fixed grids:
 
 * gate pre-activations: ``W_ih (x - zx) + bias`` and ``W_hh (h - zh)`` are two exact integer sums,
   each requantized to Q3.12 (int16, scale 2^-12) with its own per-channel multiplier
   ``s_in * s_w / 2^-12``, and added with int16 saturation;
-* sigmoid/tanh: 513-entry interpolated tables, Q3.12 -> Q0.15 (``rnn_lut``);
+* sigmoid/tanh: 513-entry interpolated tables, Q3.12 -> Q0.15 (``rnn_lut``; GRU, and LSTMs of
+  artifacts saved before the TFLite arithmetic below);
 * LSTM cell state c: int16 with a power-of-two scale 2^-cell_frac (``attrs["cell_frac"]``),
   ``c = sat16(rdp(f * c, 15) + rdp(i * g, 30 - cell_frac))``; ``h = o * tanh(c)`` requantized from
   Q0.30 to the output grid;
@@ -40,8 +41,7 @@ import torch
 
 from .. import qmath
 from ..rnn_float import rnn_layer
-from . import RUN, SIM, register
-from . import fixedpoint16
+from . import RUN, SIM, fixedpoint16, register
 from .context import KernelContext
 from .gemm import exact_matmul
 from .rnn_lut import INT16_MAX, INT16_MIN, LUTS, lut_lookup
