@@ -58,7 +58,8 @@ def check(ins: Instr) -> None:
     if np.any(ar["h0"].astype(np.int64) != int(a["h_zero_point"])) or np.any(ar["s0"] != 0):
         raise ExportError(f"layer '{name}' starts from given initial states h0/c0; TFLite's LSTM keeps its state in "
                           "variable tensors that LiteRT resets to zero; export it to ONNX, or start from zero states")
-    _gate_scales(ins, "w_scale_ih"), _gate_scales(ins, "w_scale_hh")
+    for key in ("w_scale_ih", "w_scale_hh"):
+        _gate_scales(ins, key)
 
 
 def _reverse(e: Emitter, src: int, dst: int, name: str) -> None:
@@ -94,7 +95,7 @@ def _rnn(e: Emitter, ins: Instr) -> None:
     h_quant = Quant(np.array([s_h], np.float32), np.array([zh], np.int64))
     h_state = e.m.variable(f"{p}/h_state", (e.batch, hid), "int8", h_quant)
     c_state = e.m.variable(f"{p}/c_state", (e.batch, hid), "int16", per_tensor(2.0**-cf))
-    none = -1
+    none = -1  # optional inputs left out: peephole (9-11), projection (16-17), layer norm (20-23)
     inputs = [x, *w_in, *w_rec, none, none, none, *bias, none, none, h_state, c_state, none, none, none, none]
     mids = [e.m.tensor(f"{p}/{g}_gate", (e.batch, hid), "int16", per_tensor(2.0**-12)) for g in gates]
     mids.append(e.m.tensor(f"{p}/hidden", (e.batch, hid), "int8", h_quant))
