@@ -9,8 +9,8 @@ their grids, and the LSTM cell state's power-of-two scale.
 Cell scale: |c_t| < |c_0| + t (|f| < 1, |i g| < 1), so with ``cell_frac = 15 - ceil(log2(T + max|c_0|))``
 the int16 cell state cannot saturate at the captured sequence length T. TFLite also requires a
 power-of-two cell scale (its converter takes it from calibrated ranges instead) and computes tanh(c)
-with at most 6 integer bits, so ``cell_frac >= 9``: beyond T + |c_0| = 64 the cell saturates at +-64,
-where tanh is 1 to the last bit anyway.
+with at most 6 integer bits, so ``cell_frac >= 9``: beyond T + |c_0| = 64 a cell that grows past
++-64 saturates there (tanh(c) is 1 to the last bit by then; a later decay starts from 64).
 
 LSTMs are lowered in TFLite's integer-LSTM arithmetic (``attrs["tflite"]``, ``kernels.rnn``), so the
 same program exports to UNIDIRECTIONAL_SEQUENCE_LSTM bit for bit.
