@@ -13,7 +13,8 @@ from .qmath import QParams
 
 WIDE_BITS = 16
 # graph ops whose integer kernels take int16 inputs; lowering refuses int16 into any other op
-INT16_INPUT_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reduce", "reshape", "transpose"})
+INT16_INPUT_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reduce", "reshape", "transpose",
+                             "matmul", "softmax"})
 ADD_LEFT_SHIFT_16 = 15  # TFLite add.cc: int16 operands are shifted by 15, not 20 (int32 headroom)
 
 
