@@ -237,7 +237,7 @@ def ablate_rest(model, calib: list[dict], ev: list[dict], base: str = "w8a16-res
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default="fp32,default,w8a8-pc,w8a16-res,w8a16,w4a8",
+    p.add_argument("--recipes", default="fp32,default,w8a8-pc,w8a16-res,w8a16,w4a8,w4a16-gptq",
                    help="recipe names or 'name+option=value' specs; 'default' = eq.quantize without a recipe (chosen from the graph)")
     p.add_argument("--calib", type=int, default=128)
     p.add_argument("--eval", type=int, default=256)

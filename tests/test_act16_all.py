@@ -1,10 +1,13 @@
-"""16-bit attention (recipe ``w8a16``: act16="all") and the transformer default.
+"""16-bit attention (recipe ``w8a16``: act16="all"), the transformer default, GPTQ W4 on transformers.
 
 On the hand-built HF-style encoder of test_hf_inputs (embeddings, padding mask, masked softmax,
 masked mean pooling): every instruction of the int16 attention path within 1 LSB of its float twin,
-the int16 kernels against exact arithmetic, the default recipe chosen from the graph (issue 16).
+the int16 kernels against exact arithmetic, the default recipe chosen from the graph, and GPTQ's
+4-bit weights on a graph the unit pipeline cannot cut (issue 16).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -136,11 +139,29 @@ def test_default_recipe_is_chosen_from_the_graph(enc, q16):
     assert cnn.recipe.name == "w8a8-pc" and cnn.program.meta["recipe_choice"]["recipe"] == "w8a8-pc"
 
 
+def test_gptq_4_bit_runs_on_a_transformer_and_beats_nearest(enc):
+    """GPTQ on a graph with a padding mask and attention (one fake-quantized pass): its integers stay
+    on the 4-bit grid and the program is closer to fp32 than nearest rounding on the same grid."""
+    model, calib, ev, ref = enc
+    r = eq.get_recipe("w4a16-gptq")
+    q = eq.quantize(model, r, calib)
+    nearest = dataclasses.replace(r, name="w4a16-nearest", options=tuple(
+        (k, v) for k, v in r.options if k not in ("reconstruct", "weight_method", "reconstruct_base")))
+    qn = eq.quantize(model, nearest, calib)
+    lin = [ins for ins in q.program.instrs if ins.op == "linear"]
+    assert len(lin) == 4 and all(np.abs(ins.arrays["weight"].astype(int)).max() <= 7 for ins in lin)
+    unit = q.program.meta["reconstruct"]["units"][0]
+    assert unit["unit"] == "graph (one pass)" and unit["loss_end"] < unit["loss_start"]  # Hessian-weighted error
+    cg, cn = float(cosine(q.run(ev), ref).mean()), float(cosine(qn.run(ev), ref).mean())
+    assert cg > cn, (cg, cn)
+
+
 def test_sweep_labels():
     from edgequant.sweep import report
 
     row = {"mode": "static", "weight_bits": 8, "act_bits": 8}
     assert report._bits({**row, "act16": "all"}) == "W8A16"
+    assert report._bits({**row, "weight_bits": 4, "act16": "all"}) == "W4A16"
 
 
 @pytest.mark.parametrize("d,scale,eps", [(32, 2e-4, 1e-5), (384, 5e-3, 1e-12)])

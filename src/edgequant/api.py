@@ -34,15 +34,19 @@ def float_param_bytes(graph: Graph) -> int:
 
 
 def _check_reconstruction_ops(r: Recipe, graph: Graph) -> None:
-    """Reconstruction (AdaRound/BRECQ/GPTQ) handles conv nets; refuse transformer and recurrent layers by name up front."""
+    """Reconstruction (AdaRound/BRECQ) handles conv nets; refuse transformer and recurrent layers by name up front.
+    GPTQ needs only layer-input Hessians and runs on transformers too (``reconstruct/gptq_graph.py``);
+    recurrent layers are refused for every method."""
     if r.option("reconstruct") is None:
         return
     from .errors import UnsupportedOpError
 
     for n in graph.nodes:
-        if n.op in ("matmul", "softmax", "layernorm", "transpose", "rnn") or (n.op == "linear" and len(n.shape) > 2):
+        if n.op == "rnn" or (r.option("reconstruct") != "gptq" and (
+                n.op in ("matmul", "softmax", "layernorm", "transpose") or (n.op == "linear" and len(n.shape) > 2))):
             raise UnsupportedOpError(f"recipe {r.name!r}: reconstruction does not support {n.describe()} yet; "
-                                     "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8' for this model")
+                                     "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8', or GPTQ "
+                                     "(e.g. 'w4a8-gptq'), for this model")
 
 
 def capture_prepared(model: torch.nn.Module, example: torch.Tensor) -> Graph:
