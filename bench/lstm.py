@@ -8,7 +8,11 @@
    the issue's done-when checks.
 2. Coverage on random weights: 2-layer bidirectional LSTM/GRU (T 50, hidden 128) quantized w8a8-pc:
    argmax agreement with fp32, run/sim, ORT parity.
-3. The gate tables' error against exact sigmoid/tanh on all 65536 int16 inputs.
+3. The gate tables' error against exact sigmoid/tanh on all 65536 int16 inputs, and that of gemmlowp's
+   fixed-point sigmoid/tanh (TFLite's integer LSTM, used by every LSTM since the TFLite export).
+3b. TFLite: the ``w8a8`` (per-tensor) LSTMs exported as UNIDIRECTIONAL_SEQUENCE_LSTM and run in
+   LiteRT's reference kernels: top-1, argmax parity and largest difference from the interpreter
+   (digits_lstm on the test split; a random 2-layer bidirectional LSTM, T 50, hidden 128).
 4. Speed, side by side, one thread each: batch 1 and 32, sequence 50, 40 features, hidden 256 --
    PyTorch fp32, PyTorch's dynamically quantized LSTM/GRU (``quantize_dynamic``, the anchor), ours
    (w8a8-pc and dyn8) through ONNX Runtime, and the reference interpreter. Median of interleaved
@@ -33,10 +37,11 @@ import torch
 import edgequant as eq
 from edgequant.backends import ort_session
 from edgequant.export.onnx import to_onnx
+from edgequant.kernels import fixedpoint16
 from edgequant.kernels.rnn_lut import table_error
 from edgequant.training import accuracy
 
-RECIPES = ("fp32", "fp16", "dyn8", "w8a8-pc", "w4a8")
+RECIPES = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc", "w4a8")
 
 
 def _ort_int_diff(q, x: np.ndarray, yo: np.ndarray) -> str:
@@ -110,6 +115,48 @@ def tables() -> None:
     for fn in ("sigmoid", "tanh"):
         e = table_error(fn)
         print(f"| {fn} | {e['max_lsb']:.2f} | {e['mean_lsb']:.3f} | {e['max_abs']:.2e} |")
+    v = fixedpoint16.ALL.astype(np.float64)
+    for fn, bits in (("sigmoid", 3), ("tanh", 3), ("tanh", 6)):
+        exact = 1 / (1 + np.exp(-v * 2.0**-12)) if fn == "sigmoid" else np.tanh(v * 2.0**(bits - 15))
+        err = np.abs(fixedpoint16.table(fn, bits) - exact * 2.0**15)
+        print(f"| {fn} gemmlowp Q{bits}.{15 - bits} (TFLite LSTM) | {err.max():.2f} | {err.mean():.3f} | {err.max() * 2.0**-15:.2e} |")
+
+
+def tflite() -> None:
+    from edgequant.export.tflite import to_tflite
+    from edgequant.export.tflite.run import run_tflite
+
+    print("\n## TFLite: w8a8 LSTMs as UNIDIRECTIONAL_SEQUENCE_LSTM, LiteRT reference kernels vs the interpreter\n")
+    print("| net | inputs | top-1 interpreter % | top-1 TFLite % | argmax parity % | max diff (output LSB) "
+          "| optimized kernels: parity % / max LSB | export s | LiteRT ref s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    calib, test = eq.data.digits()
+    xs = np.concatenate([x.numpy() for x, _ in test])
+    ys = np.concatenate([y.numpy() for _, y in test])
+    g = torch.Generator().manual_seed(1)
+    rnd = eq.models.sequence_rnn("lstm", features=40, hidden=128, layers=2, bidirectional=True)
+    nets = [("digits_lstm", eq.models.digits_lstm(pretrained=True), calib, xs, ys, "539 test"),
+            ("lstm 2x bidir T50 h128", rnd, [torch.randn(256, 50, 40, generator=g)],
+             torch.randn(64, 50, 40, generator=g).numpy(), None, "64 random")]
+    for name, m, cal, x, y, what in nets:
+        q = eq.quantize(m, "w8a8", cal)
+        ref = q.run(x)
+        t0 = time.time()
+        data = to_tflite(q, batch_size=len(x))
+        t1 = time.time()
+        yt = run_tflite(data, x, kernels="reference")
+        t2 = time.time()
+        yo = run_tflite(data, x, kernels="optimized")
+
+        def lsb(o):
+            return int(np.abs(np.round((o - ref) / float(q.program.output_qparams.scale))).max())
+
+        def parity(o):
+            return f"{100 * (o.argmax(1) == ref.argmax(1)).mean():.1f}"
+
+        top = (lambda o: f"{100 * (o.argmax(1) == y).mean():.2f}") if y is not None else (lambda o: "")
+        print(f"| {name} | {what} | {top(ref)} | {top(yt)} | {parity(yt)} | {lsb(yt)} | {parity(yo)} / {lsb(yo)} "
+              f"| {t1 - t0:.2f} | {t2 - t1:.2f} |")
 
 
 def _ort(q, recipe_threads: int = 1):
@@ -179,13 +226,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--burst", type=int, default=5)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--only-tflite", action="store_true", help="the TFLite section alone")
     args = ap.parse_args()
     torch.set_num_threads(1)
     random.seed(0)
     t0 = time.time()
+    if args.only_tflite:
+        tflite()
+        return
     real_data()
     coverage()
     tables()
+    tflite()
     if not args.skip_speed:
         speed(3 if args.quick else args.rounds, 3 if args.quick else args.burst, (1, 32))
     print(f"\n(wall {time.time() - t0:.0f} s; torch {torch.__version__}, onnxruntime {ort.__version__})")

@@ -78,10 +78,15 @@ def test_16_bit_recipe_beats_w8a8_on_outlier_channels(models, data):
 
 
 def test_every_16_bit_instruction_matches_its_float_twin(models, data):
-    """Each instruction on the run's own integer inputs vs its SIM twin: <= 1 LSB of its output grid."""
     _, _, q = models
+    assert {"linear", "add", "layernorm", "lut"} <= _check_float_twins(q, data[64:].numpy())
+
+
+def _check_float_twins(q, x: np.ndarray) -> set[str]:
+    """Each instruction on the run's own integer inputs vs its SIM twin: <= 1 LSB of its output
+    grid; returns the ops that touched an int16 tensor."""
     p, env = q.program, {}
-    run(p, data[64:].numpy(), trace=lambda ins, v: env.__setitem__(ins.output, v))
+    run(p, x, trace=lambda ins, v: env.__setitem__(ins.output, v))
     ctx = KernelContext("gemmlowp", p.tensors)
     wide_seen = set()
     for ins in p.instrs:
@@ -97,7 +102,39 @@ def test_every_16_bit_instruction_matches_its_float_twin(models, data):
         assert d.max() <= (0 if ins.op in ("transpose", "reshape") else 1), (ins.op, ins.output, d.max())
         if any(p.tensors[t].dtype == "int16" for t in [ins.output, *ins.inputs]):
             wide_seen.add(ins.op)
-    assert {"linear", "add", "layernorm", "lut"} <= wide_seen, wide_seen
+    return wide_seen
+
+
+class _PadDepthwiseMean(nn.Module):
+    """EfficientNet-Lite's shapes: explicit same-padding before a strided depthwise conv, a
+    residual add, global mean, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6())
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, groups=8), nn.ReLU6())
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.dw(self.pad(self.stem(x)))
+        return self.fc((y + self.pw(y)).mean((2, 3)))
+
+
+def test_cnn_with_pad_and_mean_is_16_bit_throughout():
+    """act16 on a CNN: pad and global mean take and give int16, so every activation is 16-bit,
+    and each instruction stays within 1 LSB of its float twin."""
+    torch.manual_seed(0)
+    m, x = _PadDepthwiseMean().eval(), torch.randn(24, 3, 9, 9)
+    q = eq.quantize(m, "w8a16-res", x[:16])
+    p = q.program
+    dtypes = {ins.op: p.tensors[ins.output].dtype for ins in p.instrs if ins.op not in ("quantize", "dequantize")}
+    assert dtypes["pad"] == dtypes["mean"] == dtypes["conv"] == dtypes["add"] == dtypes["linear"] == "int16", dtypes
+    assert {"pad", "mean", "conv", "add", "linear"} <= _check_float_twins(q, x[16:].numpy())
+    ref = m(x[16:]).detach().numpy()
+    out8 = eq.quantize(m, "w8a8-pc", x[:16]).run(x[16:].numpy())
+    assert np.abs(q.run(x[16:].numpy()) - ref).max() < np.abs(out8 - ref).max() / 4  # 16 bits: far closer
 
 
 def test_run_agrees_with_simulate_end_to_end(models, data):
@@ -206,3 +243,36 @@ def test_sweep_labels_16bit_activation_recipes():
     row = {"mode": "static", "weight_bits": 8, "act_bits": 8}
     assert report._bits(row) == "W8A8"
     assert report._bits({**row, "act16": "residual"}) == "W8A8/16"
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["byte-split-f32", "f64"])
+def test_int16_input_gemms_are_exact(split, monkeypatch):
+    """Both routes for int16 inputs (two float32 GEMMs on the bytes; one float64 GEMM where no
+    input-channel slicing fits) equal the int64 reference for full-range inputs (conv, strided
+    depthwise conv, linear)."""
+    from edgequant.kernels import conv as kconv
+    from edgequant.kernels import gemm as kgemm
+
+    if not split:
+        monkeypatch.setattr(kconv, "_input_slices", lambda instr, d: None)
+
+    torch.manual_seed(0)
+    m, x = _PadDepthwiseMean().eval(), torch.randn(16, 3, 9, 9)
+    p = eq.quantize(m, "w8a16-res", x).program
+    rng = np.random.default_rng(0)
+    checked = set()
+    for ins in p.instrs:
+        if ins.op not in ("conv", "linear") or p.tensors[ins.inputs[0]].dtype != "int16":
+            continue
+        shape = (3,) + tuple(p.tensors[ins.inputs[0]].shape[1:])
+        xi = rng.integers(-32768, 32768, shape).astype(np.int16)
+        got = kconv.int_accumulate(ins, xi, 0)
+        w, a = ins.arrays["weight"].astype(np.int64), ins.attrs
+        if ins.op == "linear":
+            ref = xi.astype(np.int64) @ w.T
+        else:
+            ref = kgemm.conv2d(xi, ins.arrays["weight"], tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
+                               a["groups"], pad_value=0, exact=True)
+        assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), ref), ins.node
+        checked.add((ins.op, a.get("groups", 1) > 1))
+    assert {("conv", False), ("conv", True), ("linear", False)} <= checked, checked

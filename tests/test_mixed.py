@@ -104,6 +104,22 @@ def test_repair_widens_until_the_budget_holds(digits, digits_model, monkeypatch)
     assert res.drop <= 1.0
 
 
+def test_probe_measures_a_step_when_the_estimate_leaves_no_room(digits, digits_model):
+    """Budget 0 with the uniform W8 program at drop 0: the envelope's allowance is exactly its noise,
+    so the integer program finds nothing; a probe narrows the layers cheapest in noise per byte,
+    is measured, and (within budget) is a smaller answer than every uniform program within budget."""
+    calib, _ = digits
+    search_half, _ = _halves(digits)
+    res = eq.search(digits_model, calib, search_half, budget=0.0, widths=(8, 2), metric="agreement",
+                    max_candidates=4, **SMALL)
+    uni = {c["option"]: c for c in res.trace if c["step"] == "uniform"}
+    assert uni["w8a8"]["drop"] <= 0.0 < uni["w2a8"]["drop"]
+    probes = [c for c in res.trace if c["step"] == "probe"]
+    assert probes and probes[0]["drop"] <= 0.0
+    assert res.drop <= 0.0 and res.size_bytes < uni["w8a8"]["size_bytes"]
+    assert any(w == 2 for w, _ in res.widths.values())
+
+
 def test_latency_objective_and_activation_widths(digits, digits_model):
     calib, _ = digits
     search_half, _ = _halves(digits)

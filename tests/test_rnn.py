@@ -10,7 +10,7 @@ import torch.nn as nn
 import edgequant as eq
 from edgequant import interpreter
 from edgequant.capture import capture
-from edgequant.errors import ExportError, UnsupportedOpError
+from edgequant.errors import UnsupportedOpError
 from edgequant.graph_exec import GraphModule
 from edgequant.kernels.rnn_lut import LUTS, lut_lookup, table_error
 
@@ -192,6 +192,24 @@ def test_artifact_round_trip(tmp_path):
     np.testing.assert_array_equal(q2.run(x.numpy()), q.run(x.numpy()))
 
 
+def test_lstm_artifact_round_trip_and_the_earlier_arithmetic(tmp_path):
+    """An LSTM saved and loaded keeps TFLite's arithmetic; an instruction without ``tflite`` (artifacts
+    saved before it) still runs the interpolated tables, and ONNX Runtime still reproduces it."""
+    from edgequant.backends import ort_session
+
+    q = eq.quantize(_model(Last("lstm", bidirectional=True)), "w8a8-pc", [_x(64)])
+    x = _x(64, seed=1).numpy()
+    y = q.run(x)
+    q.save(tmp_path / "m.edgequant")
+    np.testing.assert_array_equal(eq.load(tmp_path / "m.edgequant").run(x), y)
+    for ins in q.program.instrs:
+        if ins.op == "rnn":
+            assert ins.attrs.pop("tflite") is True
+    y_lut = q.run(x)
+    assert not np.array_equal(y_lut, y) and (y_lut.argmax(1) == y.argmax(1)).mean() >= 0.97
+    np.testing.assert_array_equal(ort_session(q).run(None, {q.program.input: x})[0], q.run(x, rounding="onnxruntime"))
+
+
 # -- refusals --------------------------------------------------------------------------------------
 class Plain(nn.Module):
     def __init__(self, rnn, head=None):
@@ -236,13 +254,6 @@ def test_reconstruction_recipes_refuse_recurrent_layers():
 def test_initial_state_from_the_input_is_refused():
     with pytest.raises(UnsupportedOpError, match="initial hidden state h0 is computed from the input"):
         eq.quantize(FromInput().eval(), "w8a8-pc", [_x(4)])
-
-
-def test_tflite_refuses_recurrent_layers():
-    m = _model(Last("lstm"))
-    q = eq.quantize(m, "w8a8-pc", [_x(16)])
-    with pytest.raises(ExportError, match="recurrent LSTM.*TFLite.*ONNX"):
-        q.export("/tmp/never.tflite", format="tflite")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -222,7 +222,7 @@ def test_pareto_and_choice():
 
 def test_presets():
     int8 = [p.label for p in presets.resolve(None, "int8", 0)]
-    assert int8 == ["fp32", "fp16", "dyn8", "w8a8", "w8a8-pc"]
+    assert int8 == ["fp32", "fp16", "dyn8", "w8a8", "w8a8-pc", "w8a16-res"]
     low = presets.resolve(None, "lowbit", 0)
     assert all(min(presets.bits(RECIPES[p.recipe])) < 8 for p in low if p.recipe != "fp32")
     every = [p.label for p in presets.resolve(None, "all", 0)]  # QAT recipes left out without epochs

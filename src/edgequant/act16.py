@@ -20,10 +20,10 @@ from .qmath import QParams, compute_qparams
 from .recipes import Recipe
 from .wide import INT16_INPUT_OPS, WIDE_BITS
 
-PASS = frozenset({"reshape", "transpose"})
+PASS = frozenset({"reshape", "transpose", "pad"})
 # mode -> (ops whose output may be 16-bit, ops that may read a 16-bit input); every op named here
 # has an int16 kernel (wide.INT16_INPUT_OPS)
-_RESIDUAL = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce"})
+_RESIDUAL = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce", "mean"})
 _ATTENTION = frozenset({"matmul", "softmax"})
 SELECTION = {
     "residual": (_RESIDUAL, _RESIDUAL - {"input"}),

@@ -13,8 +13,8 @@ from .qmath import QParams
 
 WIDE_BITS = 16
 # graph ops whose integer kernels take int16 inputs; lowering refuses int16 into any other op
-INT16_INPUT_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reduce", "reshape", "transpose",
-                             "matmul", "softmax"})
+INT16_INPUT_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reduce", "mean", "reshape", "transpose",
+                             "pad", "matmul", "softmax"})
 ADD_LEFT_SHIFT_16 = 15  # TFLite add.cc: int16 operands are shifted by 15, not 20 (int32 headroom)
 
 
@@ -42,21 +42,25 @@ def multiply_by_quantized_multiplier_64(x: np.ndarray, m0: np.ndarray, shift: np
     total = np.int64(15) - shift
     big = total > 62  # tiny multipliers: the result is 0
     total = np.minimum(total, 62)
-    y = (np.asarray(x, np.int64) * reduced + (np.int64(1) << (total - 1))) >> total
-    return np.where(big, 0, y)
+    y = np.multiply(np.asarray(x, np.int64), reduced)  # one new array, then in place (memory traffic)
+    np.add(y, np.int64(1) << (total - 1), out=y)
+    np.right_shift(y, total, out=y)
+    return np.where(big, 0, y) if np.any(big) else y
 
 
 def requantize_64(acc: np.ndarray, *, bias: np.ndarray | None, m0: np.ndarray, shift: np.ndarray, zero_point: int,
                   qmin: int, qmax: int, axis: int, out_bits: int) -> np.ndarray:
     """int64 accumulator (+ int64 bias, per channel along ``axis``) -> output container."""
-    acc = np.asarray(acc).astype(np.int64)
+    acc = np.array(acc, dtype=np.int64)  # a copy: updated in place below
     cs = [1] * acc.ndim
     if acc.ndim and (np.size(m0) > 1 or (bias is not None and np.size(bias) > 1)):
         cs[axis % acc.ndim] = -1
     if bias is not None:
-        acc = acc + np.asarray(bias, np.int64).reshape(cs)
+        np.add(acc, np.asarray(bias, np.int64).reshape(cs), out=acc)
     y = multiply_by_quantized_multiplier_64(acc, np.asarray(m0).reshape(cs), np.asarray(shift).reshape(cs))
-    return np.clip(y + zero_point, qmin, qmax).astype(container_dtype(out_bits))
+    if zero_point:
+        np.add(y, zero_point, out=y)
+    return np.clip(y, qmin, qmax, out=y).astype(container_dtype(out_bits))
 
 
 def wide_tensors(program) -> list[str]:

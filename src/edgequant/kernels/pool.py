@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .. import qmath
 from ..graph_exec import mean_float, pool_float
+from ..wide import container_dtype
 from . import RUN, SIM, gemm, register
 from .context import KernelContext
 
@@ -128,7 +129,7 @@ def mean_run(instr, inputs, ctx: KernelContext):
     y = qmath.requantize(acc, m0=instr.arrays["m0"], shift=instr.arrays["shift"],
                          real_multiplier=instr.arrays["multiplier"], zero_point=int(qp.zero_point),
                          qmin=qp.qmin, qmax=qp.qmax, rounding=ctx.requant_rounding(instr))
-    return y.astype(np.int8)
+    return y.astype(container_dtype(qp.bits))  # int16 when the recipe widens it (act16)
 
 
 @register("mean", SIM)

@@ -1,12 +1,13 @@
 """Recurrent layers (one LSTM/GRU layer-direction): ``rnn`` (integer), ``rnn_dyn``, ``rnn_f``.
 
 ``rnn`` follows TFLite's integer LSTM (8x8->16): int8 input x and hidden state h (the output
-tensor's qparams), int8 weights per output channel, and 16-bit internals on fixed grids:
+tensor's qparams), int8 weights per output channel or per tensor, and 16-bit internals on fixed grids:
 
 * gate pre-activations: ``W_ih (x - zx) + bias`` and ``W_hh (h - zh)`` are two exact integer sums,
   each requantized to Q3.12 (int16, scale 2^-12) with its own per-channel multiplier
   ``s_in * s_w / 2^-12``, and added with int16 saturation;
-* sigmoid/tanh: 513-entry interpolated tables, Q3.12 -> Q0.15 (``rnn_lut``);
+* sigmoid/tanh: 513-entry interpolated tables, Q3.12 -> Q0.15 (``rnn_lut``; GRU, and LSTMs of
+  artifacts saved before the TFLite arithmetic below);
 * LSTM cell state c: int16 with a power-of-two scale 2^-cell_frac (``attrs["cell_frac"]``),
   ``c = sat16(rdp(f * c, 15) + rdp(i * g, 30 - cell_frac))``; ``h = o * tanh(c)`` requantized from
   Q0.30 to the output grid;
@@ -17,6 +18,17 @@ tensor's qparams), int8 weights per output channel, and 16-bit internals on fixe
 requantizations use the mode's rounding (gemmlowp Q31 multiplier, or ONNX Runtime's float32
 multiply + round half to even -- the exporter writes the same float32 multipliers). The multipliers
 are derived from the stored scales at run time, not stored.
+
+LSTM instructions lowered with ``attrs["tflite"]`` (every LSTM since the TFLite export) follow
+LiteRT's UNIDIRECTIONAL_SEQUENCE_LSTM kernel (``lstm_eval.cc`` ``EvalInteger8x8_16``) to the bit, so
+the exported ``.tflite`` computes what ``q.run`` computes:
+
+* sigmoid/tanh are gemmlowp's int16 fixed-point functions (``fixedpoint16``), not the tables;
+* tanh(c) reads the cell state at its own scale (``IntegerBits = 15 - cell_frac``, at most 6);
+* the recurrent sum is requantized without an int16 clamp before it is added to the input part
+  (``MatrixBatchVectorMultiplyAccumulate`` clamps the sum once);
+* the multipliers are TFLite's float32 effective scales: ``(s_w * s_in) / 2^-12`` and
+  ``2^-15 / s_h * 2^-15`` rounded to float32 (``PopulateQuantizedLstmParams8x8_16``).
 
 ``simulate`` is the float64 fake-quant twin: the same grids and clamps, exact sigmoid/tanh.
 ``rnn_dyn``: int8 weights, x quantized once over the whole (N, T, I) batch and h at every step
@@ -29,7 +41,7 @@ import torch
 
 from .. import qmath
 from ..rnn_float import rnn_layer
-from . import RUN, SIM, register
+from . import RUN, SIM, fixedpoint16, register
 from .context import KernelContext
 from .gemm import exact_matmul
 from .rnn_lut import INT16_MAX, INT16_MIN, LUTS, lut_lookup
@@ -42,6 +54,11 @@ Q015 = 2.0**-15
 def h_bounds(instr) -> tuple[int, int]:
     """Integer range of the hidden state h (its activation width: [-128, 127] at 8 bits)."""
     return int(instr.attrs.get("h_qmin", -128)), int(instr.attrs.get("h_qmax", 127))
+
+
+def tflite_lstm(instr) -> bool:
+    """Whether the instruction is an LSTM in TFLite's arithmetic (see the module docstring)."""
+    return instr.attrs["cell"] == "lstm" and bool(instr.attrs.get("tflite", False))
 
 
 def _split(instr) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +80,13 @@ def multipliers(instr, s_x: float) -> dict[str, np.ndarray]:
     frac = 30 if instr.attrs["cell"] == "lstm" else 15
     out["out"] = np.array([2.0**-frac / s_h])
     out["out_f32"] = np.array([np.float32(2.0**-frac) / np.float32(s_h)], np.float32)
+    if tflite_lstm(instr):  # float32 effective scales, as LiteRT derives them from the file
+        to_q312 = np.float32(1.0 / Q312)  # division by 2^-12 in float32: exact
+        out["x_f32"] = (ws_i * np.float32(s_x)) * to_q312
+        out["h_f32"] = (ws_h * np.float32(s_h)) * to_q312
+        out["out_f32"] = np.array([np.float32(2.0**-15 / s_h * 2.0**-15)], np.float32)
+        out.update(x=out["x_f32"].astype(np.float64), h=out["h_f32"].astype(np.float64),
+                   out=out["out_f32"].astype(np.float64))
     if instr.attrs.get("output") == "c":
         s_o = float(np.float32(instr.attrs["out_scale"]))
         cf = int(instr.attrs["cell_frac"])
@@ -145,6 +169,8 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     sig, tanh = LUTS["sigmoid"], LUTS["tanh"]
     cf = int(a.get("cell_frac", 15))
     out = np.empty((n, t_len, hid), np.int8)
+    tfl = tflite_lstm(instr)
+    h_lo16, h_hi16 = (-(1 << 31), (1 << 31) - 1) if tfl else (INT16_MIN, INT16_MAX)  # TFLite clamps px + hp only
     rq_h, rq_out = _Requant(m["h"], m["h_f32"], rounding), _Requant(m["out"], m["out_f32"], rounding)
     rq_c = _Requant(m["cell"], m["cell_f32"], rounding) if a.get("output") == "c" else None
     steps = range(t_len - 1, -1, -1) if a["reverse"] else range(t_len)
@@ -152,9 +178,16 @@ def rnn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
         acc_h = exact_matmul(h.astype(np.int8), w_hh_t, w_hh_f) - zh * w_hh_sum
         if bias_h is not None:
             acc_h = acc_h + bias_h.astype(np.int64)
-        hp = rq_h(acc_h, 0, INT16_MIN, INT16_MAX)  # (N, G*H) Q3.12
+        hp = rq_h(acc_h, 0, h_lo16, h_hi16)  # (N, G*H) Q3.12
         px = xp[:, t]
-        if cell == "lstm":
+        if tfl:
+            pre = _sat16(px + hp)
+            i, f = fixedpoint16.lookup(pre[:, :hid], "sigmoid"), fixedpoint16.lookup(pre[:, hid:2 * hid], "sigmoid")
+            g = fixedpoint16.lookup(pre[:, 2 * hid:3 * hid], "tanh")
+            o = fixedpoint16.lookup(pre[:, 3 * hid:], "sigmoid")
+            state = _sat16(_rdp(f * state, 15) + _rdp(i * g, 30 - cf))
+            h = rq_out(o * fixedpoint16.lookup(state, "tanh", 15 - cf), zh, h_lo, h_hi)
+        elif cell == "lstm":
             pre = _sat16(px + hp)
             i, f = lut_lookup(pre[:, :hid], sig), lut_lookup(pre[:, hid:2 * hid], sig)
             g, o = lut_lookup(pre[:, 2 * hid:3 * hid], tanh), lut_lookup(pre[:, 3 * hid:], sig)
@@ -214,7 +247,7 @@ def rnn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
             i, f = q16(torch.sigmoid(pre[:, :hid]), Q015), q16(torch.sigmoid(pre[:, hid:2 * hid]), Q015)
             g, o = q16(torch.tanh(pre[:, 2 * hid:3 * hid]), Q015), q16(torch.sigmoid(pre[:, 3 * hid:]), Q015)
             state = q16(q16(f * state, 2.0**-cf) + q16(i * g, 2.0**-cf), 2.0**-cf)
-            tc = q16(torch.tanh(q16(state, Q312)), Q015)
+            tc = q16(torch.tanh(state if tflite_lstm(instr) else q16(state, Q312)), Q015)
             h = _fq(o * tc, s_h, zh, h_lo, h_hi, ctx)
         else:
             r = q16(torch.sigmoid(q16(px[:, :hid] + hp[:, :hid], Q312)), Q015)

@@ -60,7 +60,7 @@ def _s_mean(L: Lowering, node: Node) -> None:
     real = float(np.float32(qx.scale)) / (n * float(np.float32(qy.scale)))
     real_f32 = np.float32(qx.scale) / (np.float32(n) * np.float32(qy.scale))
     L.emit("mean", node, [x], dict(node.attrs), requant_arrays(np.array([real]), np.array([real_f32])),
-           info=TensorInfo("int8", node.shape, qy))
+           info=TensorInfo(dtype_name(qy), node.shape, qy))
 
 
 STATIC.update({"maxpool": pass_through("maxpool"), "avgpool": pass_through("avgpool"),

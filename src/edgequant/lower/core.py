@@ -112,7 +112,7 @@ def pass_through(op: str) -> Lowerer:
         if op in ("maxpool", "avgpool", "avgpool_f"):
             attrs["extra"] = pool_extra(node, info.shape)
         if op == "pad":
-            if info.dtype == "int8":
+            if info.dtype in ("int8", "int16") and info.qparams is not None:
                 qp = info.qparams
                 attrs["value"] = int(np.clip(int(qp.zero_point) + np.round(node.attrs["value"] / float(qp.scale)), qp.qmin, qp.qmax))
                 attrs["value_real"] = float(qp.scale) * (attrs["value"] - int(qp.zero_point))

@@ -7,8 +7,13 @@ separately, since they multiply different inputs, and stored side by side as one
 their grids, and the LSTM cell state's power-of-two scale.
 
 Cell scale: |c_t| < |c_0| + t (|f| < 1, |i g| < 1), so with ``cell_frac = 15 - ceil(log2(T + max|c_0|))``
-the int16 cell state cannot saturate at the captured sequence length T (TFLite also requires a
-power-of-two cell scale; its converter takes it from calibrated ranges instead).
+the int16 cell state cannot saturate at the captured sequence length T. TFLite also requires a
+power-of-two cell scale (its converter takes it from calibrated ranges instead) and computes tanh(c)
+with at most 6 integer bits, so ``cell_frac >= 9``: beyond T + |c_0| = 64 a cell that grows past
++-64 saturates there (tanh(c) is 1 to the last bit by then; a later decay starts from 64).
+
+LSTMs are lowered in TFLite's integer-LSTM arithmetic (``attrs["tflite"]``, ``kernels.rnn``), so the
+same program exports to UNIDIRECTIONAL_SEQUENCE_LSTM bit for bit.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def cell_frac(node: Node) -> int:
     c0 = float(np.abs(node.params.get("c0", np.zeros(1))).max(initial=0.0))
     t_len = int(node.shape[1]) if len(node.shape) > 1 else 1
     int_bits = int(np.ceil(np.log2(max(t_len + c0, 1.0))))
-    return 15 - min(max(int_bits, 0), 15)
+    return 15 - min(max(int_bits, 0), 6)
 
 
 def _weights(L: Lowering, node: Node, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -79,6 +84,7 @@ def _s_rnn(L: Lowering, node: Node) -> None:
     if cell == "lstm":
         cf = cell_frac(node)
         attrs["cell_frac"] = cf
+        attrs["tflite"] = True
         arrays["bias"] = _int_bias(p["b_ih"] + p["b_hh"], s_x * si, wi)
         c0 = np.asarray(p["c0"], np.float64).reshape(-1) * 2.0**cf
         arrays["s0"] = np.clip(qmath.round_half_away(c0), -32768, 32767).astype(np.int16)

@@ -61,7 +61,7 @@ class QATRnn(nn.Module):
                 i, f = _q16(torch.sigmoid(pre[:, :hid]), Q015), _q16(torch.sigmoid(pre[:, hid:2 * hid]), Q015)
                 g, o = _q16(torch.tanh(pre[:, 2 * hid:3 * hid]), Q015), _q16(torch.sigmoid(pre[:, 3 * hid:]), Q015)
                 state = _q16(_q16(f * state, cs) + _q16(i * g, cs), cs)
-                h = out_q(o * _q16(torch.tanh(_q16(state, Q312)), Q015))
+                h = out_q(o * _q16(torch.tanh(state), Q015))  # tanh(c) at the cell scale (TFLite arithmetic)
             else:
                 r = _q16(torch.sigmoid(_q16(px[:, :hid] + hp[:, :hid], Q312)), Q015)
                 z = _q16(torch.sigmoid(_q16(px[:, hid:2 * hid] + hp[:, hid:2 * hid], Q312)), Q015)

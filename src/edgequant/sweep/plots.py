@@ -200,7 +200,10 @@ def layers(report: dict, path: Path) -> None:
     sqnr, sens = report["layers"]["sqnr"], report["layers"]["sensitivity"]
     bits_of = {r["recipe"]: r["weight_bits"] for r in report["rows"]}
     mixed = report.get("mixed") if (report.get("mixed") or {}).get("status") == "ok" else None
-    fig, axes = plt.subplots(3 if mixed else 2, 1, figsize=(12, 12.5 if mixed else 8.5), constrained_layout=True)
+    n_max = max([len({l["layer"] for v in sqnr.values() for l in v})] + [len((sens or {}).get("layers") or [])]
+                + [len(mixed["layers"]) if mixed else 0])
+    width = min(MAX_WIDTH_IN, max(12.0, 0.25 * n_max))  # an ImageNet net has ~65 layers: widen, don't cram
+    fig, axes = plt.subplots(3 if mixed else 2, 1, figsize=(width, 12.5 if mixed else 8.5), constrained_layout=True)
     if mixed:
         _mixed_widths(axes[2], mixed)
     ax = axes[0]
@@ -215,7 +218,7 @@ def layers(report: dict, path: Path) -> None:
         k = seen[wb] = seen.get(wb, -1) + 1  # same width, same colour; line style and marker tell them apart
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=_colour(wb), linestyle=_STYLES[k % len(_STYLES)],
                 marker=_MARKS[k % len(_MARKS)], linewidth=1.3, markersize=5, label=rec)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    _layer_ticks(ax, names)
     ax.set_ylabel("SQNR vs fp32 (dB, higher is better)")
     ax.set_title("Per-layer SQNR of each recipe's integer program (errors accumulate from earlier layers)")
     ax.grid(True, alpha=0.3)
@@ -230,9 +233,12 @@ def layers(report: dict, path: Path) -> None:
         ls = sens["layers"]
         drops = [l["drop"] for l in ls]
         bars = ax.bar(range(len(ls)), drops, color=["#d62728" if d > budget else "#1f77b4" for d in drops])
-        ax.bar_label(bars, [f"{d:+.2f}" for d in drops], fontsize=8, padding=2)
-        ax.set_xticks(range(len(ls)), [f"{l['layer']}\n({l['module'] or l['op']}, W{l['weight_bits']})" for l in ls],
-                      fontsize=8)
+        if len(ls) <= MANY_LAYERS:
+            ax.bar_label(bars, [f"{d:+.2f}" for d in drops], fontsize=8, padding=2)
+            ax.set_xticks(range(len(ls)), [f"{l['layer']}\n({l['module'] or l['op']}, W{l['weight_bits']})" for l in ls],
+                          fontsize=8)
+        else:  # per-bar numbers would overlap: the bars' heights and the layer names carry it
+            _layer_ticks(ax, [f"{l['module'] or l['layer']} W{l['weight_bits']}" for l in ls])
         ax.axhline(budget, color="#d62728", linestyle=":", linewidth=1.2, label=f"budget ({budget:g} pt)")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.legend(handles=[Line2D([], [], color="#d62728", linestyle=":", label=f"budget ({budget:g} pt)"),
@@ -251,13 +257,28 @@ def layers(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+MANY_LAYERS = 24  # beyond this, layer names go vertical and small, and per-bar numbers are left out
+MAX_WIDTH_IN = 40.0
+
+
+def _layer_ticks(ax, labels: list[str]) -> None:
+    """One tick per layer: slanted at 8 pt for a small net, vertical at 6 pt for a deep one."""
+    if len(labels) <= MANY_LAYERS:
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, ha="center", fontsize=6)
+    ax.set_xlim(-0.7, len(labels) - 0.3)
+
+
 def _mixed_widths(ax, mixed: dict) -> None:
     """The widths ``edgequant.search`` chose per layer (bars: weight bits; labels: W/A)."""
     ls = mixed["layers"]
     wbits = [l["weight_bits"] for l in ls]
     bars = ax.bar(range(len(ls)), wbits, color=[_colour(w) for w in wbits], edgecolor="black", linewidth=0.6)
-    ax.bar_label(bars, [f"W{l['weight_bits']}A{l['act_bits']}" for l in ls], fontsize=8, padding=2)
-    ax.set_xticks(range(len(ls)), [l["module"] for l in ls], rotation=20, ha="right", fontsize=8)
+    if len(ls) <= MANY_LAYERS:
+        ax.bar_label(bars, [f"W{l['weight_bits']}A{l['act_bits']}" for l in ls], fontsize=8, padding=2)
+    _layer_ticks(ax, [l["module"] if len(ls) <= MANY_LAYERS else f"{l['module']} W{l['weight_bits']}A{l['act_bits']}"
+                      for l in ls])
     ax.set_ylabel("weight bits")
     ax.set_ylim(0, 9.5)
     ax.set_title(f"{mixed['row']}: widths chosen by edgequant.search ({mixed['objective']} under a "

@@ -5,10 +5,10 @@ Presets are resolved against ``edgequant.RECIPES`` at run time, so recipes other
 
 * ``default`` -- what ``edgequant sweep`` runs: one row of every family from fp32 to 1 bit, sized to
   finish in about a minute on two cores for the built-in model: the int8 set, the low-bit PTQ
-  recipes, one reconstruction recipe per width (``w4a8-adaround``, ``w4a4-brecq``,
+  recipes, ``w8a16-res`` (16-bit activations), one reconstruction recipe per width (``w4a8-adaround``, ``w4a4-brecq``,
   ``w2a4-brecq-qdrop``) at ``DEFAULT_ITERATIONS`` iterations, and the QAT recipes for
   ``DEFAULT_QAT_EPOCHS`` epoch (only where the data has a training split).
-* ``int8``   -- fp32, fp16, dyn8, w8a8, w8a8-pc (those registered).
+* ``int8``   -- fp32, fp16, dyn8, w8a8, w8a8-pc, w8a16-res (those registered).
 * ``lowbit`` -- the sub-8-bit post-training recipes present (w4a8, w4a4, w4a4-aciq, w2a4-aciq,
   w1a8-xnor, w1a1-xnor, w2a8-ternary first, in that order, then any other registered post-training
   recipe below 8 bits, reconstruction included, at its own budget).
@@ -32,7 +32,11 @@ from ..errors import RecipeError
 from ..recipes import RECIPES, Recipe
 
 PRESETS = ("default", "all", "int8", "lowbit", "qat")
-INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc")
+INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc", "w8a16-res")
+# rows only the reference interpreter runs (the exporters refuse int16 tensors): the default preset
+# puts them after the other post-training rows, so they inherit the time the fast rows leave
+# (each row gets an even share of what is left, ``bounds.row_limit_s``)
+INTERPRETER_ONLY = ("w8a16-res",)
 LOWBIT_ORDER = ("w4a8", "w4a8-keep8", "w4a4", "w4a4-keep8", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
 DEFAULT_RECONSTRUCT = ("w4a8-adaround", "w4a4-brecq", "w2a4-brecq-qdrop")
 DEFAULT_ITERATIONS = 100  # per layer (AdaRound) / block (BRECQ) in the default preset; recipes ship 300 (AdaRound) and 1000 (BRECQ)
@@ -140,7 +144,8 @@ def resolve(recipes: list[str] | None, preset: str | None, qat_epochs: int, iter
         if preset not in PRESETS:
             raise RecipeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         if preset == "default":
-            names = [n for n in INT8 + LOWBIT_ORDER + DEFAULT_RECONSTRUCT if n in RECIPES]
+            order = tuple(n for n in INT8 if n not in INTERPRETER_ONLY) + LOWBIT_ORDER + INTERPRETER_ONLY + DEFAULT_RECONSTRUCT
+            names = [n for n in order if n in RECIPES]
             plans = [Plan(n, iterations=(iterations or DEFAULT_ITERATIONS) if is_reconstruction(RECIPES[n]) else None)
                      for n in names]
             if qat_epochs > 0 and has_train and qat_available():

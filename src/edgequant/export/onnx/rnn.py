@@ -6,8 +6,9 @@ standard operators, exactly as the interpreter computes it in its ``rounding="on
 * sums: MatMulInteger (uint8/int8 activations x int8 weights, exact int32), int32 bias Add;
 * requantization: Cast to float32, Mul by the float32 multiplier, Round (half to even), Clip --
   what ONNX Runtime does for every requantization, and what the interpreter's mode emulates;
-* the gate tables: the interpolated 513-entry tables are a function of the int16 input, so the file
-  holds their values at all 65536 inputs (int16) and a lookup is one Gather;
+* the gate functions: the interpolated 513-entry tables, or (LSTMs in TFLite's arithmetic) gemmlowp's
+  fixed-point sigmoid/tanh, are functions of the int16 input, so the file holds their values at all
+  65536 inputs (int16) and a lookup is one Gather;
 * products of two Q0.15 values (cell update, GRU gates) in int32, where they fit, with gemmlowp's
   RoundingDivideByPOT as ``(v + sign(v) 2^(e-1)) / 2^e`` (Div truncates toward zero).
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from ...kernels.rnn import h_bounds, multipliers
+from ...kernels import fixedpoint16
+from ...kernels.rnn import h_bounds, multipliers, tflite_lstm
 from ...kernels.rnn_lut import LUTS, lut_lookup
 from ...program import Instr
 from .core import OnnxBuilder, float_param, register
@@ -65,20 +67,26 @@ class _Steps:
         return self.op("Div", self.op("Add", v, half), self.c(1 << e, np.int32))
 
     def table(self) -> str:
-        """sigmoid then tanh at every int16 input (the interpolated 513-entry tables expanded: one
-        Gather per lookup), stored int16 and widened by a Cast that ONNX Runtime folds at load."""
-        key = "_rnn_tables"
-        if key not in self.b.__dict__:
-            v = np.arange(-32768, 32768, dtype=np.int64)
-            full = np.concatenate([lut_lookup(v, LUTS["sigmoid"]), lut_lookup(v, LUTS["tanh"])]).astype(np.int16)
-            t16 = self.b.const("rnn_gate_tables", full, share=False)
-            self.b.__dict__[key] = self.b.node("Cast", [t16], name="rnn_gate_tables_widen", to=I32)[0]
-        return self.b.__dict__[key]
+        """sigmoid, tanh (and, in TFLite's arithmetic, tanh of the cell state at its scale) at every
+        int16 input, one Gather per lookup; stored int16 and widened by a Cast that ONNX Runtime folds
+        at load. One table per arithmetic (and cell scale), shared by the instructions using it."""
+        v = np.arange(-32768, 32768, dtype=np.int64)
+        if tflite_lstm(self.ins):
+            bits = 15 - int(self.ins.attrs["cell_frac"])
+            key = f"tflite{bits}"
+            parts = [fixedpoint16.table("sigmoid"), fixedpoint16.table("tanh"), fixedpoint16.table("tanh", bits)]
+        else:
+            key, parts = "lut", [lut_lookup(v, LUTS["sigmoid"]), lut_lookup(v, LUTS["tanh"])]
+        tables = self.b.__dict__.setdefault("_rnn_tables", {})
+        if key not in tables:
+            t16 = self.b.const(f"rnn_gate_tables_{key}", np.concatenate(parts).astype(np.int16), share=False)
+            tables[key] = self.b.node("Cast", [t16], name=f"rnn_gate_tables_{key}_widen", to=I32)[0]
+        return tables[key]
 
     def lut(self, v: str, offsets: np.ndarray | None = None, fn: str = "sigmoid") -> str:
         """Table lookup of int16 values held in int32; ``offsets`` (per column: 0 sigmoid, 65536 tanh)
-        looks several gates up at once."""
-        base = 32768 + (65536 if fn == "tanh" else 0)
+        looks several gates up at once; ``fn="tanh_c"``: tanh of the cell state (TFLite arithmetic)."""
+        base = 32768 + 65536 * {"sigmoid": 0, "tanh": 1, "tanh_c": 2}[fn]
         idx = self.op("Add", v, self.c(base + offsets if offsets is not None else base, np.int32))
         return self.op("Gather", self.table(), idx)
 
@@ -130,19 +138,25 @@ def rnn(b: OnnxBuilder, ins: Instr) -> None:
     def to_act(v: str) -> str:
         return s.cast(s.op("Add", v, s.c(act.offset, np.int32)) if act.offset else v, act.elem_type)
 
+    tfl = tflite_lstm(ins)
+    hp_lo, hp_hi = (-(2.0**31), 2.0**31 - 128) if tfl else (-32768, 32767)  # TFLite: no clamp before px + hp
     outs: dict[int, str] = {}
     for t in _order(ins, t_len):
         acc_h = s.op("MatMulInteger", h, w_hh_t, zh)
         if "bias_h" in ar:
             acc_h = s.op("Add", acc_h, s.c(ar["bias_h"], np.int32))
-        hp = s.requant(acc_h, m["h_f32"], 0, -32768, 32767)
+        hp = s.requant(acc_h, m["h_f32"], 0, hp_lo, hp_hi)
         px = s.step_at(xp, t)
         if cell == "lstm":
             i, f, g, o = s.split(s.lut(s.clip(s.op("Add", px, hp), -32768, 32767), offsets), 4)
             state = s.clip(s.op("Add", s.rdp(s.op("Mul", f, state), 15), s.rdp(s.op("Mul", i, g), 30 - cf)), -32768, 32767)
-            c312 = s.rdp(state, cf - 12) if cf > 12 else s.clip(s.op("Mul", state, s.c(1 << (12 - cf), np.int32)),
-                                                                 -32768, 32767)
-            h_int = s.requant(s.op("Mul", o, s.lut(c312, fn="tanh")), m["out_f32"], zh_int, *h_bounds(ins))
+            if tfl:
+                tc = s.lut(state, fn="tanh_c")
+            else:
+                c312 = s.rdp(state, cf - 12) if cf > 12 else s.clip(s.op("Mul", state, s.c(1 << (12 - cf), np.int32)),
+                                                                     -32768, 32767)
+                tc = s.lut(c312, fn="tanh")
+            h_int = s.requant(s.op("Mul", o, tc), m["out_f32"], zh_int, *h_bounds(ins))
         else:
             r, z = s.split(s.lut(s.clip(s.op("Add", s.cols(px, 0, 2 * hid), s.cols(hp, 0, 2 * hid)), -32768, 32767)), 2)
             npre = s.clip(s.op("Add", s.cols(px, 2 * hid, 3 * hid), s.rdp(s.op("Mul", r, s.cols(hp, 2 * hid, 3 * hid)), 15)),

@@ -11,7 +11,9 @@ layout its producer wrote and a TRANSPOSE is inserted only where a consumer need
 (conv/pool/mean want NHWC; reshape/linear want edgequant's order). By default (``layout="nchw"``)
 the file's float32 input and any 4-D output are NCHW, exactly what ``q.run`` takes and returns;
 ``layout="nhwc"`` makes them NHWC (no transposes at the edges). The batch dimension is dynamic
-(shape signature -1; ``Interpreter.resize_tensor_input``), the stored shape uses ``batch_size``.
+(shape signature -1; ``Interpreter.resize_tensor_input``), the stored shape uses ``batch_size``;
+a file with an LSTM has the fixed batch ``batch_size``, the shape of its variable state tensors
+(``run_tflite`` feeds larger batches in chunks).
 
 Emitters are a table keyed by instruction op (``core.EMITTERS``), filled by the op modules
 imported below; an instruction with no entry is an ``ExportError``.
@@ -24,7 +26,7 @@ from ...errors import ExportError
 from ..files import check_options, write_file
 from ...wide import wide_tensors
 from ...program import Program
-from . import conv, elementwise, pool, shape, lut  # noqa: F401  (fill the table)
+from . import conv, elementwise, pool, shape, lut, rnn  # noqa: F401  (fill the table)
 from .core import EMITTERS, Emitter, tflite_act_range
 
 OPTIONS = ("layout", "batch_size", "linear")
@@ -37,11 +39,13 @@ def _program(q) -> Program:
 def _check_recipe(program: Program) -> None:
     recipe = program.meta.get("recipe", {})
     mode, name = recipe.get("mode"), recipe.get("name", "?")
-    rnn = next((ins for ins in program.instrs if ins.op in ("rnn", "rnn_dyn", "rnn_f")), None)
-    if rnn is not None:  # issue 17: UNIDIRECTIONAL_SEQUENCE_LSTM / GRU emitters are not written yet
-        raise ExportError(f"layer '{rnn.node}' is a recurrent {rnn.attrs['cell'].upper()}, which edgequant does not export "
-                          "to TFLite yet (no UNIDIRECTIONAL_SEQUENCE_LSTM emitter); export it to ONNX (q.export('m.onnx'), "
-                          "bit-exact with the interpreter in ONNX Runtime) or run it with the interpreter (q.run)")
+    for ins in program.instrs:
+        if ins.op == "rnn" or (ins.op in ("rnn_dyn", "rnn_f") and ins.attrs["cell"] == "gru"):
+            rnn.check(ins)  # a GRU, or an integer LSTM TFLite's kernel cannot compute: refused by name
+        elif ins.op in ("rnn_dyn", "rnn_f"):
+            raise ExportError(f"layer '{ins.node}' is a float/dynamic LSTM (recipe {name!r}); edgequant exports recurrent "
+                              "layers to TFLite as the integer LSTM only: quantize with a static per-tensor recipe "
+                              "(e.g. 'w8a8'), or export to ONNX")
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")

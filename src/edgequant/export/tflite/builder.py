@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the option
     raise ExportError("TFLite export needs the 'tflite' and 'flatbuffers' packages: pip install 'edgequant[tflite]'") from e
 
 SCHEMA_VERSION = 3
-TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int8": 9, "int4": 17}
+TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int16": 7, "int8": 9, "int4": 17}
 PADDING = {"SAME": 0, "VALID": 1}
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
@@ -71,14 +71,16 @@ class TensorDef:
     buffer: int = 0
     quant: Quant | None = None
     dynamic_batch: bool = False
+    variable: bool = False  # state the operator updates in place (LiteRT resets it to zero)
 
 
 @dataclass
 class OperatorDef:
     op: str
-    inputs: list[int]
+    inputs: list[int]  # -1: an optional input left out
     outputs: list[int]
     options: dict = field(default_factory=dict)  # field name (CamelCase, as in the schema) -> value
+    intermediates: list[int] = field(default_factory=list)  # tensors carrying only quantization (LSTM)
 
 
 def pack_int4(q: np.ndarray) -> bytes:
@@ -132,11 +134,18 @@ class ModelBuilder:
         self.tensors[idx].buffer = len(self.buffers) - 1
         return idx
 
-    def op(self, op: str, inputs: list[int], outputs: list[int], **options) -> None:
+    def variable(self, name: str, shape, dtype: str, quant: Quant | None = None) -> int:
+        """Add a variable tensor (an operator's persistent state, zero at allocation)."""
+        idx = self.tensor(name, shape, dtype, quant)
+        self.tensors[idx].variable = True
+        return idx
+
+    def op(self, op: str, inputs: list[int], outputs: list[int], intermediates: list[int] | None = None,
+           **options) -> None:
         if op not in OPS:
             raise ExportError(f"internal: TFLite operator {op} is not in the builder's table")
         self.opcodes.setdefault(op, len(self.opcodes))
-        self.operators.append(OperatorDef(op, list(inputs), list(outputs), options))
+        self.operators.append(OperatorDef(op, list(inputs), list(outputs), options, list(intermediates or [])))
 
     # -- serialization ---------------------------------------------------------------------------------
     def serialize(self) -> bytes:
@@ -222,6 +231,8 @@ class ModelBuilder:
             T.AddQuantization(b, quant)
         if sig is not None:
             T.AddShapeSignature(b, sig)
+        if t.variable:
+            T.AddIsVariable(b, True)
         return T.End(b)
 
     def _operator(self, b, o: OperatorDef) -> int:
@@ -238,6 +249,7 @@ class ModelBuilder:
         O = _schema("Operator")
         ins = b.CreateNumpyVector(np.asarray(o.inputs, np.int32))
         outs = b.CreateNumpyVector(np.asarray(o.outputs, np.int32))
+        mids = b.CreateNumpyVector(np.asarray(o.intermediates, np.int32)) if o.intermediates else None
         O.Start(b)
         O.AddOpcodeIndex(b, self.opcodes[o.op])
         O.AddInputs(b, ins)
@@ -245,6 +257,8 @@ class ModelBuilder:
         if opts is not None:
             O.AddBuiltinOptionsType(b, tag)
             O.AddBuiltinOptions(b, opts)
+        if mids is not None:
+            O.AddIntermediates(b, mids)
         return O.End(b)
 
     @staticmethod

@@ -67,6 +67,8 @@ class Emitter:
         self.layout = layout
         self.linear = linear
         self.batch = batch_size
+        # an LSTM's state tensors have the batch in their shape: such a file has a fixed batch
+        self.dynamic_batch = not any(ins.op == "rnn" for ins in program.instrs)
         recipe = program.meta.get("recipe", {}).get("name", "?")
         self.m = ModelBuilder(f"edgequant export, recipe {recipe}, input layout {layout.upper()}")
         # program tensor -> {"nchw"|"nhwc"|"plain": tflite tensor index}
@@ -86,7 +88,7 @@ class Emitter:
     def new(self, name: str, shape, like: str | None = None, dtype: str | None = None, quant: Quant | None = None) -> int:
         like = like or name
         return self.m.tensor(name, shape, dtype or self.dtype(like), quant if quant is not None else self.quant(like),
-                             dynamic_batch=True)
+                             dynamic_batch=self.dynamic_batch)
 
     def define(self, name: str, form: str, shape=None) -> int:
         """The TFLite tensor for program tensor ``name`` in ``form`` (its producer writes it)."""
