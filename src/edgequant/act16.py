@@ -6,6 +6,9 @@ the FFN tensors carry outlier channels that per-tensor int8 cannot hold; giving 
 fake-quant ablation (bench/RESULTS.md, issue 16). ``act16="residual"`` selects every output of
 an op with an int16 kernel (``PRODUCERS``) whose consumers all take int16 inputs (``CONSUMERS``,
 looking through reshape/transpose), so the attention matmuls and softmax stay int8.
+``act16="all"`` also takes Q/K/V, the attention scores, the softmax probabilities (grid 2^-16),
+the context and the embedding gathers (int16 tables) to 16 bits: every activation with an int16
+kernel on both sides.
 """
 from __future__ import annotations
 
@@ -17,10 +20,20 @@ from .qmath import QParams, compute_qparams
 from .recipes import Recipe
 from .wide import INT16_INPUT_OPS, WIDE_BITS
 
-PRODUCERS = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce", "mean"})
 PASS = frozenset({"reshape", "transpose", "pad"})
-CONSUMERS = INT16_INPUT_OPS - PASS
-MODES = ("residual",)
+# mode -> (ops whose output may be 16-bit, ops that may read a 16-bit input); every op named here
+# has an int16 kernel (wide.INT16_INPUT_OPS)
+_RESIDUAL = frozenset({"input", "linear", "conv", "add", "layernorm", "unary", "reduce", "mean"})
+_ATTENTION = frozenset({"matmul", "softmax"})
+SELECTION = {
+    "residual": (_RESIDUAL, _RESIDUAL - {"input"}),
+    # + Q/K/V, attention scores, softmax probabilities and context: int16 x int16 matmuls (int64
+    # accumulator, TFLite 16x16 BATCH_MATMUL) and the int16 softmax (TFLite 16-bit SOFTMAX grid)
+    # the embedding gathers too: their int16 tables are stored on the output grid (act16 "all" only)
+    "all": (_RESIDUAL | _ATTENTION | {"embedding"}, (_RESIDUAL - {"input"}) | _ATTENTION),
+}
+MODES = tuple(SELECTION)
+assert all(c <= INT16_INPUT_OPS for _, c in SELECTION.values())
 
 
 def _consumers(graph: Graph) -> dict[str, list]:
@@ -38,15 +51,20 @@ def wide_nodes(graph: Graph, recipe: Recipe) -> set[str]:
         return set()
     if mode not in MODES:
         raise RecipeError(f"recipe {recipe.name!r}: act16={mode!r}; use one of {MODES}")
+    producers, consumers = SELECTION[mode]
     cons = _consumers(graph)
+
+    def reads_wide(u, name: str) -> bool:
+        # the second input of a masked softmax / masked mean is the padding mask, not an activation
+        return u.op in consumers and (u.op not in ("softmax", "reduce") or u.inputs[0] == name)
 
     def ok(name: str) -> bool:
         users = cons[name]
         if name == graph.output:
-            return all(u.op in CONSUMERS or (u.op in PASS and ok(u.name)) for u in users)
-        return bool(users) and all(u.op in CONSUMERS or (u.op in PASS and ok(u.name)) for u in users)
+            return all(reads_wide(u, name) or (u.op in PASS and ok(u.name)) for u in users)
+        return bool(users) and all(reads_wide(u, name) or (u.op in PASS and ok(u.name)) for u in users)
 
-    return {n.name for n in graph.nodes if n.op in PRODUCERS and ok(n.name)}
+    return {n.name for n in graph.nodes if n.op in producers and ok(n.name)}
 
 
 def widen_qparams(qp: QParams) -> QParams:
@@ -60,6 +78,14 @@ def widen_activations(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] |
     """Give the ``wide_nodes`` 16-bit qparams over their calibrated ranges (in place)."""
     if not act_qp:
         return
+    from .lower.hf import embedding_qparams  # grids fixed by construction (not observed)
+    from .lower.transformer import softmax_qparams
+
     for name in wide_nodes(graph, recipe):
-        if name in act_qp and act_qp[name].bits <= 8:
+        node = graph.node(name)
+        if node.op == "softmax":
+            act_qp[name] = softmax_qparams(WIDE_BITS)
+        elif node.op == "embedding":  # the whole table's range, symmetric int16
+            act_qp[name] = embedding_qparams(node.params["weight"].astype(np.float64), WIDE_BITS, True)
+        elif name in act_qp and act_qp[name].bits <= 8:
             act_qp[name] = widen_qparams(act_qp[name])

@@ -34,15 +34,19 @@ def float_param_bytes(graph: Graph) -> int:
 
 
 def _check_reconstruction_ops(r: Recipe, graph: Graph) -> None:
-    """Reconstruction (AdaRound/BRECQ/GPTQ) handles conv nets; refuse transformer and recurrent layers by name up front."""
+    """Reconstruction (AdaRound/BRECQ) handles conv nets; refuse transformer and recurrent layers by name up front.
+    GPTQ needs only layer-input Hessians and runs on transformers too (``reconstruct/gptq_graph.py``);
+    recurrent layers are refused for every method."""
     if r.option("reconstruct") is None:
         return
     from .errors import UnsupportedOpError
 
     for n in graph.nodes:
-        if n.op in ("matmul", "softmax", "layernorm", "transpose", "rnn") or (n.op == "linear" and len(n.shape) > 2):
+        if n.op == "rnn" or (r.option("reconstruct") != "gptq" and (
+                n.op in ("matmul", "softmax", "layernorm", "transpose") or (n.op == "linear" and len(n.shape) > 2))):
             raise UnsupportedOpError(f"recipe {r.name!r}: reconstruction does not support {n.describe()} yet; "
-                                     "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8' for this model")
+                                     "use a plain post-training recipe such as 'w8a8-pc' or 'w4a8', or GPTQ "
+                                     "(e.g. 'w4a8-gptq'), for this model")
 
 
 def capture_prepared(model: torch.nn.Module, example: torch.Tensor) -> Graph:
@@ -112,10 +116,15 @@ def _dict_example(example: dict) -> dict:
     return {k: v[:2] for k, v in ex.items()}
 
 
-def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: Iterable | None = None,
+def quantize(model: torch.nn.Module, recipe: str | Recipe | None = None, calib: Iterable | None = None,
              example_input: torch.Tensor | None = None, max_calib_samples: int | None = None,
              nonfinite: str = "error") -> QuantizedModel:
     """Quantize ``model`` with ``recipe`` (a name like ``"w8a8-pc"`` or a ``Recipe``).
+
+    Without a recipe (``None``, the default) it is chosen from the captured graph
+    (``edgequant.defaults``): ``"w8a8-pc"``, or ``"w8a16"`` (16-bit activations, int8 weights) when
+    the graph has LayerNorm or attention, where int8 activations lose fp32 fidelity. The choice
+    and its reason are in ``program.meta["recipe_choice"]``.
 
     ``calib`` yields inputs or (x, y) batches (a DataLoader works); static recipes need it. The
     user's model is not modified. ``nonfinite="drop"`` leaves out calibration samples holding
@@ -128,17 +137,24 @@ def quantize(model: torch.nn.Module, recipe: str | Recipe = "w8a8-pc", calib: It
 
 def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | None, example_input: torch.Tensor | None,
               max_calib_samples: int | None, nonfinite: str) -> QuantizedModel:
-    r = check_recipe(get_recipe(recipe))
+    r = None if recipe is None else check_recipe(get_recipe(recipe))
     if example_input is None:
         if calib is None:
             from .errors import CalibrationError
 
-            raise CalibrationError(f"recipe {r.name!r} needs calibration data or an example_input to trace the model")
+            what = f"recipe {r.name!r}" if r is not None else "quantize"
+            raise CalibrationError(f"{what} needs calibration data or an example_input to trace the model")
         example_input = first_batch(calib)
     if isinstance(example_input, dict):  # keyword inputs (a Hugging Face batch)
         graph = capture_prepared(model, _dict_example(example_input))
     else:
         graph = capture_prepared(model, _tensor_example(example_input))
+    choice = None
+    if r is None:
+        from . import defaults
+
+        choice = defaults.choose(graph)
+        r = check_recipe(get_recipe(choice["recipe"]))
     _warn_unmatched_overrides(r, graph)
     act_qp = None
     summary: dict = {}
@@ -159,6 +175,8 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
     program = lower(graph, r, act_qp)
     if summary:
         program.meta["calibration"] = summary
+    if choice is not None:
+        program.meta["recipe_choice"] = choice
     if r.option("reconstruct") is not None:  # per-unit/per-layer seconds and losses of the rounding
         from .reconstruct.pipeline import report_meta
 

@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model with one recipe and save the artifact", formatter_class=fmt,
                        epilog=_PLUGIN_HELP)
     _plugin_args(q)
-    q.add_argument("--recipe", default="w8a8-pc", help="recipe name (default w8a8-pc; see `edgequant recipes`)")
+    q.add_argument("--recipe", default=None, help="recipe name (default: w8a8-pc, or w8a16 for a model with LayerNorm "
+                                                   "or attention; see `edgequant recipes`)")
     q.add_argument("-o", "--output", help="artifact path (default model-<recipe>.edgequant)")
     q.add_argument("--calib-samples", type=int, default=512)
     q.add_argument("--json", metavar="PATH", help="write the result as JSON ('-' = stdout)")

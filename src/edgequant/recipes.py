@@ -138,6 +138,12 @@ register_recipe(Recipe("w8a16-res", "static", weights=W8_PC, activations=A8,
                        description="int8 per-channel weights, int16 activations wherever the ops have int16 kernels "
                                    "(a transformer's residual stream, LayerNorm and FFN tensors; a CNN's every "
                                    "activation), int8 elsewhere; int64 accumulators; cross-layer equalization"))
+# + Q/K/V, attention scores, softmax probabilities and context in int16 (int16 x int16 matmuls):
+# every activation with an int16 kernel; the default for graphs with LayerNorm/attention (defaults.py)
+register_recipe(Recipe("w8a16", "static", weights=W8_PC, activations=A8,
+                       options=(("bias_correction", "empirical"), ("act16", "all")),
+                       description="int8 per-channel weights, int16 activations wherever an int16 kernel exists (residual "
+                                   "stream, LayerNorm, FFN, attention; int64 accumulators); the default on transformers"))
 
 # -- below 8 bits: Banner et al. post-training methods and binarization (edgequant/lowbit) ------------
 def low_bit_weights(bits: int, observer: str = "minmax") -> TensorSpec:

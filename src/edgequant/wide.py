@@ -14,7 +14,7 @@ from .qmath import QParams
 WIDE_BITS = 16
 # graph ops whose integer kernels take int16 inputs; lowering refuses int16 into any other op
 INT16_INPUT_OPS = frozenset({"linear", "conv", "add", "layernorm", "unary", "reduce", "mean", "reshape", "transpose",
-                             "pad"})
+                             "pad", "matmul", "softmax"})
 ADD_LEFT_SHIFT_16 = 15  # TFLite add.cc: int16 operands are shifted by 15, not 20 (int32 headroom)
 
 

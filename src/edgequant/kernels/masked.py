@@ -2,7 +2,7 @@
 
 Integer forms ("gemmlowp", integer-only):
 
-* ``embedding``: the int8 table is stored on the output grid (``round(W / s_y) + z_y``), so the
+* ``embedding``: the int8 (act16 "all": int16) table is stored on the output grid (``round(W / s_y) + z_y``), so the
   lookup is a pure gather -- exact, and ONNX/TFLite ``Gather`` on int8 computes the same.
 * ``softmax_masked``: ``kernels.transformer``'s integer softmax with masked keys left out: the row
   max is over kept keys, masked keys contribute ``e = 0`` to the int64 sum and come out as
@@ -25,7 +25,7 @@ from .. import masking, qmath
 from ..wide import container_dtype
 from . import RUN, SIM, register
 from .context import KernelContext
-from .transformer import EXP_FRAC_BITS  # noqa: F401  (the exp table's Q format, documented there)
+from .transformer import EXP_FRAC_BITS, softmax_from_exp  # noqa: F401  (the exp table's Q format, documented there)
 
 
 def _keep(mask: np.ndarray, view, shape) -> np.ndarray:
@@ -73,7 +73,7 @@ def softmax_masked_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     xi = x.astype(np.int64)
     big = np.where(keep, xi, np.int64(-(1 << 40)))
     mx = big.max(axis=-1, keepdims=True)  # max over kept keys (a row keeps at least one)
-    if ctx.rounding == "onnxruntime":
+    if ctx.rounding == "onnxruntime" and "table_ort" in instr.arrays:  # 16-bit: the integer form in both modes
         table = instr.arrays["table_ort"]
         d = np.clip(xi - mx, -255, 0)
         e = np.where(keep, table[255 + d], np.float32(0)).astype(np.float32)
@@ -84,10 +84,7 @@ def softmax_masked_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     table = instr.arrays["exp_table"].astype(np.int64)
     k = np.clip(mx - xi, 0, table.shape[0] - 1)
     e = np.where(keep, table[k], 0)  # Q20; masked keys: 0
-    total = e.sum(axis=-1, keepdims=True)
-    steps = int(instr.attrs["out_levels"])
-    q = (2 * e * steps + total) // (2 * total)
-    return np.clip(q + zy, qy.qmin, qy.qmax).astype(np.int8)
+    return softmax_from_exp(e, instr, qy)
 
 
 @register("softmax_masked", SIM)

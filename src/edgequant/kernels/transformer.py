@@ -3,11 +3,15 @@
 Integer forms (the "gemmlowp" mode, integer-only):
 
 * ``matmul``: ``acc = sum_k (a - za)(b - zb)`` exactly (int32 range), requantized by
-  ``M = alpha * s_a * s_b / s_y`` with the shared ``requantize_accumulator`` (per tensor).
+  ``M = alpha * s_a * s_b / s_y`` with the shared ``requantize_accumulator`` (per tensor). With a
+  16-bit input (act16="all", TFLite's 16x16 BATCH_MATMUL) the accumulator is int64 (``acc64``:
+  |acc| <= 65535 * 32767 * K) and the requantization ``wide.requantize_64``.
 * ``softmax`` (TFLite's int8 convention: output scale ``1/2^bits``, zero point ``qmin``): per row
   ``d = x - max(x)`` in ``[-(qmax - qmin), 0]``; ``e = exp_table[-d]`` with
   ``exp_table[k] = round(2^20 * exp(-k * s_x))`` built at lowering; ``S = sum(e)`` in int64;
   ``y = qmin + floor((2 * e * 2^bits + S) / (2 * S))`` (round half up of ``p * 2^bits``), clamped.
+  int16 input: one table entry per input code (65536); int16 output: bits = 16 (grid 2^-16). The
+  16-bit forms have no ONNX Runtime counterpart, so both rounding modes run the integer form.
 * ``layernorm`` (see ``layernorm_int``): integer mean/variance, integer square root, Q12 normalised
   value, per-channel int8 gamma and int32 beta, per-channel requantization.
 * ``transpose``: data movement only.
@@ -35,14 +39,17 @@ from .conv import requantize_accumulator
 EXP_FRAC_BITS = 20  # softmax exp table in Q20: sum of up to 2^43 rows' entries fits int64
 LN_SQRT_FRAC_BITS = 16  # F: the integer square root carries 16 fractional bits
 LN_FRAC_BITS = 12  # G: the normalised value is Q12 (|n| <= sqrt(D), n_q * gamma_q fits int32)
+# int16 output: Q12 would put up to 2 LSB of error on the int16 grid; Q16 with an int64 accumulator
+LN_WIDE_FRAC_BITS = 16
 
 
 # -- matmul ---------------------------------------------------------------------------------------
 @register("matmul", RUN)
 def matmul_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     za, zb = int(ctx.qp(instr.inputs[0]).zero_point), int(ctx.qp(instr.inputs[1]).zero_point)
-    a = inputs[0].astype(np.int16) - za  # (..., M, K) in [-255, 255]
-    b = inputs[1].astype(np.int16) - zb  # (..., K, N)
+    dt = np.int32 if instr.attrs.get("acc64") else np.int16  # int16 inputs: x - z spans 17 bits
+    a = inputs[0].astype(dt) - za  # (..., M, K) in [-255, 255] (int8) or [-65535, 65535] (int16)
+    b = inputs[1].astype(dt) - zb  # (..., K, N)
     acc = gemm.exact_matmul(a, b)  # (..., M, N) int64, exact
     return requantize_accumulator(instr, acc, ctx)
 
@@ -91,19 +98,23 @@ def _ort_softmax(x: np.ndarray, table: np.ndarray, s_y: float, zy: int, qmin: in
     return np.clip(np.minimum(q, 255) - 128, qmin, qmax).astype(np.int8)
 
 
+def softmax_from_exp(e: np.ndarray, instr, qy) -> np.ndarray:
+    """Q20 exps (int64, masked keys 0) -> probabilities on the output grid 2^-bits:
+    ``qmin + floor((2 * e * 2^bits + S) / (2 * S))``, ``S`` the row sum (< 2^37 * 2^16 fits int64)."""
+    total = e.sum(axis=-1, keepdims=True)  # >= 2^20 (the max entry is exp(0))
+    steps = int(instr.attrs["out_levels"])  # 2^bits = 1 / s_y
+    q = (2 * e * steps + total) // (2 * total)  # round half up of p * 2^bits (p >= 0)
+    return np.clip(q + int(qy.zero_point), qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
+
+
 @register("softmax", RUN)
 def softmax_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     x = inputs[0]
     qy = ctx.qp(instr.output)
-    zy = int(qy.zero_point)
-    if ctx.rounding == "onnxruntime":
-        return _ort_softmax(x, instr.arrays["table_ort"], float(qy.scale), zy, qy.qmin, qy.qmax)
+    if ctx.rounding == "onnxruntime" and "table_ort" in instr.arrays:  # 16-bit: the integer form in both modes
+        return _ort_softmax(x, instr.arrays["table_ort"], float(qy.scale), int(qy.zero_point), qy.qmin, qy.qmax)
     k = x.max(axis=-1, keepdims=True).astype(np.int64) - x.astype(np.int64)  # (..., D) in [0, qmax - qmin]
-    e = instr.arrays["exp_table"].astype(np.int64)[k]  # Q20
-    total = e.sum(axis=-1, keepdims=True)  # >= 2^20 (the max entry is exp(0))
-    steps = int(instr.attrs["out_levels"])  # 2^bits = 1 / s_y
-    q = (2 * e * steps + total) // (2 * total)  # round half up of p * 2^bits (p >= 0)
-    return np.clip(q + zy, qy.qmin, qy.qmax).astype(np.int8)
+    return softmax_from_exp(instr.arrays["exp_table"].astype(np.int64)[k], instr, qy)  # Q20 exps
 
 
 @register("softmax", SIM)
@@ -122,8 +133,8 @@ def softmax_f_sim(instr, inputs, ctx) -> torch.Tensor:
 
 
 # -- layernorm ------------------------------------------------------------------------------------
-def layernorm_normalised(xc: np.ndarray, eps_fixed: int) -> np.ndarray:
-    """Q12 normalised value of integer rows ``xc = x - zx`` (int64, (..., D)), integer-only.
+def layernorm_normalised(xc: np.ndarray, eps_fixed: int, frac_bits: int = LN_FRAC_BITS) -> np.ndarray:
+    """Q12 (``frac_bits`` = G) normalised value of integer rows ``xc = x - zx`` (int64, (..., D)), integer-only.
 
     With ``s = sum(xc)``, ``u = D * xc - s`` (= D * (xc - mean), exact) and ``V = sum(u^2)``
     (= D^3 * var_q), the normalised value is ``n = u / sqrt(V / D + D^2 * eps_q)`` where
@@ -141,8 +152,13 @@ def layernorm_normalised(xc: np.ndarray, eps_fixed: int) -> np.ndarray:
     r = np.array([math.isqrt((int(vi) << two_f) // d + eps_fixed) for vi in v.reshape(-1)], dtype=object)
     r = r.astype(np.int64).reshape(v.shape)  # < 2^47
     r = np.maximum(r, 1)
-    num = np.abs(u) << (LN_SQRT_FRAC_BITS + LN_FRAC_BITS)  # < 2^47
-    n = (2 * num + r) // (2 * r)  # round half away of |u| * 2^(F+G) / R
+    sh = LN_SQRT_FRAC_BITS + frac_bits
+    if int(np.abs(u).max(initial=0)).bit_length() + sh + 1 > 62:  # int16 inputs at very large D: exact, slow
+        num, r = np.abs(u).astype(object) << sh, r.astype(object)
+        n = ((2 * num + r) // (2 * r)).astype(np.int64)
+    else:
+        num = np.abs(u) << sh  # < 2^47 (int8, Q12); < 2^59 (int16 at D = 384, Q16)
+        n = (2 * num + r) // (2 * r)  # round half away of |u| * 2^(F+G) / R
     return np.where(u < 0, -n, n)
 
 
@@ -151,12 +167,14 @@ def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     """Integer layer norm: ``layernorm_normalised`` (Q12 ``n_q``), then per channel c
     ``acc = n_q * gamma_q[c] + beta_q[c]`` (int8 gamma with scale ``g_scale[c]``, int32 beta with
     scale ``g_scale[c] * 2^-12``) requantized by ``M_c = g_scale[c] * 2^-12 / s_y`` to the
-    calibrated output qparams (the shared per-channel requantization along the last axis)."""
+    calibrated output qparams (the shared per-channel requantization along the last axis).
+    An int16 output uses Q16 (attr ``frac_bits``), an int64 beta and accumulator (``acc64``)."""
     x = inputs[0]
     qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
     if ctx.rounding == "onnxruntime":
         return _ort_layernorm(x, qx, qy, instr)
-    n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]))
+    n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]),
+                               int(instr.attrs.get("frac_bits", LN_FRAC_BITS)))
     acc = n_q * instr.arrays["gamma"].astype(np.int64)  # bias (beta_q) is added by the requantization
     return requantize_accumulator(instr, acc, ctx, axis=-1)
 

@@ -12,7 +12,7 @@ from ..calibrate import activation_spec_for
 from ..errors import UnsupportedOpError
 from ..ir import Node
 from ..program import TensorInfo
-from ..wide import dtype_name
+from ..wide import container_dtype, dtype_name, is_wide
 from .core import FLOAT, STATIC, Lowering, f_simple, int_input, requant_arrays
 from .transformer import lower_softmax
 
@@ -30,12 +30,14 @@ def embedding_qparams(weight: np.ndarray, bits: int, symmetric: bool) -> qmath.Q
 
 
 def _s_embedding(L: Lowering, node: Node) -> None:
+    """int8 table on the output grid; int16 where act16 widened the output (``act_qp`` holds it)."""
     ids = L.src(node)
     w = node.params["weight"].astype(np.float64)
     bits, spec = activation_spec_for(node, L.recipe)
-    qp = embedding_qparams(w, bits, spec["symmetric"])
-    table = np.clip(np.round(w / float(qp.scale)) + int(qp.zero_point), qp.qmin, qp.qmax).astype(np.int8)
-    L.emit("embedding", node, [ids], {}, {"table": table}, info=TensorInfo("int8", node.shape, qp))
+    wide = L.act_qp.get(node.name)
+    qp = wide if is_wide(wide) else embedding_qparams(w, bits, spec["symmetric"])
+    table = np.clip(np.round(w / float(qp.scale)) + int(qp.zero_point), qp.qmin, qp.qmax).astype(container_dtype(qp.bits))
+    L.emit("embedding", node, [ids], {}, {"table": table}, info=TensorInfo(dtype_name(qp), node.shape, qp))
 
 
 def _f_embedding(L: Lowering, node: Node) -> None:

@@ -73,6 +73,15 @@ register_recipe(dataclasses.replace(
     make_recipe(4, 8, "gptq", name="w4a8-gptq-keep8", depthwise_bits=8, first_last_bits=8),
     description="GPTQ at W4A8 with depthwise and first/last layers kept at 8 bits (arXiv 2210.17323)"))
 
+# Transformers: GPTQ 4-bit weights (one fake-quantized pass, gptq_graph.py) with every activation
+# that has an int16 kernel in 16 bits (act16="all", as the transformer default w8a16); min/max
+# activation ranges (an MSE clip would cut the residual stream's outlier channels)
+for _wb in (4, 8):
+    register_recipe(dataclasses.replace(
+        make_recipe(_wb, 8, "gptq", name=f"w{_wb}a16-gptq", act16="all"), activations=TensorSpec(8),
+        description=f"GPTQ {_wb}-bit per-channel weights, int16 activations wherever an int16 kernel exists "
+                    "(transformers; arXiv 2210.17323)"))
+
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",

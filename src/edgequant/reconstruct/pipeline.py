@@ -98,6 +98,14 @@ def learned_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, 
     return node.attrs["learned_weight"], node.attrs["learned_scale"], dict(node.attrs.get("learned_extra", {}))
 
 
+UNIT_UNSUPPORTED = ("matmul", "softmax", "layernorm", "transpose", "rnn", "embedding", "reduce", "maskmul")
+
+
+def needs_graph_pass(graph: Graph) -> bool:
+    """A graph the unit pipeline cannot cut (attention, LayerNorm, token inputs, linear on (N, L, D))."""
+    return any(n.op in UNIT_UNSUPPORTED or (n.op == "linear" and len(n.shape) > 2) for n in graph.nodes)
+
+
 def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | None, calib: Iterable | None) -> Graph:
     """PTQ step: learn the weight rounding when the recipe asks for it (else the graph unchanged)."""
     global LAST_RESULT
@@ -121,8 +129,13 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         wb, _ = node_bits(g, recipe, n)  # overrides and the first/last-layer rule, as lowering does
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
-    with reusing_heap():  # per-step training buffers: reuse the heap (heap.py measured why)
-        res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
+    if cfg.method == "gptq" and needs_graph_pass(g):  # transformers: one fake-quantized pass (gptq_graph.py)
+        from .gptq_graph import gptq_graph
+
+        res = gptq_graph(g, act_qp, grids, calib, cfg)
+    else:
+        with reusing_heap():  # per-step training buffers: reuse the heap (heap.py measured why)
+            res = reconstruct_graph(g, act_qp, grids, calib, cfg, progress=recipe.option("progress"))
     act_qp.update(res.act_qp)  # learned activation steps: the grids lower() gives the program (in place, as lowbit_step)
     for n in g.nodes:
         if n.name in res.weights:

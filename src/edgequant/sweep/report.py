@@ -56,6 +56,8 @@ def _bits(r: dict) -> str:
         return "fp32" if r["mode"] == "float" else "fp16"
     if r["mode"] == "dynamic":
         return f"W{r['weight_bits']} dyn"
+    if r.get("act16") == "all":  # every activation with an int16 kernel (w8a16: W8A16)
+        return f"W{r['weight_bits']}A16"
     wide = "/16" if r.get("act16") else ""  # act16 recipes: some activations 16-bit (w8a16-res: W8A8/16)
     return f"W{r['weight_bits']}A{r['act_bits']}{wide}"
 

@@ -1,0 +1,93 @@
+"""GPTQ on graphs the unit pipeline cannot cut: transformers (keyword inputs, padding masks, attention).
+
+Why: ``brecq.reconstruct_graph`` walks single-entry units, which a BERT layer reading its padding
+mask is not. GPTQ needs only each layer's input Hessian ``sum X X^T``, so here one pass of the
+calibration data through the graph -- activations fake-quantized on the program's grids
+(``act_qp``, 16-bit where act16 widened them), weights still float -- collects it for every linear
+and conv input (tokens flattened into columns, padded tokens left out), then ``gptq_node``
+rounds each layer on its recipe grid. The paper's sequential mode (each Hessian after
+the rounding of the layers before it) costs one pass per layer; this is the one-pass variant.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..calibrate import iter_batches
+from ..feeds import batch_size, take
+from ..graph_exec import GraphModule
+from ..ir import Graph, Node
+from ..qmath import QParams, fake_quantize
+from .brecq import ReconConfig, ReconResult, UnitReport, WeightGrid, _hessian_error
+from .gptq import Hessian, gptq_node
+
+
+def _flat(node: Node, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """A linear's input (N, ..., K) as (rows, K): every token a column of the GEMM; with a padding
+    mask ``keep`` (N, L), only the kept tokens of an (N, L, K) input (padded positions never reach
+    a kept token or the pooled output: their keys get probability 0)."""
+    if node.op != "linear":
+        return x
+    if keep is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(keep.shape):
+        return x[keep]
+    return x.reshape(-1, x.shape[-1])
+
+
+def mask_inputs(graph: Graph) -> set[str]:
+    """Graph inputs used as padding masks (the second input of a masked softmax, maskmul or reduce)."""
+    return {n.inputs[1] for n in graph.nodes if n.op in ("softmax", "maskmul", "reduce") and len(n.inputs) > 1
+            and graph.node(n.inputs[1]).op == "input"}
+
+
+def gptq_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, WeightGrid], calib,
+               cfg: ReconConfig) -> ReconResult:
+    """GPTQ integers for every node in ``grids`` from one fake-quantized pass over ``calib``."""
+    t_start = time.perf_counter()
+    layers = [n for n in graph.nodes if n.name in grids]
+    hess = {n.name: Hessian(n) for n in layers}
+    readers: dict[str, list[Node]] = {}
+    for n in layers:
+        readers.setdefault(n.inputs[0], []).append(n)
+    gm = GraphModule(graph)
+    masks = mask_inputs(graph)
+    seen = 0
+    keep: torch.Tensor | None = None
+
+    def hook(node: Node, y: torch.Tensor) -> torch.Tensor:
+        qp = act_qp.get(node.name)  # float inputs too: the program quantizes them first
+        if qp is not None:
+            y = fake_quantize(y, float(qp.scale), float(qp.zero_point), qp.qmin, qp.qmax)
+        for n in readers.get(node.name, ()):
+            hess[n.name].add(_flat(n, y.detach(), keep))
+        return y
+
+    with torch.no_grad():
+        for x in iter_batches(calib):
+            if seen >= cfg.calib_samples:
+                break
+            n = batch_size(x)
+            x = take(x, 0, min(n, cfg.calib_samples - seen))
+            keep = torch.as_tensor(x[next(iter(masks))]) != 0 if len(masks) == 1 and isinstance(x, dict) else None
+            gm(x, hook)
+            seen += n
+    res = ReconResult()
+    times: dict[str, float] = {}
+    near = err = 0.0  # summed output MSE (Hessian-weighted) of nearest rounding and of GPTQ
+    for n in layers:
+        t0 = time.perf_counter()
+        grid = grids[n.name]
+        bits = grid.extra.get("channel_bits")
+        binary = None if bits is None else np.asarray(bits) == 1
+        q = gptq_node(n, hess[n.name], grid.scale, grid.lo, grid.hi, binary, cfg.damp, act_order=cfg.act_order)
+        res.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
+        w = torch.as_tensor(n.params["weight"], dtype=torch.float64)
+        s = torch.as_tensor(grid.scale, dtype=torch.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+        lo, hi = (torch.as_tensor(v, dtype=torch.float64).reshape(s.shape) for v in (grid.lo, grid.hi))
+        near += _hessian_error(w - torch.clamp(torch.round(w / s), lo, hi) * s, hess[n.name])
+        err += _hessian_error(w - q * s, hess[n.name])
+        times[n.name] = time.perf_counter() - t0
+    res.seconds = time.perf_counter() - t_start
+    res.units.append(UnitReport("graph (one pass)", tuple(n.name for n in layers), near, err, res.seconds, times))
+    return res
