@@ -275,3 +275,42 @@ def test_fp32_near_chance_gets_a_note(plugin, tmp_path, swept):
     assert any("close to chance" in n and "10 classes" in n for n in res.report["notes"])
     report = json.loads((swept[1] / "report.json").read_text())
     assert report["baseline"]["accuracy"] == 100.0 and not any("chance" in n for n in report["notes"])
+
+
+
+EQUALIZABLE = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+
+    def build():  # conv -> ReLU -> conv -> mean -> linear, stem channels 1-3 ~30x the others
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        with torch.no_grad():
+            m[0].weight[:3] *= 30.0
+        return m.eval()
+
+    def loaders():
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(192, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            y = build()(x).argmax(1)
+        return [(x[:64], y[:64])], [(x[64:], y[64:])]
+''')
+
+
+def test_sqnr_of_an_equalized_recipe_is_against_its_own_float_graph(tmp_path):
+    """Equalization rescales channels inside the net (same output): the per-layer SQNR of the
+    equalizing ``w8a16-res`` is measured against the equalized float graph, so its 16-bit
+    activations read at least as close as ``w8a8-pc`` at every layer (against the user's graph
+    the rescaled channels read as ~20 dB of error)."""
+    p = tmp_path / "eqnet.py"
+    p.write_text(EQUALIZABLE)
+    res = runner.run_sweep(runner.SweepConfig(model=f"{p}:build", data=f"{p}:loaders", recipes=["w8a8-pc", "w8a16-res"],
+                                              repeats=1, latency_batch=8, sensitivity=False, out=str(tmp_path / "o")))
+    rows = {r["recipe"]: r for r in res.report["rows"]}
+    assert RECIPES["w8a16-res"].option("equalize") and rows["w8a16-res"]["status"] == "ok"
+    sq8 = {l["layer"]: l["sqnr_db"] for l in res.report["layers"]["sqnr"]["w8a8-pc"]}
+    sq16 = {l["layer"]: l["sqnr_db"] for l in res.report["layers"]["sqnr"]["w8a16-res"]}
+    assert sq8.keys() == sq16.keys() and len(sq8) == 3
+    assert all(sq16[k] >= sq8[k] - 0.5 for k in sq8), (sq8, sq16)

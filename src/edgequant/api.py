@@ -162,6 +162,7 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
     if calib is not None and (max_calib_samples is not None or nonfinite == "drop"):
         view = CalibrationView(calib, max_calib_samples, drop_nonfinite=nonfinite == "drop")
     graph = equalize_step(graph, r, view)  # before calibration: it changes the activation ranges
+    reference = graph
     if r.mode == "static":
         if calib is None:
             from .errors import CalibrationError
@@ -181,4 +182,6 @@ def _quantize(model: torch.nn.Module, recipe: str | Recipe, calib: Iterable | No
         from .reconstruct.pipeline import report_meta
 
         program.meta["reconstruct"] = report_meta()
-    return QuantizedModel(program, r, graph, float_param_bytes(graph))
+    q = QuantizedModel(program, r, graph, float_param_bytes(graph))
+    q.reference_graph = reference
+    return q

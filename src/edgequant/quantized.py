@@ -53,6 +53,10 @@ class QuantizedModel:
         self.recipe = recipe
         self.graph = graph  # the prepared float graph (BN folded), kept for analysis; not needed to run
         self.float_size_bytes = float_size_bytes
+        # the float graph whose inner tensors line up with the program's: the captured one, or after
+        # cross-layer equalization (channels rescaled inside, same output) when the recipe equalizes;
+        # before PTQ steps such as bias correction, which deliberately move the float function
+        self.reference_graph = graph
 
     def _input(self, x, check_finite: bool):
         if isinstance(x, dict) or len(self.program.inputs) > 1:  # keyword inputs (a dict batch)

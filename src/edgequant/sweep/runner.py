@@ -289,7 +289,10 @@ def _extras(q: QuantizedModel, row: dict, cfg: SweepConfig, xb: np.ndarray, lx: 
     check_deadline("simulate")
     if q.recipe.mode != "float":
         say("per-layer SQNR")
-        row["layers_sqnr"] = layers.layer_sqnr(q.program, graph, layer_x, cfg.rounding)
+        # equalization rescales channels inside the net (the output is unchanged): compare inner
+        # tensors with the equalized float graph (``reference_graph``), not the user's
+        ref_graph = q.reference_graph if q.recipe.option("equalize") and q.reference_graph is not None else graph
+        row["layers_sqnr"] = layers.layer_sqnr(q.program, ref_graph, layer_x, cfg.rounding)
 
 
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None, on_row: RowHook | None = None) -> SweepResult:
