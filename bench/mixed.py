@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="per-layer tables cached here (JSON), reused on reruns")
     ap.add_argument("--json", default=None)
     ap.add_argument("--uniform", default=None, help="comma-separated uniform recipes to measure (default: per net)")
+    ap.add_argument("--widths", default=None, help="weight widths to search, e.g. 8,6,4 (default: per net)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     results = []
@@ -120,6 +121,8 @@ def main() -> None:
         model, calib, ev_data, metric, kw = net(name)
         uniform = kw.pop("uniform") if a.uniform is None else tuple(a.uniform.split(","))
         kw.pop("uniform", None)
+        if a.widths:
+            kw["widths"] = tuple(int(w) for w in a.widths.split(","))
         calib = calib_list(calib)
         batches = eval_batches(ev_data)
         print(f"{name}: uniform recipes", flush=True)
