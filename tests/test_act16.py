@@ -14,12 +14,10 @@ import edgequant as eq
 from edgequant.act16 import wide_nodes
 from edgequant.capture import capture
 from edgequant.errors import UnsupportedOpError
-from edgequant.interpreter import run
-from edgequant.kernels import SIM
-from edgequant.kernels.context import KernelContext
-from edgequant.qmath import quantize_multiplier, round_half_away
+from edgequant.qmath import quantize_multiplier
 from edgequant.recipes import get_recipe
 from edgequant.wide import multiply_by_quantized_multiplier_64
+from float_twins import assert_within_one_lsb
 
 
 def _bert_layer():
@@ -79,30 +77,7 @@ def test_16_bit_recipe_beats_w8a8_on_outlier_channels(models, data):
 
 def test_every_16_bit_instruction_matches_its_float_twin(models, data):
     _, _, q = models
-    assert {"linear", "add", "layernorm", "lut"} <= _check_float_twins(q, data[64:].numpy())
-
-
-def _check_float_twins(q, x: np.ndarray) -> set[str]:
-    """Each instruction on the run's own integer inputs vs its SIM twin: <= 1 LSB of its output
-    grid; returns the ops that touched an int16 tensor."""
-    p, env = q.program, {}
-    run(p, x, trace=lambda ins, v: env.__setitem__(ins.output, v))
-    ctx = KernelContext("gemmlowp", p.tensors)
-    wide_seen = set()
-    for ins in p.instrs:
-        if ins.op in ("quantize", "dequantize"):
-            continue
-        assert env[ins.output].dtype == np.dtype(p.tensors[ins.output].dtype), ins.output
-        qps = [p.tensors[i].qparams for i in ins.inputs]
-        sim_in = [torch.as_tensor((env[i].astype(np.float64) - int(qp.zero_point)) * float(qp.scale))
-                  for i, qp in zip(ins.inputs, qps)]
-        qy = p.tensors[ins.output].qparams
-        s = SIM[ins.op](ins, sim_in, ctx).numpy()
-        d = np.abs(round_half_away(s / float(qy.scale)) + int(qy.zero_point) - env[ins.output])
-        assert d.max() <= (0 if ins.op in ("transpose", "reshape") else 1), (ins.op, ins.output, d.max())
-        if any(p.tensors[t].dtype == "int16" for t in [ins.output, *ins.inputs]):
-            wide_seen.add(ins.op)
-    return wide_seen
+    assert {"linear", "add", "layernorm", "lut"} <= assert_within_one_lsb(q, data[64:].numpy())
 
 
 class _PadDepthwiseMean(nn.Module):
@@ -131,7 +106,7 @@ def test_cnn_with_pad_and_mean_is_16_bit_throughout():
     p = q.program
     dtypes = {ins.op: p.tensors[ins.output].dtype for ins in p.instrs if ins.op not in ("quantize", "dequantize")}
     assert dtypes["pad"] == dtypes["mean"] == dtypes["conv"] == dtypes["add"] == dtypes["linear"] == "int16", dtypes
-    assert {"pad", "mean", "conv", "add", "linear"} <= _check_float_twins(q, x[16:].numpy())
+    assert {"pad", "mean", "conv", "add", "linear"} <= assert_within_one_lsb(q, x[16:].numpy())
     ref = m(x[16:]).detach().numpy()
     out8 = eq.quantize(m, "w8a8-pc", x[:16]).run(x[16:].numpy())
     assert np.abs(q.run(x[16:].numpy()) - ref).max() < np.abs(out8 - ref).max() / 4  # 16 bits: far closer
@@ -276,3 +251,12 @@ def test_int16_input_gemms_are_exact(split, monkeypatch):
         assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), ref), ins.node
         checked.add((ins.op, a.get("groups", 1) > 1))
     assert {("conv", False), ("conv", True), ("linear", False)} <= checked, checked
+
+
+def test_every_act16_selection_reads_only_ops_with_int16_kernels():
+    """A selection naming a consumer without an int16 kernel would make lowering refuse its own recipe."""
+    from edgequant.act16 import SELECTION
+    from edgequant.wide import INT16_INPUT_OPS
+
+    for mode, (_, consumers) in SELECTION.items():
+        assert consumers <= INT16_INPUT_OPS, (mode, consumers - INT16_INPUT_OPS)

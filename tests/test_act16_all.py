@@ -14,8 +14,6 @@ import pytest
 import torch
 
 import edgequant as eq
-from edgequant.interpreter import run
-from edgequant.kernels import SIM
 from edgequant.kernels.context import KernelContext
 from edgequant.qmath import QParams, round_half_away
 
@@ -52,24 +50,11 @@ def test_attention_path_is_16_bit(q16):
 
 def test_every_instruction_matches_its_float_twin(q16, enc):
     """Each instruction on the run's own integer inputs vs its SIM twin: <= 1 LSB of its output grid."""
-    p, env = q16.program, {}
-    ev = enc[2]
-    run(p, {k: v.numpy() for k, v in ev.items()}, trace=lambda ins, v: env.__setitem__(ins.output, v))
-    env.update({k: v.numpy() for k, v in ev.items()})
-    ctx = KernelContext("gemmlowp", p.tensors)
-    seen = set()
-    for ins in p.instrs:
-        if ins.op in ("quantize", "dequantize"):
-            continue
-        sim_in = []
-        for i in ins.inputs:
-            qp = p.tensors[i].qparams
-            sim_in.append(torch.as_tensor(env[i]) if qp is None else  # masks, token ids: as they are
-                          torch.as_tensor((env[i].astype(np.float64) - int(qp.zero_point)) * float(qp.scale)))
-        qy = p.tensors[ins.output].qparams
-        s = SIM[ins.op](ins, sim_in, ctx).numpy()
-        d = np.abs(round_half_away(s / float(qy.scale)) + int(qy.zero_point) - env[ins.output].astype(np.int64))
-        assert d.max() <= (0 if ins.op in ("transpose", "reshape", "embedding") else 1), (ins.op, ins.output, d.max())
+    from float_twins import twin_errors
+
+    p, seen = q16.program, set()
+    for ins, d in twin_errors(q16, {k: v.numpy() for k, v in enc[2].items()}):
+        assert d <= (0 if ins.op in ("transpose", "reshape", "embedding") else 1), (ins.op, ins.output, d)
         if p.tensors[ins.output].dtype == "int16":
             seen.add(ins.op)
     assert {"matmul", "softmax_masked", "linear", "layernorm", "add", "reduce"} <= seen, seen
