@@ -254,6 +254,10 @@ def to_format_1(root, out):
     doc = json.loads(files[artifact.PROGRAM])
     tensors = artifact.read_safetensors(files[artifact.TENSORS])
     doc["version"] = 1
+    doc.pop("extra_inputs")  # format 3's key (keyword inputs)
+    m = json.loads(files[artifact.MANIFEST])
+    m["model"].pop("inputs")
+    files[artifact.MANIFEST] = artifact._json_bytes(m)
     for d in doc["instrs"]:
         for e in d["arrays"]:
             if "packed_channel_bits" in e:
@@ -277,7 +281,7 @@ def test_format_1_artifacts_still_load_bit_identically(saved, digits, tmp_path):
     for mode in MODES:
         np.testing.assert_array_equal(q.run(digits[1], rounding=mode, return_int=True),
                                       loaded.run(digits[1], rounding=mode, return_int=True))
-    loaded.save(tmp_path / "resaved")  # re-saving writes format 2
+    loaded.save(tmp_path / "resaved")  # re-saving writes the current format
     assert _files(tmp_path / "resaved") == _files(root)
 
 
@@ -286,8 +290,8 @@ def test_program_version_must_match_the_manifest(saved, tmp_path):
     files = _files(root)
     out = tmp_path / "mixed"
     out.mkdir()
-    _write_resealed(out, files, format_version=1)  # format-2 program.json under a format-1 manifest
-    with pytest.raises(ArtifactError, match=r"program\.json: version: program schema version 2 does not match "
+    _write_resealed(out, files, format_version=1)  # current program.json under a format-1 manifest
+    with pytest.raises(ArtifactError, match=rf"program\.json: version: program schema version {artifact.FORMAT_VERSION} does not match "
                                             r"the manifest's format_version 1"):
         eq.load(out, verify=False)
 

@@ -207,18 +207,23 @@ def cmd_run(a: argparse.Namespace) -> int:
         try:
             x = np.load(a.input)
         except (OSError, ValueError) as e:
-            raise InputError(f"--input {a.input!r}: cannot read it as a .npy array ({e}); save inputs with numpy.save") from e
+            raise InputError(f"--input {a.input!r}: cannot read it as a .npy array ({e}); save inputs with numpy.save "
+                             "(numpy.savez with one array per input name for a model with keyword inputs)") from e
+        if isinstance(x, np.lib.npyio.NpzFile):  # keyword inputs (token ids, masks): one array per input name
+            with x:
+                x = {k: x[k] for k in x.files}
         t = time.perf_counter()
-        y = np.asarray(q.run(x.astype(np.float32), rounding=a.rounding, backend=a.backend))
+        y = np.asarray(q.run(x if isinstance(x, dict) else x.astype(np.float32), rounding=a.rounding, backend=a.backend))
         ms = 1000 * (time.perf_counter() - t)
         if a.output:
             np.save(a.output, y)
         pred = y.argmax(axis=1).tolist() if y.ndim == 2 else None
-        c.print(f"ran {a.artifact} on {tuple(x.shape)} with {a.backend} in {ms:.1f} ms -> output {tuple(y.shape)}"
+        shape = {k: list(v.shape) for k, v in x.items()} if isinstance(x, dict) else list(x.shape)
+        c.print(f"ran {a.artifact} on {shape} with {a.backend} in {ms:.1f} ms -> output {tuple(y.shape)}"
                 + (f", saved to {a.output}" if a.output else ""))
         if pred is not None and len(pred) <= 32:
             c.print(f"argmax: {pred}")
-        res = {"artifact": a.artifact, "input_shape": list(x.shape), "output_shape": list(y.shape), "ms": ms,
+        res = {"artifact": a.artifact, "input_shape": shape, "output_shape": list(y.shape), "ms": ms,
                "backend": a.backend, "argmax": pred, "output": a.output}
     else:
         metric, acc = _eval_accuracy(q, a.data, a.metric, a.rounding)
@@ -246,7 +251,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         q = _load(a.artifact)
         p = q.program
         c.print(f"{a.artifact}: recipe {q.recipe.name} ({q.recipe.mode}), {len(p.instrs)} instructions, "
-                f"{fmt_bytes(q.size_bytes)}, input {tuple(p.input_shape)}")
+                f"{fmt_bytes(q.size_bytes)}, input " + ", ".join(f"{n} {p.tensors[n].dtype}{list(p.tensors[n].shape)}"
+                                                                  for n in p.inputs))
         c.print(p.summary(), markup=False)
         res = {"artifact": a.artifact, "recipe": q.recipe.to_dict(), "size_bytes": q.size_bytes,
                "input_shape": list(p.input_shape),

@@ -70,19 +70,16 @@ def artifact_files(q) -> dict[str, bytes]:
     from .. import __version__
 
     program, recipe = q.program, q.recipe
-    if len(program.inputs) > 1 or program.tensors[program.input].dtype != "float32":
-        from ..errors import ArtifactError
-
-        raise ArtifactError(f"this program takes keyword inputs ({', '.join(program.inputs)}); the artifact format "
-                            "(version 1) stores one float32 input, so it cannot be saved yet -- keep the model in "
-                            "memory, or export it with q.export(...) where the format supports it")
     doc, tensors = program_to_files(program)
     x = _golden_input(program)
     exact = _exact(program)
     outs, digests = _golden_run(program, x)
-    golden = {"input": "golden.input", "outputs": {}, "compare": "exact" if exact else "rtol",
+    one = len(program.inputs) == 1  # one input keeps the single "golden.input" tensor of formats 1-2
+    stored = {name: "golden.input" if one else f"golden.input.{name}" for name in program.inputs}
+    golden = {"input": stored[program.input] if one else stored, "outputs": {}, "compare": "exact" if exact else "rtol",
               "rtol": None if exact else GOLDEN_RTOL, "digests": digests if exact else None}
-    tensors["golden.input"] = x
+    for name, t in stored.items():
+        tensors[t] = x[name]
     for mode, y in outs.items():
         tensors[f"golden.{mode}"] = y
         golden["outputs"][mode] = f"golden.{mode}"
@@ -96,7 +93,10 @@ def artifact_files(q) -> dict[str, bytes]:
         "format": FORMAT, "format_version": FORMAT_VERSION, "edgequant_version": __version__,
         "recipe": recipe.name,
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()},
-        "model": {"input": program.input, "input_shape": list(program.input_shape), "input_dtype": "float32",
+        "model": {"input": program.input, "input_shape": list(program.input_shape),
+                  "input_dtype": program.tensors[program.input].dtype,
+                  "inputs": [{"name": n, "shape": list(program.tensors[n].shape), "dtype": program.tensors[n].dtype}
+                             for n in program.inputs],
                   "output_shape": list(program.tensors[out_name].shape) if out_name in program.tensors else None,
                   "instructions": len(program.instrs), "size_bytes": int(q.size_bytes),
                   "float_size_bytes": None if q.float_size_bytes is None else int(q.float_size_bytes),

@@ -15,7 +15,9 @@ FORMAT = "edgequant-artifact"
 # 1: every weight packed whole at attrs.weight_bits (a bit-allocated tensor at its widest channel).
 # 2: bit-allocated weights (attrs.channel_bits) packed per channel (packing.pack_rows), array entry
 #    "packed_channel_bits"; the stored bytes equal attrs.packed_weight_bytes, the bytes size_bytes counts.
-FORMAT_VERSION = 2
+# 3: programs with keyword inputs (dict batches: token ids, masks): program.json "extra_inputs"; the
+#    golden input is one stored tensor per input ("golden.input.<name>"); manifest model.inputs.
+FORMAT_VERSION = 3
 PROGRAM_SCHEMA = "edgequant-program"
 PROGRAM_VERSION = FORMAT_VERSION
 MANIFEST = "manifest.json"

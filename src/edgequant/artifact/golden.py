@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ArtifactError
+from ..feeds import INT_DTYPE
 from ..program import Instr, Program
 from ..qmath import ROUNDING_MODES
 from .files import MANIFEST, PROGRAM, TENSORS, _Fail, _need, _sha256
@@ -13,16 +14,31 @@ GOLDEN_BATCH = 2
 GOLDEN_RTOL = 1e-4  # float (``*_f``) programs only
 
 
-def _golden_input(program: Program) -> np.ndarray:
-    """Seeded random input: uniform over the input quantizer's real range, else standard normal."""
+def _golden_input(program: Program) -> dict[str, np.ndarray]:
+    """Seeded random input per program input. Float: uniform over the input quantizer's real range,
+    else standard normal. int64 token ids (read only by embedding lookups): uniform over the smallest
+    table's rows. Other int64 inputs are padding masks: ones, then zeros after a random length >= 1."""
     rng = np.random.default_rng(GOLDEN_SEED)
-    shape = (GOLDEN_BATCH,) + tuple(program.input_shape[1:])
-    first = next((i for i in program.instrs if program.input in i.inputs), None)
-    qp = program.tensors[first.output].qparams if first is not None and first.op == "quantize" else None
-    if qp is not None and qp.axis is None:
-        s, z = float(qp.scale), int(qp.zero_point)
-        return rng.uniform(s * (qp.qmin - z), s * (qp.qmax - z), shape).astype(np.float32)
-    return rng.standard_normal(shape).astype(np.float32)
+    feeds = {}
+    for name in program.inputs:
+        shape = (GOLDEN_BATCH,) + tuple(program.tensors[name].shape[1:])
+        users = [i for i in program.instrs if name in i.inputs]
+        if program.tensors[name].dtype == INT_DTYPE:
+            if users and all(i.op == "embedding" for i in users):
+                rows = min(int(i.arrays["table"].shape[0]) for i in users)
+                feeds[name] = rng.integers(0, rows, shape, dtype=np.int64)
+            else:
+                n = rng.integers(1, shape[-1] + 1, shape[:-1])
+                feeds[name] = (np.arange(shape[-1]) < n[..., None]).astype(np.int64)
+            continue
+        first = users[0] if users else None
+        qp = program.tensors[first.output].qparams if first is not None and first.op == "quantize" else None
+        if qp is not None and qp.axis is None:
+            s, z = float(qp.scale), int(qp.zero_point)
+            feeds[name] = rng.uniform(s * (qp.qmin - z), s * (qp.qmax - z), shape).astype(np.float32)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
 
 
 def _exact(program: Program) -> bool:
@@ -35,7 +51,7 @@ def _digest(y: np.ndarray) -> str:
     return _sha256(f"{y.dtype.str}{list(y.shape)}".encode() + y.tobytes())[:16]
 
 
-def _golden_run(program: Program, x: np.ndarray, check=None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+def _golden_run(program: Program, x: dict[str, np.ndarray], check=None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Outputs and per-instruction digests of ``program`` on ``x`` in every rounding mode."""
     from .. import interpreter
 
@@ -48,7 +64,7 @@ def _golden_run(program: Program, x: np.ndarray, check=None) -> tuple[dict[str, 
                 check(ins, y)
             seen.append(_digest(y))
 
-        outs[mode] = np.asarray(interpreter.run(program, x, rounding=mode, trace=trace, chunk=x.shape[0]))  # one digest per instruction
+        outs[mode] = np.asarray(interpreter.run(program, x, rounding=mode, trace=trace, chunk=GOLDEN_BATCH))  # one digest per instruction
         digests[mode] = seen
     return outs, digests
 
@@ -56,14 +72,21 @@ def _golden_run(program: Program, x: np.ndarray, check=None) -> tuple[dict[str, 
 def _golden_check(program: Program, manifest: dict, tensors: dict[str, np.ndarray], fail: _Fail) -> None:
     """Rerun the stored golden input; every tensor's shape/dtype and the outputs must match."""
     g = manifest.get("golden")
-    _need(isinstance(g, dict) and isinstance(g.get("outputs"), dict) and g.get("input") in tensors, fail, "golden",
-          "missing or malformed", file=MANIFEST)
+    _need(isinstance(g, dict) and isinstance(g.get("outputs"), dict), fail, "golden", "missing or malformed", file=MANIFEST)
+    stored = g.get("input")  # one tensor name (one-input programs), or {input name: tensor name}
+    if isinstance(stored, str):
+        stored = {program.input: stored}
+    _need(isinstance(stored, dict) and sorted(stored) == sorted(program.inputs) and all(v in tensors for v in stored.values()),
+          fail, "golden.input", f"must name a stored tensor for each input {program.inputs}", file=MANIFEST)
     _need(g.get("compare") == ("exact" if _exact(program) else "rtol"), fail, "golden.compare", "does not match the program", file=MANIFEST)
     _need(set(g["outputs"]) == set(ROUNDING_MODES) and all(v in tensors for v in g["outputs"].values()), fail,
           "golden.outputs", f"must name stored outputs for {list(ROUNDING_MODES)}", file=MANIFEST)
-    x = tensors[g["input"]]
-    _need(x.dtype == np.float32 and x.shape[1:] == tuple(program.input_shape[1:]) and x.shape[0] >= 1, fail, g["input"],
-          "golden input does not match the program's input shape", file=TENSORS)
+    x = {name: tensors[stored[name]] for name in program.inputs}
+    n = next(iter(x.values())).shape[0]
+    for name, t in stored.items():
+        info, v = program.tensors[name], x[name]
+        _need(v.dtype == np.dtype(info.dtype) and v.shape[1:] == tuple(info.shape[1:]) and v.shape[0] == n >= 1, fail, t,
+              f"golden input does not match the program's input {name!r} ({info.dtype}{list(info.shape)})", file=TENSORS)
 
     def trace(ins: Instr, y: np.ndarray) -> None:
         info = program.tensors[ins.output]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import packing
+from ..feeds import INT_DTYPE
 from ..errors import ArtifactError, EdgequantError
 from ..program import Instr, Program, TensorInfo, from_jsonable, to_jsonable
 from ..qmath import QParams, qrange
@@ -57,7 +58,8 @@ def program_to_files(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
         meta = to_jsonable({k: v for k, v in program.meta.items() if k not in RUN_ONLY_META})
     except TypeError as e:
         raise ArtifactError(f"cannot save the program's meta: {e}") from e
-    doc = {"schema": PROGRAM_SCHEMA, "version": PROGRAM_VERSION, "input": program.input, "output": program.output,
+    doc = {"schema": PROGRAM_SCHEMA, "version": PROGRAM_VERSION, "input": program.input,
+           "extra_inputs": list(program.extra_inputs), "output": program.output,
            "tensors": infos, "instrs": instrs, "meta": meta}
     return doc, tensors
 
@@ -259,7 +261,8 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail, f
           f"program schema version {ver!r} is not supported (this edgequant reads 1..{PROGRAM_VERSION}; upgrade it if newer)")
     _need(ver == format_version, fail, "version", f"program schema version {ver} does not match the manifest's "
           f"format_version {format_version}")
-    _need(set(doc) == {"schema", "version", "input", "output", "tensors", "instrs", "meta"}, fail, "", "unexpected or missing keys")
+    keys = {"schema", "version", "input", "output", "tensors", "instrs", "meta"} | ({"extra_inputs"} if ver >= 3 else set())
+    _need(set(doc) == keys, fail, "", "unexpected or missing keys")
     infos: dict[str, TensorInfo] = {}
     _need(isinstance(doc["tensors"], list), fail, "tensors", "must be a list")
     for k, t in enumerate(doc["tensors"]):
@@ -272,9 +275,18 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail, f
         qp = None if t["qparams"] is None else _qparams(t["qparams"], dt, shape, fail, f"{f}.qparams")
         infos[t["name"]] = TensorInfo(t["dtype"], shape, qp)
     inp, outp = doc["input"], doc["output"]
-    _need(isinstance(inp, str) and inp in infos, fail, "input", f"input {inp!r} has no tensor info")
-    _need(len(infos[inp].shape) >= 2 and infos[inp].dtype == "float32", fail, "input", "the input must be a float32 (N, ...) tensor")
-    defined = {inp}
+    _need(isinstance(inp, str), fail, "input", f"must be a tensor name, got {inp!r}")
+    extra_in = doc.get("extra_inputs", [])
+    _need(isinstance(extra_in, list) and all(isinstance(n, str) for n in extra_in), fail, "extra_inputs", "must be a list of names")
+    names = [inp, *extra_in]
+    _need(len(set(names)) == len(names), fail, "extra_inputs", "names an input twice")
+    for n in names:
+        _need(n in infos, fail, "input", f"input {n!r} has no tensor info")
+        # float32 features; since version 3 also int64 token ids / padding masks
+        ok_dtype = infos[n].dtype == "float32" or (ver >= 3 and infos[n].dtype == INT_DTYPE)
+        _need(len(infos[n].shape) >= 2 and ok_dtype, fail, "input",
+              f"input {n!r} must be a float32 (N, ...) tensor" + (" or int64 token ids / masks" if ver >= 3 else ""))
+    defined = set(names)
     used: set[str] = set()
     instrs = []
     _need(isinstance(doc["instrs"], list), fail, "instrs", "must be a list")
@@ -337,4 +349,4 @@ def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail, f
     _need(not extra, fail, "", f"{TENSORS} holds tensors no instruction uses: {extra[:3]}", file=TENSORS)
     meta = _decode(doc["meta"], fail, "meta")
     _need(isinstance(meta, dict), fail, "meta", "must be an object")
-    return Program(instrs, inp, outp, infos, meta)
+    return Program(instrs, inp, outp, infos, meta, extra_inputs=list(extra_in))
