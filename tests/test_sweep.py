@@ -314,3 +314,30 @@ def test_sqnr_of_an_equalized_recipe_is_against_its_own_float_graph(tmp_path):
     sq16 = {l["layer"]: l["sqnr_db"] for l in res.report["layers"]["sqnr"]["w8a16-res"]}
     assert sq8.keys() == sq16.keys() and len(sq8) == 3
     assert all(sq16[k] >= sq8[k] - 0.5 for k in sq8), (sq8, sq16)
+
+
+def test_preset_sweep_shows_the_graphs_default_recipe():
+    """A transformer's default (`w8a16`) is in no preset: a preset sweep adds it after the 8-bit rows,
+    with a note; a conv net's default is already there; named recipes are left as asked."""
+    from edgequant.api import capture_prepared
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.fc = torch.nn.LayerNorm(16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(self.ln(x)).mean(1)
+
+    torch.manual_seed(0)
+    tf = capture_prepared(Block().eval(), torch.randn(2, 4, 16))
+    cnn = capture_prepared(eq.models.digits_cnn(pretrained=False).eval(), torch.randn(2, 1, 8, 8))
+    cfg = runner.SweepConfig(preset="int8")
+    plans = presets.resolve(None, "int8", 0)
+    got, note = runner._with_graph_default(plans, cfg, tf)
+    labels = [p.label for p in got]
+    assert "w8a16" not in [p.label for p in plans] and labels.index("w8a16") == len(plans)
+    assert note and "quantize's default" in note[0] and "w8a16" in note[0]
+    assert runner._with_graph_default(plans, cfg, cnn) == (plans, [])
+    named = presets.resolve(["w8a8"], None, 0)
+    assert runner._with_graph_default(named, runner.SweepConfig(recipes=["w8a8"]), tf) == (named, [])

@@ -20,14 +20,17 @@ TRANSFORMER_OPS = frozenset({"layernorm", "matmul", "softmax"})
 log = logging.getLogger("edgequant")
 
 
-def choose(graph: Graph) -> dict:
-    """``{"requested": None, "recipe": name, "why": ...}`` for the captured (prepared) ``graph``."""
+def recipe_for(graph: Graph) -> tuple[str, str]:
+    """(recipe name, why) that ``quantize`` picks for the captured (prepared) ``graph``."""
     found = sorted({n.op for n in graph.nodes if n.op in TRANSFORMER_OPS})
     if found:
-        why = (f"the graph has {', '.join(found)} (a transformer): {TRANSFORMER_DEFAULT} carries the residual stream "
-               f"and attention in 16 bits; name a recipe (e.g. {DEFAULT!r}) to override")
-        name = TRANSFORMER_DEFAULT
-    else:
-        name, why = DEFAULT, "no LayerNorm or attention in the graph: the int8 default"
+        return TRANSFORMER_DEFAULT, (f"the graph has {', '.join(found)} (a transformer): {TRANSFORMER_DEFAULT} carries the "
+                                     f"residual stream and attention in 16 bits; name a recipe (e.g. {DEFAULT!r}) to override")
+    return DEFAULT, "no LayerNorm or attention in the graph: the int8 default"
+
+
+def choose(graph: Graph) -> dict:
+    """``{"requested": None, "recipe": name, "why": ...}`` for the captured (prepared) ``graph``."""
+    name, why = recipe_for(graph)
     log.info("edgequant.quantize: no recipe named; using %r (%s)", name, why)
     return {"requested": None, "recipe": name, "why": why}

@@ -37,7 +37,7 @@ from ..quantized import QuantizedModel
 from ..recipes import RECIPES
 from . import bounds, engines, footprint, layers, mixed_row, plugins, rss, timing
 from .choice import choose, lowest, pareto
-from .presets import Plan, bits, default_qat_epochs, resolve
+from .presets import INT8, Plan, bits, default_qat_epochs, resolve
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, int], None]  # (what is happening, steps done, steps total)
@@ -316,6 +316,19 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, on_row: RowHoo
         torch.set_num_threads(before)
 
 
+def _with_graph_default(plans: list[Plan], cfg: SweepConfig, graph) -> tuple[list[Plan], list[str]]:
+    """A preset sweep always shows what ``quantize`` gives this graph by default (a transformer's
+    ``w8a16`` is in no preset): added after the 8-bit rows when the preset lacks it."""
+    from ..defaults import recipe_for
+
+    name, why = recipe_for(graph)
+    if cfg.recipes or any(p.label == name for p in plans) or name not in RECIPES:
+        return plans, []
+    int8 = [k for k, p in enumerate(plans) if p.recipe in INT8]
+    at = (int8[-1] + 1) if int8 else 1
+    return plans[:at] + [Plan(name)] + plans[at:], [f"row {name} added: it is quantize's default for this model ({why})"]
+
+
 def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = None,
                on_row: RowHook | None = None) -> SweepResult:
     t0 = time.perf_counter()
@@ -340,6 +353,9 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     metric_name, metric_fn = plugins.load_metric(cfg.metric)
     calib_x = [x for x, _ in data.calib]
     graph = _capture(model, calib_x[0][:2], cfg.model)
+    plans, note = _with_graph_default(plans, cfg, graph)
+    notes += note
+    total = len(plans) + 2 + int(cfg.sensitivity) + int(cfg.mixed != "off")
     eval_x = data.eval_x
     score = _Scorer(metric_name, metric_fn, data.eval_y)
     sizes = footprint.size(graph, cfg.latency_batch, cfg.layer_samples, int(eval_x.shape[0]))
