@@ -9,9 +9,6 @@ Presets are resolved against ``edgequant.RECIPES`` at run time, so recipes other
   ``w2a4-brecq-qdrop``) at ``DEFAULT_ITERATIONS`` iterations, and the QAT recipes for
   ``DEFAULT_QAT_EPOCHS`` epoch (only where the data has a training split).
 * ``int8``   -- fp32, fp16, dyn8, w8a8, w8a8-pc, w8a16-res (those registered).
-
-Every preset sweep also gets the recipe ``quantize`` picks for the captured graph when the preset
-lacks it (a transformer's ``w8a16``; ``runner._with_graph_default``).
 * ``lowbit`` -- the sub-8-bit post-training recipes present (w4a8, w4a4, w4a4-aciq, w2a4-aciq,
   w1a8-xnor, w1a1-xnor, w2a8-ternary first, in that order, then any other registered post-training
   recipe below 8 bits, reconstruction included, at its own budget).
@@ -20,6 +17,9 @@ lacks it (a transformer's ``w8a16``; ``runner._with_graph_default``).
 * ``qat``    -- the registered QAT recipes (option ``("training", "qat")``, e.g. w4a4-qat), each
   fine-tuned with ``edgequant.qat`` for ``--qat-epochs``; where none are registered, every low-bit
   recipe fine-tuned (rows named ``<recipe>+qat``). Needs the QAT package.
+
+Every preset sweep also gets the recipe ``quantize`` picks for the captured graph when the preset
+lacks it (a transformer's ``w8a16``; ``runner._with_graph_default``).
 
 ``--iterations N`` sets the reconstruction budget of every reconstruction row (any preset).
 
