@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import qmath, wide
 from ..graph_exec import conv_float
-from . import RUN, SIM, gemm, native, register
+from . import RUN, SIM, gemm, native, register, wide_ort
 from .context import KernelContext, act_bounds
 
 
@@ -163,6 +163,8 @@ def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
 
 
 def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    if wide_ort.applies(instr, ctx):  # 16-bit: ONNX Runtime's DQ -> float32 Gemm/Conv -> Q
+        return wide_ort.gemm(instr, inputs[0], ctx)
     zx = int(ctx.qp(instr.inputs[0]).zero_point)
     return requantize_accumulator(instr, int_accumulate(instr, inputs[0], zx), ctx)
 
