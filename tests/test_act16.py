@@ -198,7 +198,7 @@ def test_tflite_refuses_16_bit_tensors_by_name(models, tmp_path):
 
     _, _, q = models
     with pytest.raises(ExportError, match="16-bit"):
-        q.export(str(tmp_path / "m.tflite"))
+        q.export(str(tmp_path / "m.tflite"), format="tflite")
 
 
 def test_artifact_round_trip_keeps_int16_tensors(models, data, tmp_path):

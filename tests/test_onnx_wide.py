@@ -145,3 +145,18 @@ def test_int16_onnxruntime_mode_is_float32_qdq():
     int_y = RUN["linear"](ins, [x], KernelContext("gemmlowp", tensors)).ravel().tolist()
     assert ort_y == [0, 2, 2, -0]  # 0.5, 1.5, 2.5, -0.5: half to even
     assert int_y == [1, 2, 3, 0]  # TFLite 16x8: ties toward +inf
+
+
+def test_sweep_runs_a_w8a16_res_row_on_onnxruntime():
+    """The sweep takes a row's numbers from ORT only when verified equal to the onnxruntime mode:
+    a 16-bit CNN row now exports, verifies (<= 1 output LSB, same argmax) and runs there."""
+    from edgequant.sweep.engines import select
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, 32, 32, generator=g)
+    q = eq.quantize(TinyCnn().eval(), "w8a16-res", x[:32])
+    e = select(q, x.numpy(), ["onnxruntime"], 1, "gemmlowp")
+    if e.name == "interpreter" and "not faster" in e.rejected.get("onnxruntime", ""):
+        pytest.skip("machine too loaded for the timing half of the choice")
+    assert e.name == "onnxruntime" and e.rounding == "onnxruntime", e.rejected
+    assert e.verification["argmax_agree"] and e.verification["max_lsb"] <= 1.001

@@ -175,6 +175,8 @@ def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     An int16 output uses Q16 (attr ``frac_bits``), an int64 beta and accumulator (``acc64``)."""
     x = inputs[0]
     qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
+    if wide_ort.applies(instr, ctx):  # 16-bit: DQ -> float64 LayerNormalization -> Q, as exported
+        return wide_ort.layernorm(instr, x, ctx)
     if ctx.rounding == "onnxruntime":
         return _ort_layernorm(x, qx, qy, instr)
     n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]),

@@ -2,12 +2,18 @@
 
 Why float: ONNX Runtime's CPU provider has no int16 integer kernels (QGemm, QLinearMatMul,
 QLinearSoftmax, ... are 8-bit), so the exported QDQ graph (``export/onnx``) runs every node with an
-int16 input or output as ``DequantizeLinear -> float32 op -> QuantizeLinear``. This module computes
-exactly that: dequantize in float32 (``(q - z) * s``), the float32 op (Gemm/Conv with the
-dequantized int8 weights and the float32 bias ``wide.bias_f32``, MatMul, Softmax), then
-QuantizeLinear (``x / s`` in float32, round half to even, saturate; ``qmath.quantize_in``) clamped
-to the fused activation's bounds. Only float summation order differs from ONNX Runtime's MLAS, so
-an output may differ by one LSB where a float32 sum lands on a rounding tie.
+int16 input or output as ``DequantizeLinear -> float op -> QuantizeLinear``. This module computes
+exactly that: dequantize in float32 (``(q - z) * s``), the op, then QuantizeLinear (``x / s`` in
+float32, round half to even, saturate; ``qmath.quantize_in``) clamped to the fused activation's bounds.
+
+Why float64 for ``F64_OPS`` (Gemm, MatMul, Softmax, LayerNormalization): a float32 sum is ordered
+differently by MLAS and by NumPy, so the two disagree by one LSB where a sum lands near a rounding
+tie -- and the 16-bit grids are fine enough that later layers amplify one LSB (a score LSB moves a
+2^-16 probability by ~50 LSB; measured on all-MiniLM-L6-v2: per instruction <= 1 LSB, end to end
+129 LSB with float32 ops). The export casts the dequantized float32 values to float64, runs the op
+there and casts the result back to float32 once; both sides then agree unless a float64 result
+lies within ~1e-16 of a float32 rounding boundary. Conv stays float32 (ONNX Runtime has no float64
+Conv). 16-bit lookup tables are exported as the table itself (``table_ort``, a Gather).
 
 The default ("gemmlowp") mode keeps the integer 16x8 / 16x16 forms (TFLite's), unchanged.
 """
@@ -20,6 +26,9 @@ from .. import qmath
 from ..graph_exec import conv_float
 from ..wide import bias_f32, container_dtype
 from .context import KernelContext, act_bounds
+
+
+F64_OPS = frozenset({"linear", "matmul", "softmax", "softmax_masked", "layernorm"})
 
 
 def applies(instr, ctx: KernelContext) -> bool:
@@ -60,10 +69,11 @@ def gemm(instr, x: np.ndarray, ctx: KernelContext) -> np.ndarray:
     b = None
     if "bias" in instr.arrays:
         b = bias_f32(instr.arrays["bias"], np.float32(qx.scale) * np.asarray(instr.arrays["w_scale"], np.float32))
-    if instr.op == "linear":
-        y = xf @ w.T
+    if instr.op == "linear":  # float64 Gemm (F64_OPS)
+        y = xf.astype(np.float64) @ w.T.astype(np.float64)
         if b is not None:
-            y += b
+            y += b.astype(np.float64)
+        y = y.astype(np.float32)
     else:
         with torch.no_grad():
             y = conv_float(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(w),
@@ -78,18 +88,31 @@ def matmul(instr, inputs, ctx: KernelContext) -> np.ndarray:
     qa, qb = ctx.qp(instr.inputs[0]), ctx.qp(instr.inputs[1])
     alpha = float(instr.attrs.get("alpha", 1.0))
     sa = np.float32(qa.scale) if alpha == 1.0 else matmul_scale_f32(qa.scale, alpha)
-    return quantize(np.matmul(dequantize(inputs[0], qa, sa), dequantize(inputs[1], qb)), instr, ctx)
+    y = np.matmul(dequantize(inputs[0], qa, sa).astype(np.float64), dequantize(inputs[1], qb).astype(np.float64))
+    return quantize(y.astype(np.float32), instr, ctx)
 
 
 LOWEST = np.finfo(np.float32).min  # the exported Where puts this on masked keys: exp(lowest - max) = 0
 
 
 def softmax(instr, x: np.ndarray, ctx: KernelContext, keep: np.ndarray | None = None) -> np.ndarray:
-    """DQ -> [Where(keep, x, lowest)] -> Softmax(axis=-1) -> Q; ONNX Runtime's Softmax in float32:
-    ``e = exp(x - max)``, ``y = e * (1 / sum(e))``."""
-    xf = dequantize(x, ctx.qp(instr.inputs[0]))
+    """DQ -> [Where(keep, x, lowest)] -> Softmax(axis=-1) -> Q. 16-bit: in float64 (``F64_OPS``).
+    8-bit (the masked softmax, which no fused kernel takes): ONNX Runtime's float32 Softmax,
+    ``e = exp(x - max)``, ``y = e * (1 / sum(e))`` (its exp may differ by an ulp: <= 1 LSB)."""
+    dt = np.float64 if applies(instr, ctx) else np.float32
+    xf = dequantize(x, ctx.qp(instr.inputs[0])).astype(dt)
     if keep is not None:
-        xf = np.where(keep, xf, LOWEST).astype(np.float32)
-    e = np.exp(xf - xf.max(axis=-1, keepdims=True), dtype=np.float32)
-    y = e * (np.float32(1.0) / e.sum(axis=-1, keepdims=True, dtype=np.float32))
-    return quantize(y, instr, ctx)
+        xf = np.where(keep, xf, dt(LOWEST)).astype(dt)
+    e = np.exp(xf - xf.max(axis=-1, keepdims=True))
+    y = e / e.sum(axis=-1, keepdims=True) if dt is np.float64 else e * (np.float32(1.0) / e.sum(axis=-1, keepdims=True, dtype=np.float32))
+    return quantize(y.astype(np.float32), instr, ctx)
+
+
+def layernorm(instr, x: np.ndarray, ctx: KernelContext) -> np.ndarray:
+    """DQ -> float64 LayerNormalization over the last axis (float64 gamma/beta) -> float32 -> Q."""
+    xf = dequantize(x, ctx.qp(instr.inputs[0])).astype(np.float64)
+    mean = xf.mean(axis=-1, keepdims=True)
+    var = (xf * xf).mean(axis=-1, keepdims=True) - mean * mean
+    y = (xf - mean) / np.sqrt(var + float(np.float32(instr.attrs["eps"])))
+    y = y * instr.arrays["gamma_f"].astype(np.float32).astype(np.float64) + instr.arrays["beta_f"].astype(np.float32).astype(np.float64)
+    return quantize(y.astype(np.float32), instr, ctx)

@@ -57,6 +57,11 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     ``core.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
     ``align_channels``: pad dense convs' input channels to this multiple (exact; faster in ONNX
     Runtime, see ``OnnxBuilder.align_conv_input``); 0 turns it off.
+
+    16-bit activations (act16 recipes: ``w8a16``, ``w8a16-res``) are int16 tensors with opset-21
+    QuantizeLinear/DequantizeLinear around float ops in every style (``core.WIDE_TYPE``); ONNX Runtime
+    runs those nodes in float32, as ``q.run(rounding="onnxruntime")`` does. Dict-input models
+    (token ids, attention masks) get one named graph input per keyword input.
     """
     if style not in STYLES:
         raise ExportError(f"ONNX style {style!r} is not supported; use one of {sorted(STYLES)}")

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import ExportError
 from ...packing import pack
+from ...kernels.wide_ort import F64_OPS
 from ...wide import bias_f32
 from ...program import Instr, Program
 
@@ -131,6 +132,23 @@ class OnnxBuilder:
     def touches_wide(self, ins: Instr) -> bool:
         """Any int16 input or output: ONNX Runtime runs such a node as DQ -> float32 op -> Q."""
         return any(t in self.program.tensors and self.is_wide(t) for t in (*ins.inputs, ins.output))
+
+    def in_f64(self, ins: Instr) -> bool:
+        """The instruction's float op runs in float64 (16-bit, ``wide_ort.F64_OPS``; see ``kernels.wide_ort``:
+        a float64 op rounded once to float32 gives the same float32 in every runtime)."""
+        return ins.op in F64_OPS and self.touches_wide(ins)
+
+    def to_compute(self, ins: Instr, x: str) -> str:
+        """A float32 tensor in the instruction's compute type (float64 where ``in_f64``)."""
+        return self.node("Cast", [x], name=f"{x}_f64", to=TensorProto.DOUBLE)[0] if self.in_f64(ins) else x
+
+    def from_compute(self, ins: Instr, y: str) -> str:
+        """The op's result back in float32 (QuantizeLinear takes float32)."""
+        return self.node("Cast", [y], name=f"{y}_f32", to=TensorProto.FLOAT)[0] if self.in_f64(ins) else y
+
+    def compute_const(self, ins: Instr, base: str, arr: np.ndarray) -> str:
+        """A float parameter (bias, gamma, beta) in the instruction's compute type."""
+        return self.const(base, np.asarray(arr, np.float64 if self.in_f64(ins) else np.float32), share=False)
 
     def type_of(self, tensor: str) -> ActType:
         """How an integer tensor is stored: int16 as is (no offset), int8 in the activation type."""
@@ -252,7 +270,7 @@ class OnnxBuilder:
 
     def dq_bias(self, ins: Instr) -> str:
         if self.touches_wide(ins):  # int64 (16x8) bias: no ONNX DequantizeLinear takes it; the float32 value
-            return self.const(f"{ins.output}_bias_f", bias_f32(ins.arrays["bias"], self.bias_scale(ins)), share=False)
+            return self.compute_const(ins, f"{ins.output}_bias_f", bias_f32(ins.arrays["bias"], self.bias_scale(ins)))
         b = self.const(f"{ins.output}_bias", np.asarray(ins.arrays["bias"], np.int32), share=False)
         s = self.const(f"{ins.output}_bias_scale", self.bias_scale(ins), share=False)
         return self.node("DequantizeLinear", [b, s], name=f"{ins.output}_bias_dq", axis=0)[0]

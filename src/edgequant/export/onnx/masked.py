@@ -52,13 +52,15 @@ def embedding_f(b: OnnxBuilder, ins: Instr) -> None:
 
 # -- masked softmax -------------------------------------------------------------------------------
 def _masked_softmax(b: OnnxBuilder, ins: Instr, x: str, out: str | None) -> str:
-    xm = b.node("Where", [_keep(b, ins), x, b.const("lowest", np.float32(LOWEST))], name=f"{ins.output}_masked")[0]
+    low = b.const("lowest_f64", np.float64(LOWEST)) if b.in_f64(ins) else b.const("lowest", np.float32(LOWEST))
+    xm = b.node("Where", [_keep(b, ins), x, low], name=f"{ins.output}_masked")[0]
     return b.node("Softmax", [xm], out, name=ins.output, axis=-1)[0]
 
 
 @register("softmax_masked")
 def softmax_masked(b: OnnxBuilder, ins: Instr) -> None:
-    b.quantize_into(_masked_softmax(b, ins, b.dq(ins.inputs[0]), None), ins.output)
+    y = _masked_softmax(b, ins, b.to_compute(ins, b.dq(ins.inputs[0])), None)
+    b.quantize_into(b.from_compute(ins, y), ins.output)
 
 
 @register("softmax_masked_f")
