@@ -126,6 +126,9 @@ def edgequant_ort_row(q, name: str, ev: list[dict], ref: np.ndarray) -> dict:
         want = np.concatenate([np.asarray(q.run(f, rounding="onnxruntime", return_int=True), np.int64) for f in feeds])
         row["interpreter_ort_mode_run_s"] = time.perf_counter() - t
         gl = np.concatenate([np.asarray(q.run(f, return_int=True), np.int64) for f in feeds])
+        gl_f = (gl - int(oqp.zero_point)) * float(oqp.scale)
+        row["cos_vs_default_mode_min"] = float(torch.nn.functional.cosine_similarity(
+            torch.as_tensor(emb, dtype=torch.float64), torch.as_tensor(gl_f, dtype=torch.float64), dim=1).min())
         for k, w in (("ort_mode", want), ("default_mode", gl)):
             d = np.abs(got - w)
             row[f"lsb_vs_{k}"] = {"max": int(d.max()), "exact_pct": 100.0 * float((d == 0).mean()),
