@@ -12,18 +12,16 @@ tie -- and the 16-bit grids are fine enough that later layers amplify one LSB (a
 2^-16 probability by ~50 LSB; measured on all-MiniLM-L6-v2: per instruction <= 1 LSB, end to end
 129 LSB with float32 ops). The export casts the dequantized float32 values to float64, runs the op
 there and casts the result back to float32 once; both sides then agree unless a float64 result
-lies within ~1e-16 of a float32 rounding boundary. Conv stays float32 (ONNX Runtime has no float64
-Conv). 16-bit lookup tables are exported as the table itself (``table_ort``, a Gather).
+lies within ~1e-16 of a float32 rounding boundary. ONNX Runtime has no float64 Conv: a 16-bit conv
+is exported as its exact integer accumulator (two float32 convolutions of the input's bytes) rescaled
+in float64 (``rescale``). 16-bit lookup tables are exported as the table itself (``table_ort``, a Gather).
 
 The default ("gemmlowp") mode keeps the integer 16x8 / 16x16 forms (TFLite's), unchanged.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-
 from .. import qmath
-from ..graph_exec import conv_float
 from ..wide import bias_f32, container_dtype
 from .context import KernelContext, act_bounds
 
@@ -62,23 +60,36 @@ def _weights_f32(instr) -> np.ndarray:
 
 
 def gemm(instr, x: np.ndarray, ctx: KernelContext) -> np.ndarray:
-    """Linear (2-D input) or conv: DQ -> Gemm/Conv (float32, float32 bias) -> Q."""
+    """Linear (2-D input): DQ -> float64 Gemm (float32 bias ``wide.bias_f32``) -> float32 -> Q."""
     qx = ctx.qp(instr.inputs[0])
     xf = dequantize(x, qx)
     w = _weights_f32(instr)
     b = None
     if "bias" in instr.arrays:
         b = bias_f32(instr.arrays["bias"], np.float32(qx.scale) * np.asarray(instr.arrays["w_scale"], np.float32))
-    if instr.op == "linear":  # float64 Gemm (F64_OPS)
-        y = xf.astype(np.float64) @ w.T.astype(np.float64)
-        if b is not None:
-            y += b.astype(np.float64)
-        y = y.astype(np.float32)
-    else:
-        with torch.no_grad():
-            y = conv_float(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(w),
-                           None if b is None else torch.from_numpy(b), instr.attrs).numpy()
-    return quantize(y, instr, ctx)
+    y = xf.astype(np.float64) @ w.T.astype(np.float64)
+    if b is not None:
+        y += b.astype(np.float64)
+    return quantize(y.astype(np.float32), instr, ctx)
+
+
+def conv_scale(instr, s_in) -> np.ndarray:
+    """float64 of the float32 ``s_in * s_w[c]`` (the bias scale): the exact conv accumulator's rescale."""
+    return (np.float32(s_in) * np.asarray(instr.arrays["w_scale"], np.float32)).astype(np.float64)
+
+
+def rescale(instr, acc: np.ndarray, ctx: KernelContext) -> np.ndarray:
+    """Conv with a 16-bit input or output: ``float32((acc + b_q) * float64(s_in * s_w[c]))`` -> Q, per
+    output channel (axis 1), ``acc`` the exact integer accumulator. Why not DQ -> float32 Conv -> Q:
+    ONNX Runtime has no float64 Conv and float32 sums differ by runtime (see the module docstring);
+    the export computes the exact accumulator as two float32 convolutions of the input's bytes
+    (``kernels.conv.byte_split_slices``) and this float64 rescale, so both sides agree."""
+    cs = (1, -1) + (1,) * (acc.ndim - 2)
+    a = np.asarray(acc, np.float64)
+    if "bias" in instr.arrays:
+        a = a + instr.arrays["bias"].astype(np.float64).reshape(cs)
+    y = a * conv_scale(instr, ctx.qp(instr.inputs[0]).scale).reshape(cs)
+    return quantize(y.astype(np.float32), instr, ctx)
 
 
 def matmul(instr, inputs, ctx: KernelContext) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ...program import Instr
+from . import wide
 from .masked import wide_mean
 from .core import OnnxBuilder, conv_attrs, conv_weight, onnx_pads, pool_attrs, register
 
@@ -36,6 +37,9 @@ def dequantize(b: OnnxBuilder, ins: Instr) -> None:
 # -- integer compute: DQ -> float op -> Q ----------------------------------------------------------
 @register("conv", QDQ)
 def conv(b: OnnxBuilder, ins: Instr) -> None:
+    if b.touches_wide(ins):  # 16-bit: the exact accumulator (export/onnx/wide.py)
+        wide.conv(b, ins)
+        return
     x, w = b.align_conv_input(ins, conv_weight(ins, ins.arrays["weight"]))
     y = b.node("Conv", [b.dq(ins.inputs[0], x), b.dq_weight(ins, w), b.dq_bias(ins)], name=ins.output, **conv_attrs(ins))[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
