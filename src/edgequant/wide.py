@@ -67,9 +67,3 @@ def wide_tensors(program) -> list[str]:
     """Names of a program's 16-bit tensors (the exporters refuse them by name)."""
     return [t for t, info in program.tensors.items() if info.dtype == "int16"]
 
-
-def bias_f32(bias: np.ndarray, bias_scale: np.ndarray) -> np.ndarray:
-    """The float32 bias of a linear/conv that touches a 16-bit tensor, as the ONNX export stores it and
-    the "onnxruntime" rounding mode adds it: ``float32(b_q) * float32(s_in * s_w[c])`` in float32 (what
-    DequantizeLinear of an int32 bias computes; an int64 16x8 bias has no DequantizeLinear type)."""
-    return (np.asarray(bias).astype(np.float32) * np.asarray(bias_scale, np.float32)).astype(np.float32)

@@ -170,9 +170,7 @@ def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
 
 
 def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
-    if wide_ort.applies(instr, ctx) and instr.op == "linear":  # 16-bit: DQ -> float64 Gemm -> Q, as exported
-        return wide_ort.gemm(instr, inputs[0], ctx)
-    if wide_ort.applies(instr, ctx):  # 16-bit conv: the exact accumulator, rescaled in float64, as exported
+    if wide_ort.applies(instr, ctx):  # 16-bit: the exact accumulator, rescaled in float64, as exported
         zx = int(ctx.qp(instr.inputs[0]).zero_point)
         return wide_ort.rescale(instr, int_accumulate(instr, inputs[0], zx), ctx)
     zx = int(ctx.qp(instr.inputs[0]).zero_point)

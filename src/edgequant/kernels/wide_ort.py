@@ -6,15 +6,15 @@ int16 input or output as ``DequantizeLinear -> float op -> QuantizeLinear``. Thi
 exactly that: dequantize in float32 (``(q - z) * s``), the op, then QuantizeLinear (``x / s`` in
 float32, round half to even, saturate; ``qmath.quantize_in``) clamped to the fused activation's bounds.
 
-Why float64 for ``F64_OPS`` (Gemm, MatMul, Softmax, LayerNormalization): a float32 sum is ordered
+Why float64 for ``F64_OPS`` (MatMul, Softmax, LayerNormalization): a float32 sum is ordered
 differently by MLAS and by NumPy, so the two disagree by one LSB where a sum lands near a rounding
 tie -- and the 16-bit grids are fine enough that later layers amplify one LSB (a score LSB moves a
 2^-16 probability by ~50 LSB; measured on all-MiniLM-L6-v2: per instruction <= 1 LSB, end to end
 129 LSB with float32 ops). The export casts the dequantized float32 values to float64, runs the op
 there and casts the result back to float32 once; both sides then agree unless a float64 result
-lies within ~1e-16 of a float32 rounding boundary. ONNX Runtime has no float64 Conv: a 16-bit conv
-is exported as its exact integer accumulator (two float32 convolutions of the input's bytes) rescaled
-in float64 (``rescale``). 16-bit lookup tables are exported as the table itself (``table_ort``, a Gather).
+lies within ~1e-16 of a float32 rounding boundary. A 16-bit conv or linear is exported as its exact
+integer accumulator (the input's bytes through two float32 convolutions -- ONNX Runtime has no
+float64 Conv -- or two u8s8 MatMulInteger) rescaled in float64 (``rescale``). 16-bit lookup tables are exported as the table itself (``table_ort``, a Gather).
 
 The default ("gemmlowp") mode keeps the integer 16x8 / 16x16 forms (TFLite's), unchanged.
 """
@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 from .. import qmath
-from ..wide import bias_f32, container_dtype
+from ..wide import container_dtype
 from .context import KernelContext, act_bounds
 
 
-F64_OPS = frozenset({"linear", "matmul", "softmax", "softmax_masked", "layernorm"})
+F64_OPS = frozenset({"matmul", "softmax", "softmax_masked", "layernorm"})
 
 
 def applies(instr, ctx: KernelContext) -> bool:
@@ -49,37 +49,13 @@ def quantize(y: np.ndarray, instr, ctx: KernelContext) -> np.ndarray:
     return np.clip(q, lo, hi).astype(container_dtype(qy.bits))
 
 
-def _weights_f32(instr) -> np.ndarray:
-    """DequantizeLinear of the int8 weights per output channel (axis 0), float32, cached."""
-    cache = instr.__dict__.setdefault("_cache", {})
-    if "w_dq" not in cache:
-        w = instr.arrays["weight"]
-        ws = np.asarray(instr.arrays["w_scale"], np.float32).reshape((-1,) + (1,) * (w.ndim - 1))
-        cache["w_dq"] = (w.astype(np.float32) * ws).astype(np.float32)
-    return cache["w_dq"]
-
-
-def gemm(instr, x: np.ndarray, ctx: KernelContext) -> np.ndarray:
-    """Linear (2-D input): DQ -> float64 Gemm (float32 bias ``wide.bias_f32``) -> float32 -> Q."""
-    qx = ctx.qp(instr.inputs[0])
-    xf = dequantize(x, qx)
-    w = _weights_f32(instr)
-    b = None
-    if "bias" in instr.arrays:
-        b = bias_f32(instr.arrays["bias"], np.float32(qx.scale) * np.asarray(instr.arrays["w_scale"], np.float32))
-    y = xf.astype(np.float64) @ w.T.astype(np.float64)
-    if b is not None:
-        y += b.astype(np.float64)
-    return quantize(y.astype(np.float32), instr, ctx)
-
-
 def conv_scale(instr, s_in) -> np.ndarray:
     """float64 of the float32 ``s_in * s_w[c]`` (the bias scale): the exact conv accumulator's rescale."""
     return (np.float32(s_in) * np.asarray(instr.arrays["w_scale"], np.float32)).astype(np.float64)
 
 
 def rescale(instr, acc: np.ndarray, ctx: KernelContext) -> np.ndarray:
-    """Conv with a 16-bit input or output: ``float32((acc + b_q) * float64(s_in * s_w[c]))`` -> Q, per
+    """Conv or linear (2-D) with a 16-bit input or output: ``float32((acc + b_q) * float64(s_in * s_w[c]))`` -> Q, per
     output channel (axis 1), ``acc`` the exact integer accumulator. Why not DQ -> float32 Conv -> Q:
     ONNX Runtime has no float64 Conv and float32 sums differ by runtime (see the module docstring);
     the export computes the exact accumulator as two float32 convolutions of the input's bytes

@@ -25,7 +25,6 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import ExportError
 from ...packing import pack
 from ...kernels.wide_ort import F64_OPS
-from ...wide import bias_f32
 from ...program import Instr, Program
 
 CIN_ALIGN = 4  # dense convs get input channels padded to a multiple of this (see align_conv_input)
@@ -269,8 +268,6 @@ class OnnxBuilder:
         return (s_in * np.asarray(ins.arrays["w_scale"], np.float32)).astype(np.float32)
 
     def dq_bias(self, ins: Instr) -> str:
-        if self.touches_wide(ins):  # int64 (16x8) bias: no ONNX DequantizeLinear takes it; the float32 value
-            return self.compute_const(ins, f"{ins.output}_bias_f", bias_f32(ins.arrays["bias"], self.bias_scale(ins)))
         b = self.const(f"{ins.output}_bias", np.asarray(ins.arrays["bias"], np.int32), share=False)
         s = self.const(f"{ins.output}_bias_scale", self.bias_scale(ins), share=False)
         return self.node("DequantizeLinear", [b, s], name=f"{ins.output}_bias_dq", axis=0)[0]

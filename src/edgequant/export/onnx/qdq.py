@@ -47,9 +47,11 @@ def conv(b: OnnxBuilder, ins: Instr) -> None:
 
 @register("linear", QDQ, nd_rows=True)
 def linear(b: OnnxBuilder, ins: Instr) -> None:
-    x, w = b.to_compute(ins, b.dq(ins.inputs[0])), b.to_compute(ins, b.dq_weight(ins))
-    y = b.node("Gemm", [x, w, b.dq_bias(ins)], name=ins.output, transB=1)[0]
-    b.quantize_into(b.from_compute(ins, y), ins.output, *b.out_bounds(ins))
+    if b.touches_wide(ins):  # 16-bit: the exact accumulator (export/onnx/wide.py)
+        wide.linear(b, ins)
+        return
+    y = b.node("Gemm", [b.dq(ins.inputs[0]), b.dq_weight(ins), b.dq_bias(ins)], name=ins.output, transB=1)[0]
+    b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
 
 @register("add", QDQ)
