@@ -1,6 +1,6 @@
 """Transformer fidelity: a real pretrained sentence encoder as loaded, quantized, vs its fp32 self.
 
-    python bench/transformer_fidelity.py [--recipes fp32,default,w8a8-pc,...] [--calib 128] [--eval 256]
+    python bench/transformer_fidelity.py [--recipes fp32,default,w8a8-pc,...] [--calib 128] [--eval 256] [--onnx]
                                          [--no-ort] [--ablate] [--ablate-rest] [--json out.json]
 
 Model and text: ``examples/sentence_encoder.py`` (all-MiniLM-L6-v2 from the PyPI package
@@ -73,7 +73,10 @@ def ort_rows(model, calib: list[dict], ev: list[dict], ref: np.ndarray) -> list[
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return np.concatenate([sess.run(None, {k: v.numpy() for k, v in b.items()})[0] for b in ev])
 
-    rows = []
+    t = time.perf_counter()
+    emb = run(fp32)
+    rows = [{"recipe": "fp32 (torch.onnx.export)", "engine": "onnxruntime", **fidelity(emb, ref), "quantize_s": 0.0,
+             "run_s": time.perf_counter() - t}]
     for name, make in (
         ("ort-quantize_static (QDQ u8s8 per-channel, MinMax)", lambda out: quantize_static(
             str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -95,6 +98,42 @@ def ort_rows(model, calib: list[dict], ev: list[dict], ref: np.ndarray) -> list[
         except Exception as e:  # a baseline that fails is reported, not fatal
             rows.append({"recipe": name, "error": f"{type(e).__name__}: {e}"[:300]})
     return rows
+
+
+def edgequant_ort_row(q, name: str, ev: list[dict], ref: np.ndarray) -> dict:
+    """``q`` exported by edgequant (QDQ; int16 where act16 widened) and run in ONNX Runtime (1 thread):
+    fidelity, run time, and parity with the interpreter in LSB of the output grid, against its
+    "onnxruntime" rounding mode (what ORT computes) and its default mode."""
+    import onnxruntime as ort
+
+    path = Path(tempfile.mkdtemp(prefix="eq-tf-")) / "q.onnx"
+    t = time.perf_counter()
+    q.export(path, format="onnx")
+    export_s = time.perf_counter() - t
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feeds = [{k: v.numpy() for k, v in b.items()} for b in ev]
+    t = time.perf_counter()
+    emb = np.concatenate([sess.run(None, f)[0] for f in feeds])
+    run_s = time.perf_counter() - t
+    row = {"recipe": f"{name} (edgequant ONNX export)", "engine": "onnxruntime", **fidelity(emb, ref),
+           "quantize_s": export_s, "run_s": run_s}
+    oqp = q.program.output_qparams
+    if oqp is not None:
+        got = np.rint(emb / np.float32(oqp.scale)).astype(np.int64) + int(oqp.zero_point)
+        t = time.perf_counter()
+        want = np.concatenate([np.asarray(q.run(f, rounding="onnxruntime", return_int=True), np.int64) for f in feeds])
+        row["interpreter_ort_mode_run_s"] = time.perf_counter() - t
+        gl = np.concatenate([np.asarray(q.run(f, return_int=True), np.int64) for f in feeds])
+        gl_f = (gl - int(oqp.zero_point)) * float(oqp.scale)
+        row["cos_vs_default_mode_min"] = float(torch.nn.functional.cosine_similarity(
+            torch.as_tensor(emb, dtype=torch.float64), torch.as_tensor(gl_f, dtype=torch.float64), dim=1).min())
+        for k, w in (("ort_mode", want), ("default_mode", gl)):
+            d = np.abs(got - w)
+            row[f"lsb_vs_{k}"] = {"max": int(d.max()), "exact_pct": 100.0 * float((d == 0).mean()),
+                                  "within1_pct": 100.0 * float((d <= 1).mean())}
+    return row
 
 
 def _group(n) -> str:
@@ -242,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", type=int, default=128)
     p.add_argument("--eval", type=int, default=256)
     p.add_argument("--no-ort", action="store_true")
+    p.add_argument("--onnx", action="store_true",
+                   help="also: each integer recipe exported by edgequant and run in ONNX Runtime (fidelity, time, LSB parity)")
     p.add_argument("--json", default=None)
     p.add_argument("--ablate", action="store_true", help="also: which activation groups cost the fidelity (float fake-quant)")
     p.add_argument("--ablate-rest", action="store_true",
@@ -276,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                "run_s": time.perf_counter() - t}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if a.onnx and q.recipe.mode == "static":
+            row = edgequant_ort_row(q, r, ev, ref)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if not a.no_ort:
         for row in ort_rows(model, calib, ev, ref):
             rows.append(row)

@@ -77,7 +77,7 @@ def test_int16_masked_softmax_kernel():
     tensors = {"x": TensorInfo("int16", x.shape, qx), "y": TensorInfo("int16", x.shape, qy)}
     keep = np.broadcast_to(mask[:, None, None, :] != 0, x.shape)
     real = torch.softmax(torch.tensor(x * float(np.float32(s_x)), dtype=torch.float64).masked_fill(~torch.tensor(keep), -np.inf), -1)
-    for rounding in ("gemmlowp", "onnxruntime"):  # 16-bit: the integer form in both modes
+    for rounding in ("gemmlowp", "onnxruntime"):  # onnxruntime: float32 DQ -> Where -> Softmax -> Q, as exported
         y = softmax_masked_run(ins, [x, mask], KernelContext(rounding, tensors))
         assert y.dtype == np.int16 and (y[~keep] == qy.qmin).all()
         got = (y.astype(np.float64) - int(qy.zero_point)) * float(qy.scale)

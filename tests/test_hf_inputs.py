@@ -251,8 +251,9 @@ def test_unsupported_uses_are_refused_by_name_and_the_model_is_untouched():
 
 
 # -- real transformers BERT ----------------------------------------------------------------------------
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_hf_bert_as_loaded(attn):
+def tiny_hf_bert(attn: str = "sdpa"):
+    """(model, batches(n, seed)): a 2-layer random ``transformers`` BERT, mean-pooled, three keyword
+    inputs (ids, mask, token types); skips the test without ``transformers``."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -274,7 +275,12 @@ def test_hf_bert_as_loaded(attn):
         b = batch(n, seed)
         return {**b, "token_type_ids": (torch.arange(L)[None] >= 4).long().expand(n, L) * b["attention_mask"]}
 
-    model = Pooled().eval()
+    return Pooled().eval(), b3
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hf_bert_as_loaded(attn):
+    model, b3 = tiny_hf_bert(attn)
     calib = [b3(16, s) for s in range(3)]
     ev = b3(24, 42)
     with torch.no_grad():

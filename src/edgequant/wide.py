@@ -66,3 +66,4 @@ def requantize_64(acc: np.ndarray, *, bias: np.ndarray | None, m0: np.ndarray, s
 def wide_tensors(program) -> list[str]:
     """Names of a program's 16-bit tensors (the exporters refuse them by name)."""
     return [t for t, info in program.tensors.items() if info.dtype == "int16"]
+

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import qmath, wide
 from ..graph_exec import conv_float
-from . import RUN, SIM, gemm, native, register
+from . import RUN, SIM, gemm, native, register, wide_ort
 from .context import KernelContext, act_bounds
 
 
@@ -112,6 +112,13 @@ def _sliced_f32(instr, xt: torch.Tensor, slices: list[tuple[int, int]]) -> torch
     return acc
 
 
+def byte_split_slices(instr) -> list[tuple[int, int]] | None:
+    """Input-channel ranges in which float32 sums ``hi * w`` and ``lo * w`` of an int16 input split
+    into bytes (``x = 256 hi + lo``, |hi|, lo <= 255) stay exact: ``_int16_accumulate`` and the ONNX
+    export of a 16-bit conv (``export/onnx/wide.py``) compute the exact accumulator this way."""
+    return _input_slices(instr, 255)
+
+
 def _int16_accumulate(instr, x: np.ndarray) -> np.ndarray:
     """Exact conv/linear of int16 input (zero point 0) as float64 (N, O, ...).
 
@@ -121,7 +128,7 @@ def _int16_accumulate(instr, x: np.ndarray) -> np.ndarray:
     Why: NumPy's int64 windows ran Lite1 at 16-bit activations ~100x slower than at 8 bits, and
     float64 depthwise convolution ~4x slower than two float32 ones.
     """
-    slices = _input_slices(instr, 255)
+    slices = byte_split_slices(instr)
     if slices is None:
         cache = instr.__dict__.setdefault("_cache", {})
         if "w_f64" not in cache:
@@ -163,6 +170,9 @@ def _channel_shape(acc: np.ndarray) -> tuple[int, ...]:
 
 
 def _gemm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    if wide_ort.applies(instr, ctx):  # 16-bit: the exact accumulator, rescaled in float64, as exported
+        zx = int(ctx.qp(instr.inputs[0]).zero_point)
+        return wide_ort.rescale(instr, int_accumulate(instr, inputs[0], zx), ctx)
     zx = int(ctx.qp(instr.inputs[0]).zero_point)
     return requantize_accumulator(instr, int_accumulate(instr, inputs[0], zx), ctx)
 

@@ -14,7 +14,10 @@ Integer forms ("gemmlowp", integer-only):
   kept count per sample (>= 1): one exact integer division, so the per-sample divisor costs no
   second rounding. |acc| < 2^8 * L and M0 < 2^31 keep the product inside int64 for L < 2^24.
 
-The "onnxruntime" mode does the same in float32 with round-half-even (``rint(acc * M / c)``).
+The "onnxruntime" mode computes what ONNX Runtime runs for the exported graph (``export/onnx/masked``):
+the reduce in float32 with round-half-even (``rint(acc * M / c)``, exported as exactly that), the masked
+softmax as ``DQ -> Where(mask, x, lowest) -> Softmax -> Q`` in float32 (``wide_ort.softmax``; no
+fused quantized kernel takes the mask, at 8 or 16 bits).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 
 from .. import masking, qmath
 from ..wide import container_dtype
-from . import RUN, SIM, register
+from . import RUN, SIM, register, wide_ort
 from .context import KernelContext
 from .transformer import EXP_FRAC_BITS, softmax_from_exp  # noqa: F401  (the exp table's Q format, documented there)
 
@@ -68,19 +71,13 @@ def embedding_f_sim(instr, inputs, ctx) -> torch.Tensor:
 def softmax_masked_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     x = inputs[0]
     keep = _keep(inputs[1], instr.attrs["mask_view"], x.shape)
+    if ctx.rounding == "onnxruntime":  # the exported DQ -> Where(mask) -> Softmax -> Q (no fused kernel), float32
+        return wide_ort.softmax(instr, x, ctx, keep)
     qy = ctx.qp(instr.output)
     zy = int(qy.zero_point)
     xi = x.astype(np.int64)
     big = np.where(keep, xi, np.int64(-(1 << 40)))
     mx = big.max(axis=-1, keepdims=True)  # max over kept keys (a row keeps at least one)
-    if ctx.rounding == "onnxruntime" and "table_ort" in instr.arrays:  # 16-bit: the integer form in both modes
-        table = instr.arrays["table_ort"]
-        d = np.clip(xi - mx, -255, 0)
-        e = np.where(keep, table[255 + d], np.float32(0)).astype(np.float32)
-        total = np.cumsum(e, axis=-1, dtype=np.float32)[..., -1:]
-        y_scale = np.float32(np.floor(np.float32(1.0) / np.float32(qy.scale)))
-        q = np.rint((e * y_scale) / total).astype(np.int64) + (zy + 128)
-        return np.clip(np.minimum(q, 255) - 128, qy.qmin, qy.qmax).astype(np.int8)
     table = instr.arrays["exp_table"].astype(np.int64)
     k = np.clip(mx - xi, 0, table.shape[0] - 1)
     e = np.where(keep, table[k], 0)  # Q20; masked keys: 0

@@ -10,8 +10,7 @@ Integer forms (the "gemmlowp" mode, integer-only):
   ``d = x - max(x)`` in ``[-(qmax - qmin), 0]``; ``e = exp_table[-d]`` with
   ``exp_table[k] = round(2^20 * exp(-k * s_x))`` built at lowering; ``S = sum(e)`` in int64;
   ``y = qmin + floor((2 * e * 2^bits + S) / (2 * S))`` (round half up of ``p * 2^bits``), clamped.
-  int16 input: one table entry per input code (65536); int16 output: bits = 16 (grid 2^-16). The
-  16-bit forms have no ONNX Runtime counterpart, so both rounding modes run the integer form.
+  int16 input: one table entry per input code (65536); int16 output: bits = 16 (grid 2^-16).
 * ``layernorm`` (see ``layernorm_int``): integer mean/variance, integer square root, Q12 normalised
   value, per-channel int8 gamma and int32 beta, per-channel requantization.
 * ``transpose``: data movement only.
@@ -21,7 +20,8 @@ ORT fuses ``DQ -> MatMul -> Q`` into QLinearMatMul (int32 accumulator, float32 m
 round half even: the shared requantization's onnxruntime branch) and ``DQ -> Softmax -> Q`` into
 its QLinearSoftmax (a float32 exp table and float32 row sums, reproduced in ``_ort_softmax``);
 it runs ``DQ -> LayerNormalization -> Q`` in float32 (``_ort_layernorm``, its formula and
-summation order). ``SIM`` is the float64 fake-quant twin of every instruction.
+summation order). With a 16-bit input or output ORT has no integer kernel and runs the float32
+op between DQ and Q; so does that mode (``wide_ort``). ``SIM`` is the float64 fake-quant twin of every instruction.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import RUN, SIM, gemm, register
+from . import RUN, SIM, gemm, register, wide_ort
 from .context import KernelContext
 from ..wide import container_dtype
 from .conv import requantize_accumulator
@@ -46,6 +46,8 @@ LN_WIDE_FRAC_BITS = 16
 # -- matmul ---------------------------------------------------------------------------------------
 @register("matmul", RUN)
 def matmul_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
+    if wide_ort.applies(instr, ctx):  # 16-bit: ONNX Runtime's DQ -> float32 MatMul -> Q
+        return wide_ort.matmul(instr, inputs, ctx)
     za, zb = int(ctx.qp(instr.inputs[0]).zero_point), int(ctx.qp(instr.inputs[1]).zero_point)
     dt = np.int32 if instr.attrs.get("acc64") else np.int16  # int16 inputs: x - z spans 17 bits
     a = inputs[0].astype(dt) - za  # (..., M, K) in [-255, 255] (int8) or [-65535, 65535] (int16)
@@ -111,7 +113,9 @@ def softmax_from_exp(e: np.ndarray, instr, qy) -> np.ndarray:
 def softmax_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     x = inputs[0]
     qy = ctx.qp(instr.output)
-    if ctx.rounding == "onnxruntime" and "table_ort" in instr.arrays:  # 16-bit: the integer form in both modes
+    if wide_ort.applies(instr, ctx):  # 16-bit: ONNX Runtime's DQ -> float32 Softmax -> Q
+        return wide_ort.softmax(instr, x, ctx)
+    if ctx.rounding == "onnxruntime" and "table_ort" in instr.arrays:
         return _ort_softmax(x, instr.arrays["table_ort"], float(qy.scale), int(qy.zero_point), qy.qmin, qy.qmax)
     k = x.max(axis=-1, keepdims=True).astype(np.int64) - x.astype(np.int64)  # (..., D) in [0, qmax - qmin]
     return softmax_from_exp(instr.arrays["exp_table"].astype(np.int64)[k], instr, qy)  # Q20 exps
@@ -171,6 +175,8 @@ def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     An int16 output uses Q16 (attr ``frac_bits``), an int64 beta and accumulator (``acc64``)."""
     x = inputs[0]
     qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
+    if wide_ort.applies(instr, ctx):  # 16-bit: DQ -> float64 LayerNormalization -> Q, as exported
+        return wide_ort.layernorm(instr, x, ctx)
     if ctx.rounding == "onnxruntime":
         return _ort_layernorm(x, qx, qy, instr)
     n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]),

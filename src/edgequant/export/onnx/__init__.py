@@ -14,9 +14,8 @@ import onnx
 
 from ...errors import ExportError
 from ..files import check_options, write_file
-from ...wide import wide_tensors
 from ...program import Program
-from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer  # noqa: F401  (fill the tables)
+from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer, masked  # noqa: F401  (fill the tables)
 from .core import CIN_ALIGN, OPSET, STYLES, WHY_UINT8, OnnxBuilder
 
 OPTIONS = ("style", "activation_type", "int4_weights", "align_channels", "check")
@@ -58,6 +57,11 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     ``core.WHY_UINT8``) or "int8". ``int4_weights``: store <= 4-bit weights as INT4.
     ``align_channels``: pad dense convs' input channels to this multiple (exact; faster in ONNX
     Runtime, see ``OnnxBuilder.align_conv_input``); 0 turns it off.
+
+    16-bit activations (act16 recipes: ``w8a16``, ``w8a16-res``) are int16 tensors with opset-21
+    QuantizeLinear/DequantizeLinear around float ops in every style (``core.WIDE_TYPE``); ONNX Runtime
+    runs those nodes in float32, as ``q.run(rounding="onnxruntime")`` does. Dict-input models
+    (token ids, attention masks) get one named graph input per keyword input.
     """
     if style not in STYLES:
         raise ExportError(f"ONNX style {style!r} is not supported; use one of {sorted(STYLES)}")
@@ -65,16 +69,12 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
-    wide = wide_tensors(program)
-    if wide:
-        raise ExportError(f"recipe {recipe.get('name', '?')!r} cannot be exported to ONNX yet: tensor '{wide[0]}'"
-                          + (f" and {len(wide) - 1} more are" if len(wide) > 1 else " is")
-                          + " 16-bit (act16; the int16 x int8 kernels have no ONNX emitter). Run it with the "
-                          "interpreter (q.run), or export a recipe with 8-bit activations (e.g. 'w8a8-pc')")
     # the builder may add tensor infos for export-only reshapes; keep them out of the caller's program
     b = OnnxBuilder(dataclasses.replace(program, tensors=dict(program.tensors)), activation_type, int4_weights, align_channels)
     for ins in program.instrs:
-        table[ins.op](b, ins)
+        # 16-bit (act16) layers: QDQ in every style -- QLinearConv, QGemm, QLinearAdd, ... are 8-bit only
+        emit = STYLES["qdq"][ins.op] if style != "qdq" and b.touches_wide(ins) and ins.op in STYLES["qdq"] else table[ins.op]
+        emit(b, ins)
     meta = {"edgequant.recipe": recipe.get("name", ""), "edgequant.style": style,
             "edgequant.activation_type": b.act.name}
     doc = f"edgequant export, recipe {recipe.get('name', '?')}, {style}; " + (WHY_UINT8 if b.act.name == "uint8" else "int8 activations")

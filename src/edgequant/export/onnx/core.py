@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import ExportError
 from ...packing import pack
+from ...kernels.wide_ort import F64_OPS
 from ...program import Instr, Program
 
 CIN_ALIGN = 4  # dense convs get input channels padded to a multiple of this (see align_conv_input)
@@ -46,6 +47,14 @@ ACT_TYPES = {
     "uint8": ActType("uint8", TensorProto.UINT8, np.uint8, 128),
     "int8": ActType("int8", TensorProto.INT8, np.int8, 0),
 }
+
+# 16-bit activations (act16): ONNX int16 with the program's integers and zero point (symmetric, 0
+# except the softmax grid). Opset 21 QuantizeLinear/DequantizeLinear take int16, and ONNX Runtime's
+# CPU provider runs them in the default domain (no com.microsoft Q/DQ needed); it has no int16
+# integer kernels, so every node touching int16 runs as DQ -> float32 op -> Q (round half to even).
+WIDE_TYPE = ActType("int16", TensorProto.INT16, np.int16, 0)
+# graph input types of the program's input dtypes (float images, int64 token ids and masks)
+INPUT_TYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
 
 WHY_UINT8 = ("uint8 activations: ONNX Runtime on x86 runs uint8 x int8 GEMMs on its fast path "
              "(~2.6 TOP/s on 2 cores) and int8 x int8 ~50x slower; uint8 is the program's int8 "
@@ -113,24 +122,55 @@ class OnnxBuilder:
 
     # -- integer activations ------------------------------------------------------------------
     def is_int(self, tensor: str) -> bool:
-        return self.program.tensors[tensor].dtype == "int8"
+        return self.program.tensors[tensor].dtype in ("int8", "int16")
+
+    def is_wide(self, tensor: str) -> bool:
+        """A 16-bit (act16) tensor: stored as ONNX int16 with the program's own integers."""
+        return self.program.tensors[tensor].dtype == "int16"
+
+    def touches_wide(self, ins: Instr) -> bool:
+        """Any int16 input or output: ONNX Runtime runs such a node as DQ -> float32 op -> Q."""
+        return any(t in self.program.tensors and self.is_wide(t) for t in (*ins.inputs, ins.output))
+
+    def in_f64(self, ins: Instr) -> bool:
+        """The instruction's float op runs in float64 (16-bit, ``wide_ort.F64_OPS``; see ``kernels.wide_ort``:
+        a float64 op rounded once to float32 gives the same float32 in every runtime)."""
+        return ins.op in F64_OPS and self.touches_wide(ins)
+
+    def to_compute(self, ins: Instr, x: str) -> str:
+        """A float32 tensor in the instruction's compute type (float64 where ``in_f64``)."""
+        return self.node("Cast", [x], name=f"{x}_f64", to=TensorProto.DOUBLE)[0] if self.in_f64(ins) else x
+
+    def from_compute(self, ins: Instr, y: str) -> str:
+        """The op's result back in float32 (QuantizeLinear takes float32)."""
+        return self.node("Cast", [y], name=f"{y}_f32", to=TensorProto.FLOAT)[0] if self.in_f64(ins) else y
+
+    def compute_const(self, ins: Instr, base: str, arr: np.ndarray) -> str:
+        """A float parameter (bias, gamma, beta) in the instruction's compute type."""
+        return self.const(base, np.asarray(arr, np.float64 if self.in_f64(ins) else np.float32), share=False)
+
+    def type_of(self, tensor: str) -> ActType:
+        """How an integer tensor is stored: int16 as is (no offset), int8 in the activation type."""
+        return WIDE_TYPE if self.is_wide(tensor) else self.act
 
     def qparams(self, tensor: str) -> tuple[str, str]:
-        """(scale, zero point) initializers of an integer tensor, in the export's activation type."""
+        """(scale, zero point) initializers of an integer tensor, in its ONNX type (``type_of``)."""
         if tensor not in self._qp_cache:
             qp = self.program.tensors[tensor].qparams
             if qp is None or np.ndim(qp.scale) != 0:
                 raise ExportError(f"tensor {tensor!r} has no per-tensor activation qparams; cannot export it as a quantized activation")
-            if qp.qmin < -128 or qp.qmax > 127:
-                raise ExportError(f"tensor {tensor!r}: integer range [{qp.qmin}, {qp.qmax}] does not fit an int8 container")
+            t = self.type_of(tensor)
+            lo, hi = (-32768, 32767) if t is WIDE_TYPE else (-128, 127)
+            if qp.qmin < lo or qp.qmax > hi:
+                raise ExportError(f"tensor {tensor!r}: integer range [{qp.qmin}, {qp.qmax}] does not fit an {t.name} container")
             s = self.const(f"{tensor}_scale", np.float32(qp.scale))
-            z = self.const(f"{tensor}_zp", int(qp.zero_point) + self.act.offset, self.act.np_dtype)
+            z = self.const(f"{tensor}_zp", int(qp.zero_point) + t.offset, t.np_dtype)
             self._qp_cache[tensor] = (s, z)
         return self._qp_cache[tensor]
 
-    def encode(self, value: int) -> int:
-        """A program int8 value in the export's activation type."""
-        return int(value) + self.act.offset
+    def encode(self, value: int, tensor: str | None = None) -> int:
+        """A program integer value of ``tensor`` (default: an int8 tensor) in its ONNX type."""
+        return int(value) + (self.type_of(tensor).offset if tensor is not None else self.act.offset)
 
     def dq(self, tensor: str, src: str | None = None) -> str:
         """A fresh DequantizeLinear of an integer tensor (one per consumer, as QDQ graphs expect);
@@ -144,7 +184,7 @@ class OnnxBuilder:
         sum is unchanged. ONNX Runtime's x86 u8s8 conv kernels take 4 input channels per step; a
         3-channel RGB stem runs ~3x slower than the same conv padded to 4 (bench/speed.py)."""
         x, c, k = ins.inputs[0], w.shape[1], self.align_channels
-        if k <= 1 or c % k == 0 or int(ins.attrs.get("groups", 1)) != 1 or not self.is_int(x):
+        if k <= 1 or c % k == 0 or int(ins.attrs.get("groups", 1)) != 1 or not self.is_int(x) or self.is_wide(x):
             return x, w
         extra = -c % k
         pads = np.zeros(2 * w.ndim, np.int64)
@@ -162,6 +202,12 @@ class OnnxBuilder:
         hi = qp.qmax if hi is None else hi
         out = out or tensor
         s, z = self.qparams(tensor)
+        if self.is_wide(tensor):  # ONNX Runtime has no int16 Clip: clamp the real value (the same integers)
+            if lo > qp.qmin or hi < qp.qmax:
+                value = self.node("Clip", [value, self.const(f"{out}_lo_f", np.float32(qp.scale) * np.float32(lo - int(qp.zero_point))),
+                                           self.const(f"{out}_hi_f", np.float32(qp.scale) * np.float32(hi - int(qp.zero_point)))],
+                                  name=f"{out}_act")[0]
+            return self.node("QuantizeLinear", [value, s, z], out, name=f"{out}_q")[0]
         if lo <= -128 and hi >= 127:
             return self.node("QuantizeLinear", [value, s, z], out, name=f"{out}_q")[0]
         raw = self.node("QuantizeLinear", [value, s, z], name=f"{out}_q")[0]
@@ -169,6 +215,11 @@ class OnnxBuilder:
 
     def clip_int(self, src: str, out: str, lo: int, hi: int) -> str:
         """Integer Clip in the activation type: the fused activation / narrow (sub-8-bit) range."""
+        if self.is_wide(out):  # no int16 Clip in ONNX Runtime: clip the exact int32 widening
+            wide = self.node("Cast", [src], name=f"{out}_i32", to=TensorProto.INT32)[0]
+            c = self.node("Clip", [wide, self.const(f"{out}_lo", np.int32(lo)), self.const(f"{out}_hi", np.int32(hi))],
+                          name=f"{out}_clip")[0]
+            return self.node("Cast", [c], out, name=f"{out}_i16", to=TensorProto.INT16)[0]
         a = self.act
         lo_c = self.const(f"{out}_lo", self.encode(max(lo, -128)), a.np_dtype)
         hi_c = self.const(f"{out}_hi", self.encode(min(hi, 127)), a.np_dtype)
@@ -224,11 +275,11 @@ class OnnxBuilder:
     # -- the model ------------------------------------------------------------------------------
     def model(self, doc: str, metadata: dict[str, str]) -> onnx.ModelProto:
         p = self.program
-        in_shape = ["N", *p.tensors[p.input].shape[1:]]
+        ins = [helper.make_tensor_value_info(t, INPUT_TYPES[p.tensors[t].dtype], ["N", *p.tensors[t].shape[1:]])
+               for t in p.inputs]  # dict batches: every keyword input, by name (token ids, masks: int64)
         out_shape = ["N", *p.tensors[p.output].shape[1:]]
         graph = helper.make_graph(
-            self.nodes, "edgequant", [helper.make_tensor_value_info(p.input, TensorProto.FLOAT, in_shape)],
-            [helper.make_tensor_value_info(p.output, TensorProto.FLOAT, out_shape)], self.inits)
+            self.nodes, "edgequant", ins, [helper.make_tensor_value_info(p.output, TensorProto.FLOAT, out_shape)], self.inits)
         opsets = [helper.make_opsetid("", OPSET)]
         if self.used_ms:
             opsets.append(helper.make_opsetid(MS_DOMAIN, 1))

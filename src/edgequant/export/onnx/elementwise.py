@@ -10,6 +10,7 @@ the table built the way ORT computes (float32 dequantize, function, QuantizeLine
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ...errors import ExportError
 from ...program import Instr
@@ -44,8 +45,23 @@ def float_function(b: OnnxBuilder, ins: Instr, x: str, out: str | None = None) -
 
 @register("lut")
 def lut(b: OnnxBuilder, ins: Instr) -> None:
+    if b.touches_wide(ins):  # 16-bit: the table itself (Gather), exactly the onnxruntime mode's ``table_ort``
+        _table_lookup(b, ins)
+        return
     y = float_function(b, ins, b.dq(ins.inputs[0]))
     b.quantize_into(y, ins.output)
+
+
+def _table_lookup(b: OnnxBuilder, ins: Instr) -> None:
+    """``table_ort[q - in_qmin]`` as Cast(int32) -> Sub -> Gather: an int16 input has no fused
+    lookup kernel in ONNX Runtime, and the float function (e.g. Gelu's erf) differs by runtime."""
+    x, out = ins.inputs[0], ins.output
+    t = b.type_of(out)
+    table = b.const(f"{out}_table", (ins.arrays["table_ort"].astype(np.int32) + t.offset).astype(t.np_dtype), share=False)
+    xi = b.node("Cast", [x], name=f"{out}_i32", to=TensorProto.INT32)[0]
+    lo = int(ins.attrs["in_qmin"]) + b.type_of(x).offset
+    idx = b.node("Sub", [xi, b.const(f"{out}_in_qmin", np.int32(lo))], name=f"{out}_index")[0]
+    b.node("Gather", [table, idx], out, name=out, axis=0)
 
 
 @register("mul")

@@ -12,8 +12,11 @@ Each emitter is ``fn(builder, instr) -> None`` and writes the ONNX tensor named 
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ...program import Instr
+from . import wide
+from .masked import wide_mean
 from .core import OnnxBuilder, conv_attrs, conv_weight, onnx_pads, pool_attrs, register
 
 QDQ = ("qdq",)  # QOperator has its own conv, linear, add, avgpool, mean (qop.py)
@@ -34,6 +37,9 @@ def dequantize(b: OnnxBuilder, ins: Instr) -> None:
 # -- integer compute: DQ -> float op -> Q ----------------------------------------------------------
 @register("conv", QDQ)
 def conv(b: OnnxBuilder, ins: Instr) -> None:
+    if b.touches_wide(ins):  # 16-bit: the exact accumulator (export/onnx/wide.py)
+        wide.conv(b, ins)
+        return
     x, w = b.align_conv_input(ins, conv_weight(ins, ins.arrays["weight"]))
     y = b.node("Conv", [b.dq(ins.inputs[0], x), b.dq_weight(ins, w), b.dq_bias(ins)], name=ins.output, **conv_attrs(ins))[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
@@ -41,6 +47,9 @@ def conv(b: OnnxBuilder, ins: Instr) -> None:
 
 @register("linear", QDQ, nd_rows=True)
 def linear(b: OnnxBuilder, ins: Instr) -> None:
+    if b.touches_wide(ins):  # 16-bit: the exact accumulator (export/onnx/wide.py)
+        wide.linear(b, ins)
+        return
     y = b.node("Gemm", [b.dq(ins.inputs[0]), b.dq_weight(ins), b.dq_bias(ins)], name=ins.output, transB=1)[0]
     b.quantize_into(y, ins.output, *b.out_bounds(ins))
 
@@ -90,6 +99,9 @@ def avgpool(b: OnnxBuilder, ins: Instr) -> None:
 
 @register("mean", QDQ)
 def mean(b: OnnxBuilder, ins: Instr) -> None:
+    if b.touches_wide(ins):  # no 16-bit QLinearGlobalAveragePool: the exact integer sum, as the onnxruntime mode
+        wide_mean(b, ins)
+        return
     y = b.node("GlobalAveragePool", [b.dq(ins.inputs[0])], name=ins.output)[0]
     if ins.attrs.get("keepdim", True):
         b.quantize_into(y, ins.output)
@@ -114,6 +126,11 @@ def reshape(b: OnnxBuilder, ins: Instr) -> None:
 def pad(b: OnnxBuilder, ins: Instr) -> None:
     x = ins.inputs[0]
     pads = b.const("pads", np.array(onnx_pads(ins.attrs["pads"]), np.int64))
+    if b.is_wide(x):  # ONNX Runtime has no int16 Pad: pad the exact int32 widening
+        xi = b.node("Cast", [x], name=f"{ins.output}_i32", to=TensorProto.INT32)[0]
+        p = b.node("Pad", [xi, pads, b.const("pad_value_i32", np.int32(ins.attrs["value"]))], name=ins.output, mode="constant")[0]
+        b.node("Cast", [p], ins.output, name=f"{ins.output}_i16", to=TensorProto.INT16)
+        return
     if b.is_int(x):
         value = b.const("pad_value", b.encode(ins.attrs["value"]), b.act.np_dtype)
     else:

@@ -93,7 +93,11 @@ def _bilinear_int(b: OnnxBuilder, ins: Instr) -> None:
 @register("const_f")
 def const(b: OnnxBuilder, ins: Instr) -> None:
     v = ins.arrays["value"]
-    arr = (v.astype(np.int16) + b.act.offset).astype(b.act.np_dtype) if ins.op == "const" else v.astype(np.float32)
+    if ins.op == "const":
+        t = b.type_of(ins.output)
+        arr = (v.astype(np.int32) + t.offset).astype(t.np_dtype)
+    else:
+        arr = v.astype(np.float32)
     b.inits.append(numpy_helper.from_array(arr, ins.output))
 
 

@@ -32,26 +32,27 @@ def matmul(b: OnnxBuilder, ins: Instr) -> None:
     else:
         s = b.const(f"{a}_scale_alpha", matmul_scale_f32(b.program.tensors[a].qparams.scale, alpha))
         da = b.node("DequantizeLinear", [a, s, b.qparams(a)[1]], name=f"{a}_dq")[0]
-    y = b.node("MatMul", [da, b.dq(c)], name=ins.output)[0]
-    b.quantize_into(y, ins.output, *b.out_bounds(ins))
+    y = b.node("MatMul", [b.to_compute(ins, da), b.to_compute(ins, b.dq(c))], name=ins.output)[0]
+    b.quantize_into(b.from_compute(ins, y), ins.output, *b.out_bounds(ins))
 
 
 @register("softmax")
 def softmax(b: OnnxBuilder, ins: Instr) -> None:
-    y = b.node("Softmax", [b.dq(ins.inputs[0])], name=ins.output, axis=-1)[0]
-    b.quantize_into(y, ins.output)
+    y = b.node("Softmax", [b.to_compute(ins, b.dq(ins.inputs[0]))], name=ins.output, axis=-1)[0]
+    b.quantize_into(b.from_compute(ins, y), ins.output)
 
 
 def _layernorm(b: OnnxBuilder, ins: Instr, x: str, out: str | None) -> str:
-    g = b.const(f"{ins.output}_gamma", ins.arrays["gamma_f"].astype(np.float32), share=False)
-    beta = b.const(f"{ins.output}_beta", ins.arrays["beta_f"].astype(np.float32), share=False)
+    g = b.compute_const(ins, f"{ins.output}_gamma", ins.arrays["gamma_f"].astype(np.float32))
+    beta = b.compute_const(ins, f"{ins.output}_beta", ins.arrays["beta_f"].astype(np.float32))
     return b.node("LayerNormalization", [x, g, beta], out, name=ins.output, axis=-1,
                   epsilon=float(ins.attrs["eps"]))[0]
 
 
 @register("layernorm")
 def layernorm(b: OnnxBuilder, ins: Instr) -> None:
-    b.quantize_into(_layernorm(b, ins, b.dq(ins.inputs[0]), None), ins.output)
+    y = _layernorm(b, ins, b.to_compute(ins, b.dq(ins.inputs[0])), None)
+    b.quantize_into(b.from_compute(ins, y), ins.output)
 
 
 @register("transpose")
