@@ -5,7 +5,9 @@ FULLY_CONNECTED (or a 1x1 CONV_2D, ``linear="conv"``), int8 per-channel weights 
 16x8 (int16 input, ``attrs["acc64"]``): the same operators with an int64 bias; LiteRT then runs
 ``reference_integer_ops::ConvPerChannel`` / ``DepthwiseConvPerChannel`` / ``FullyConnected`` on
 int16 (int64 accumulator, 64-bit ``MultiplyByQuantizedMultiplier``), in its optimized resolver too
-(an int64 bias selects the reference kernel there), which is ``wide.requantize_64``.
+(an int64 bias selects the reference kernel there), which is ``wide.requantize_64``. The
+``linear="fully_connected"`` form is within 1 LSB, not exact: LiteRT's 16x8 FULLY_CONNECTED
+requantizes in one rounding with the full Q31 multiplier (as its int8 one rounds once).
 """
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 LiteRT has no table operator, but a table lookup is a GATHER: ``CAST`` the int8 (int16) codes to
 int32, subtract the table's first code, ``GATHER`` from the instruction's own 256-entry int8
-(65536-entry int16, act16) table (the gemmlowp-mode table ``q.run`` uses). Bit-exact by construction, and the same for every function --
-the file computes what the program computes instead of LiteRT's own float-derived kernels
-(LOGISTIC, HARD_SWISH, ...), which round differently. Registered into ``core.EMITTERS``.
+(65536-entry int16, act16) table (the gemmlowp-mode table ``q.run`` uses). Bit-exact by
+construction, and the same for every function -- the file computes what the program computes
+instead of LiteRT's own float-derived or interpolated kernels (LOGISTIC, HARD_SWISH, ...), which
+round differently. Registered into ``core.EMITTERS``.
 """
 from __future__ import annotations
 
