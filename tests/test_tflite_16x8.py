@@ -56,17 +56,13 @@ def block():
     return q, {"held-out": x[32:].numpy(), "3x range": 3.0 * x[32:].numpy()}
 
 
-def test_block_is_16_bit_throughout(block):
-    q, _ = block
-    p = q.program
-    wide = {ins.op for ins in p.instrs if p.tensors[ins.output].dtype == "int16"}
-    assert {"quantize", "conv", "add", "pad", "lut", "mean", "linear"} <= wide, wide
-
-
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_reference_kernels_are_bit_exact(block, layout):
     """BUILTIN_REF vs q.run: 0 LSB on every output element, in range and saturating."""
     q, xs = block
+    p = q.program
+    wide = {ins.op for ins in p.instrs if p.tensors[ins.output].dtype == "int16"}
+    assert {"quantize", "conv", "add", "pad", "lut", "mean", "linear"} <= wide, wide  # 16-bit throughout
     data = to_tflite(q, layout=layout)
     types = tensor_types(data)
     assert types["x.q"] == INT16 and all(types[t] == INT64 for t in types if t.endswith("/bias"))
@@ -106,6 +102,33 @@ def test_artifact_round_trip_exports_the_same_file(block, tmp_path):
     q2.export(tmp_path / "m.tflite", format="tflite")
     x = xs["held-out"]
     assert np.array_equal(run_tflite(tmp_path / "m.tflite", x, kernels="reference"), q.run(x))
+
+
+def _add_pot_flags(data: bytes) -> list[bool]:
+    """``pot_scale_int16`` of every int16 ADD in the file (the schema's default is true)."""
+    from tflite.AddOptions import AddOptions
+    from tflite.BuiltinOperator import BuiltinOperator
+    from tflite.Model import Model
+
+    model = Model.GetRootAsModel(data, 0)
+    sg, flags = model.Subgraphs(0), []
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() == BuiltinOperator.ADD \
+                and sg.Tensors(op.Outputs(0)).Type() == INT16:
+            opts = AddOptions()
+            opts.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            flags.append(bool(opts.PotScaleInt16()))
+    return flags
+
+
+def test_int16_add_selects_the_general_scale_kernel(block):
+    """With ``pot_scale_int16`` (the schema default) LiteRT would run its power-of-two-scale int16
+    ADD whenever all three scales are powers of two; the program's ADD is the general one (left
+    shift 15). Calibrated scales are rarely powers of two, so parity alone does not show this."""
+    q, _ = block
+    flags = _add_pot_flags(to_tflite(q))
+    assert flags and not any(flags)
 
 
 class _Norm(nn.Module):
