@@ -24,7 +24,7 @@ def _pool(e: Emitter, ins: Instr) -> None:
     eb, er = a.get("extra", (0, 0))
     n, c, h, w = e.shape(name_in)
     same, _ = same_pads((h, w), kernel, stride, (1, 1))
-    integer = e.dtype(name_in) in ("int8", "int16")
+    integer = e.dtype(name_in) == "int8"
     if ins.op == "maxpool":
         # padded and ceil-mode positions never win a max: TFLite SAME (which skips them) or an
         # explicit pad with the lowest value are both exact
@@ -32,7 +32,7 @@ def _pool(e: Emitter, ins: Instr) -> None:
         if pads == (0, 0, 0, 0) or pads == same:
             padding = "VALID" if pads == (0, 0, 0, 0) else "SAME"
         else:
-            low = int(np.iinfo(e.dtype(name_in)).min) if integer else -np.finfo(np.float32).max
+            low = -128 if integer else -np.finfo(np.float32).max
             padding, x = "VALID", e.pad_op(x, ins.output, name_in, (n, h, w, c), pads, low)
         op = "MAX_POOL_2D"
     else:
