@@ -19,7 +19,7 @@ from ...program import Program
 OPS_16X8 = {
     "quantize": "QUANTIZE (float32 -> int16)", "dequantize": "DEQUANTIZE", "conv": "CONV_2D / DEPTHWISE_CONV_2D",
     "linear": "CONV_2D 1x1 / FULLY_CONNECTED", "add": "ADD", "pad": "PAD", "mean": "MEAN", "lut": "GATHER",
-    "reshape": "RESHAPE", "transpose": "TRANSPOSE", "clamp": "MAXIMUM / MINIMUM",
+    "reshape": "RESHAPE", "transpose": "TRANSPOSE",
 }
 _INT = ("int8", "int16")
 

@@ -51,4 +51,4 @@ def _clamp(e: Emitter, ins: Instr) -> None:
     form = e.form_of(src)
     x = e.where[src][form]
     out = e.define(ins.output, form)
-    e.clamp(x, out, ins.output, ins.attrs["lo"], ins.attrs["hi"], e.dtype(src) in ("int8", "int16"))
+    e.clamp(x, out, ins.output, ins.attrs["lo"], ins.attrs["hi"], e.dtype(src) == "int8")
