@@ -15,12 +15,10 @@ from __future__ import annotations
 from ...errors import ExportError
 from ...program import Program
 
-# program op -> the TFLite operator(s) its int16 form becomes
-OPS_16X8 = {
-    "quantize": "QUANTIZE (float32 -> int16)", "dequantize": "DEQUANTIZE", "conv": "CONV_2D / DEPTHWISE_CONV_2D",
-    "linear": "CONV_2D 1x1 / FULLY_CONNECTED", "add": "ADD", "pad": "PAD", "mean": "MEAN", "lut": "GATHER",
-    "reshape": "RESHAPE", "transpose": "TRANSPOSE",
-}
+# program ops whose int16 form has a LiteRT 16x8 kernel: QUANTIZE (float32 -> int16), DEQUANTIZE,
+# CONV_2D / DEPTHWISE_CONV_2D, CONV_2D 1x1 or FULLY_CONNECTED, ADD, PAD, MEAN, GATHER (tables),
+# RESHAPE, TRANSPOSE
+OPS_16X8 = frozenset({"quantize", "dequantize", "conv", "linear", "add", "pad", "mean", "lut", "reshape", "transpose"})
 _INT = ("int8", "int16")
 
 
