@@ -140,6 +140,44 @@ def _latency(files: dict[str, bytes], x_nhwc: np.ndarray, kernels: str, threads:
     return {k: (statistics.median(wall[k]) * 1e3, statistics.median(cpu[k]) * 1e3) for k in fns}
 
 
+def op_trace(q, x: np.ndarray, kernels: str) -> dict[str, tuple[int, int, int]]:
+    """Which operators LiteRT computes differently from the interpreter: every instruction's kernel
+    (``kernels.RUN``) applied to LiteRT's own input tensors, against LiteRT's output tensor.
+    Returns op -> (instructions, elements differing, max difference in that tensor's LSB)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgequant.export.tflite import emit
+    from edgequant.kernels import RUN
+    from edgequant.kernels.context import KernelContext
+
+    e = emit(q)
+    resolver = {"reference": OpResolverType.BUILTIN_REF,
+                "optimized": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[kernels]
+    it = Interpreter(model_content=e.m.serialize(), experimental_op_resolver_type=resolver,
+                     experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    p = q.program
+
+    def value(name: str) -> np.ndarray:  # the tensor in edgequant's layout
+        form, idx = next(iter(e.where[name].items()))
+        v = it.get_tensor(idx)
+        return v.transpose(0, 3, 1, 2) if form == "nhwc" and v.ndim == 4 else v
+
+    ctx, out = KernelContext("gemmlowp", p.tensors), {}
+    for ins in p.instrs:
+        ours = RUN[ins.op](ins, [value(t) for t in ins.inputs], ctx)
+        d = np.abs(value(ins.output).reshape(ours.shape).astype(np.float64) - ours.astype(np.float64))
+        if ins.op == "dequantize":
+            d = np.round(d / float(p.tensors[ins.inputs[0]].qparams.scale))
+        n, diff, mx = out.get(ins.op, (0, 0, 0))
+        out[ins.op] = (n + 1, diff + int((d > 0).sum()), max(mx, int(d.max())))
+    return out
+
+
 def real_net(net: str, recipes: list[str], n_calib: int, n_eval: int, threads: int, repeats: int) -> None:
     """EfficientNet-Lite on real photo crops: agreement with fp32, LSB parity, latency per recipe."""
     import os
@@ -182,6 +220,10 @@ def real_net(net: str, recipes: list[str], n_calib: int, n_eval: int, threads: i
                          f"{100 * (d == 0).mean():>8.2f}{int(np.abs(d).max()):>8}{time.perf_counter() - t:>7.1f}  "
                          f"{histogram(d)}")
         print(lines[-3] + "\n" + lines[-2] + "\n" + lines[-1], flush=True)
+        trace = op_trace(q, x[:1], "optimized")
+        print(f"  {recipe}, optimized kernels per operator on crop 0 (op: instructions, elements differing from the "
+              "interpreter's kernel on LiteRT's own inputs, max LSB): "
+              + "; ".join(f"{op} {n}, {k}, {m}" for op, (n, k, m) in trace.items()), flush=True)
     print("\n" + hdr + "\n" + "-" * len(hdr) + "\n" + "\n".join(lines))
     x1 = np.ascontiguousarray(x[:1].transpose(0, 2, 3, 1))
     print(f"\nLiteRT latency, batch 1, {threads} thread(s), median of {repeats} interleaved rounds (ms; CPU = process "

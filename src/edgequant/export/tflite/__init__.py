@@ -62,6 +62,12 @@ def _check_recipe(program: Program) -> None:
 
 def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> bytes:
     """The ``.tflite`` flatbuffer bytes of a QuantizedModel (or Program); see the module docstring."""
+    return emit(q, layout, batch_size, linear).m.serialize()
+
+
+def emit(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> Emitter:
+    """The filled ``Emitter`` ``to_tflite`` serializes; its ``where`` says which TFLite tensor holds
+    each program tensor, in which layout (for tools that read LiteRT's intermediate tensors)."""
     program = _program(q)
     _check_recipe(program)
     e = Emitter(program, layout, batch_size, linear)
@@ -78,7 +84,7 @@ def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv"
     out = program.output
     want = "nhwc" if layout == "nhwc" else "nchw"
     e.m.outputs = [e.get(out, want)]
-    return e.m.serialize()
+    return e
 
 
 def export_tflite(q, path, **options) -> Path:
@@ -88,4 +94,4 @@ def export_tflite(q, path, **options) -> Path:
     return write_file("TFLite", path, lambda p: p.write_bytes(data))
 
 
-__all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
+__all__ = ["to_tflite", "emit", "export_tflite", "EMITTERS", "tflite_act_range"]
