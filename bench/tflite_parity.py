@@ -19,6 +19,15 @@ differently.
 
     python bench/tflite_parity.py                            # both recipes, ~1-2 min on a quiet 2-core box
     python bench/tflite_parity.py --recipes w8a8-pc --random 200 --threads 2
+
+``--real lite1`` instead measures EfficientNet-Lite1 on real photo crops (``examples/efficientnet_lite.py``,
+64 calibration / 200 evaluation crops as ``bench/real_accuracy.py``) for ``--recipes`` (there:
+default ``w8a16-res`` -- the TFLite 16x8 file -- and ``w8a8-pc``): top-1 agreement with fp32 of
+the interpreter and of LiteRT (reference and optimized kernels), the LSB differences from the
+interpreter, and LiteRT latency at batch 1 (optimized kernels and the default XNNPACK resolver,
+the recipes interleaved in one run, NHWC files)::
+
+    python bench/tflite_parity.py --real lite1               # ~10 min on a loaded 2-core box
 """
 from __future__ import annotations
 
@@ -110,15 +119,139 @@ def probe_ops(n: int = 400) -> None:
               f"{int(np.abs(d['optimized']).max()):>8}")
 
 
+def _latency(files: dict[str, bytes], x_nhwc: np.ndarray, kernels: str, threads: int, repeats: int) -> dict:
+    """Median wall and process-CPU ms per batch-1 invoke of each file, interleaved rounds."""
+    import statistics
+
+    from speed_tflite import _runner
+
+    fns = {k: _runner(d, kernels, threads, x_nhwc) for k, d in files.items()}
+    for fn in fns.values():  # warm up
+        fn(), fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(repeats):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[k]()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]) * 1e3, statistics.median(cpu[k]) * 1e3) for k in fns}
+
+
+def op_trace(q, x: np.ndarray, kernels: str) -> dict[str, tuple[int, int, int]]:
+    """Which operators LiteRT computes differently from the interpreter: every instruction's kernel
+    (``kernels.RUN``) applied to LiteRT's own input tensors, against LiteRT's output tensor.
+    Returns op -> (instructions, elements differing, max difference in that tensor's LSB)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgequant.export.tflite import emit
+    from edgequant.kernels import RUN
+    from edgequant.kernels.context import KernelContext
+
+    e = emit(q)
+    resolver = {"reference": OpResolverType.BUILTIN_REF,
+                "optimized": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[kernels]
+    it = Interpreter(model_content=e.m.serialize(), experimental_op_resolver_type=resolver,
+                     experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    p = q.program
+
+    def value(name: str) -> np.ndarray:  # the tensor in edgequant's layout
+        form, idx = next(iter(e.where[name].items()))
+        v = it.get_tensor(idx)
+        return v.transpose(0, 3, 1, 2) if form == "nhwc" and v.ndim == 4 else v
+
+    ctx, out = KernelContext("gemmlowp", p.tensors), {}
+    for ins in p.instrs:
+        ours = RUN[ins.op](ins, [value(t) for t in ins.inputs], ctx)
+        d = np.abs(value(ins.output).reshape(ours.shape).astype(np.float64) - ours.astype(np.float64))
+        if ins.op == "dequantize":
+            d = np.round(d / float(p.tensors[ins.inputs[0]].qparams.scale))
+        n, diff, mx = out.get(ins.op, (0, 0, 0))
+        out[ins.op] = (n + 1, diff + int((d > 0).sum()), max(mx, int(d.max())))
+    return out
+
+
+def real_net(net: str, recipes: list[str], n_calib: int, n_eval: int, threads: int, repeats: int) -> None:
+    """EfficientNet-Lite on real photo crops: agreement with fp32, LSB parity, latency per recipe."""
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "examples"))
+    sys.path.insert(0, str(root / "bench"))
+    os.environ["EQ_LITE"] = net
+    import efficientnet_lite as L
+
+    size = L.SIZES[net]
+    model = L.model()
+    cx, _ = L.crops(n_calib, seed=1, size=size)
+    ex, _ = L.crops(n_eval, seed=0, size=size)
+    x = ex.numpy()
+    with torch.no_grad():
+        fp32 = torch.cat([model(ex[i:i + 32]) for i in range(0, len(ex), 32)]).argmax(1).numpy()
+    print(f"{net}: {n_calib} calibration / {n_eval} evaluation crops ({size}x{size}); agreement = top-1 equal to "
+          f"fp32 (PyTorch); LSB = output (logit) LSB vs the interpreter (q.run, gemmlowp)", flush=True)
+    hdr = (f"{'recipe':<11}{'engine':<22}{'agree %':>8}{'same %':>8}{'max LSB':>8}{'s':>7}  histogram (LSB:count)")
+    lines, files = [], {}
+    for recipe in recipes:
+        t = time.perf_counter()
+        q = eq.quantize(model, recipe, [cx[i:i + 16] for i in range(0, len(cx), 16)])
+        t_q = time.perf_counter() - t
+        files[recipe] = to_tflite(q, layout="nhwc")
+        data = to_tflite(q)
+        t = time.perf_counter()
+        ref = interpreter.run(q.program, x, rounding="gemmlowp")
+        lines.append(f"{recipe:<11}{'interpreter (q.run)':<22}{100 * (ref.argmax(1) == fp32).mean():>8.1f}{'':>16}"
+                     f"{time.perf_counter() - t:>7.1f}  (quantize {t_q:.1f} s, file {len(data) / 1e6:.2f} MB)")
+        scale = float(q.program.output_qparams.scale)
+        for kernels in ("reference", "optimized"):
+            t = time.perf_counter()
+            y = run_tflite(litert_interpreter(data, kernels, num_threads=threads), x)
+            d = lsb(y, ref, scale)
+            lines.append(f"{recipe:<11}{'LiteRT ' + kernels:<22}{100 * (y.argmax(1) == fp32).mean():>8.1f}"
+                         f"{100 * (d == 0).mean():>8.2f}{int(np.abs(d).max()):>8}{time.perf_counter() - t:>7.1f}  "
+                         f"{histogram(d)}")
+        print(lines[-3] + "\n" + lines[-2] + "\n" + lines[-1], flush=True)
+        trace = op_trace(q, x[:1], "optimized")
+        print(f"  {recipe}, optimized kernels per operator on crop 0 (op: instructions, elements differing from the "
+              "interpreter's kernel on LiteRT's own inputs, max LSB): "
+              + "; ".join(f"{op} {n}, {k}, {m}" for op, (n, k, m) in trace.items()), flush=True)
+    print("\n" + hdr + "\n" + "-" * len(hdr) + "\n" + "\n".join(lines))
+    x1 = np.ascontiguousarray(x[:1].transpose(0, 2, 3, 1))
+    print(f"\nLiteRT latency, batch 1, {threads} thread(s), median of {repeats} interleaved rounds (ms; CPU = process "
+          "CPU time per invoke)")
+    for kernels in ("optimized", "default"):
+        ms = _latency(files, x1, kernels, threads, repeats)
+        print(f"  {kernels:<10}" + "   ".join(f"{k}: {w:.1f} ms (CPU {c:.1f})" for k, (w, c) in ms.items()), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=list(NETS))
-    ap.add_argument("--recipes", nargs="+", default=["w8a8-pc", "w4a8"])
+    ap.add_argument("--recipes", nargs="+", help="default: w8a8-pc w4a8 (--real: w8a16-res w8a8-pc)")
     ap.add_argument("--random", type=int, default=1000, help="random images per net (uniform [0, 16])")
     ap.add_argument("--threads", type=int, default=1, help="LiteRT threads (the kernels' rounding does not depend on it)")
     ap.add_argument("--no-probe", action="store_true", help="skip the per-operator probe")
+    ap.add_argument("--real", choices=["lite0", "lite1", "lite2"],
+                    help="EfficientNet-Lite on real photo crops instead of the digits nets (recipes default: "
+                         "w8a16-res w8a8-pc)")
+    ap.add_argument("--calib", type=int, default=64, help="--real: calibration crops")
+    ap.add_argument("--eval", type=int, default=200, help="--real: evaluation crops")
+    ap.add_argument("--repeats", type=int, default=15, help="--real: latency rounds")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.real:
+        real_net(args.real, args.recipes or ["w8a16-res", "w8a8-pc"], args.calib, args.eval, args.threads, args.repeats)
+        return
+    args.recipes = args.recipes or ["w8a8-pc", "w4a8"]
     from ai_edge_litert import __version__ as litert_version
 
     calib, test = eq.data.digits()

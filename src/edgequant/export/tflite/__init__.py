@@ -4,7 +4,9 @@ Int8 programs follow the TFLite int8 quantization spec exactly as lowered: per-c
 int8 weights (zp 0), int32 bias with scale ``s_in * s_w``, asymmetric int8 activations. LiteRT
 derives its fixed-point multipliers from the float32 scales in the file with the same
 ``QuantizeMultiplier`` the lowering uses, so its reference kernels (``BUILTIN_REF``) reproduce
-``interpreter.run(..., rounding="gemmlowp")`` bit for bit.
+``interpreter.run(..., rounding="gemmlowp")`` bit for bit. 16-bit-activation programs (act16,
+``w8a16-res``) export as TFLite 16x8 (int16 activations, int8 weights, int64 bias) where every
+layer has a 16x8 kernel; ``act16.check_16x8`` refuses the rest by layer.
 
 Layout: edgequant tensors are NCHW, TFLite kernels NHWC. Each 4-D tensor is kept in whichever
 layout its producer wrote and a TRANSPOSE is inserted only where a consumer needs the other one
@@ -24,9 +26,9 @@ from pathlib import Path
 
 from ...errors import ExportError
 from ..files import check_options, write_file
-from ...wide import wide_tensors
 from ...program import Program
 from . import conv, elementwise, pool, shape, lut, rnn  # noqa: F401  (fill the table)
+from .act16 import check_16x8
 from .core import EMITTERS, Emitter, tflite_act_range
 
 OPTIONS = ("layout", "batch_size", "linear")
@@ -49,10 +51,7 @@ def _check_recipe(program: Program) -> None:
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")
-    wide = wide_tensors(program)
-    if wide:
-        raise ExportError(f"recipe {name!r} cannot target TFLite yet: tensor '{wide[0]}' is a 16-bit activation "
-                          "(act16; no 16x8 emitters); use 8-bit activations (e.g. 'w8a8-pc')")
+    check_16x8(program)  # act16: int16 activations export as TFLite 16x8 where LiteRT computes them exactly
     for t, info in program.tensors.items():
         qp = info.qparams
         if info.dtype == "int8" and qp is not None and (qp.bits != 8 or qp.qmin != -128 or qp.qmax != 127):
@@ -63,6 +62,12 @@ def _check_recipe(program: Program) -> None:
 
 def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> bytes:
     """The ``.tflite`` flatbuffer bytes of a QuantizedModel (or Program); see the module docstring."""
+    return emit(q, layout, batch_size, linear).m.serialize()
+
+
+def emit(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv") -> Emitter:
+    """The filled ``Emitter`` ``to_tflite`` serializes; its ``where`` says which TFLite tensor holds
+    each program tensor, in which layout (for tools that read LiteRT's intermediate tensors)."""
     program = _program(q)
     _check_recipe(program)
     e = Emitter(program, layout, batch_size, linear)
@@ -79,7 +84,7 @@ def to_tflite(q, layout: str = "nchw", batch_size: int = 1, linear: str = "conv"
     out = program.output
     want = "nhwc" if layout == "nhwc" else "nchw"
     e.m.outputs = [e.get(out, want)]
-    return e.m.serialize()
+    return e
 
 
 def export_tflite(q, path, **options) -> Path:
@@ -89,4 +94,4 @@ def export_tflite(q, path, **options) -> Path:
     return write_file("TFLite", path, lambda p: p.write_bytes(data))
 
 
-__all__ = ["to_tflite", "export_tflite", "EMITTERS", "tflite_act_range"]
+__all__ = ["to_tflite", "emit", "export_tflite", "EMITTERS", "tflite_act_range"]

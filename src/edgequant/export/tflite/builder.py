@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the option
     raise ExportError("TFLite export needs the 'tflite' and 'flatbuffers' packages: pip install 'edgequant[tflite]'") from e
 
 SCHEMA_VERSION = 3
-TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int16": 7, "int8": 9, "int4": 17}
+TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int64": 4, "int16": 7, "int8": 9, "int4": 17}
 PADDING = {"SAME": 0, "VALID": 1}
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 

@@ -1,6 +1,13 @@
 """TFLite emitters for convolution and linear layers: CONV_2D / DEPTHWISE_CONV_2D and
 FULLY_CONNECTED (or a 1x1 CONV_2D, ``linear="conv"``), int8 per-channel weights (packed INT4 for
 <= 4-bit) with int32 bias, the fp32 forms for the float baseline.
+
+16x8 (int16 input, ``attrs["acc64"]``): the same operators with an int64 bias; LiteRT then runs
+``reference_integer_ops::ConvPerChannel`` / ``DepthwiseConvPerChannel`` / ``FullyConnected`` on
+int16 (int64 accumulator, 64-bit ``MultiplyByQuantizedMultiplier``), in its optimized resolver too
+(an int64 bias selects the reference kernel there), which is ``wide.requantize_64``. The
+``linear="fully_connected"`` form is within 1 LSB, not exact: LiteRT's 16x8 FULLY_CONNECTED
+requantizes in one rounding with the full Q31 multiplier (as its int8 one rounds once).
 """
 from __future__ import annotations
 
@@ -18,14 +25,16 @@ def _weights(e: Emitter, ins: Instr, w: np.ndarray, axis: int) -> int:
     DEPTHWISE_CONV_2D and FULLY_CONNECTED unpack to int8 before the same integer GEMM."""
     bits = int(ins.attrs.get("weight_bits", 8))
     scale = ins.arrays["w_scale"].astype(np.float32)
-    dtype = "int4" if bits <= 4 else "int8"
+    # 16x8 kernels take int8 filters only (no INT4 unpacking on the int16 path)
+    dtype = "int4" if bits <= 4 and not ins.attrs.get("acc64") else "int8"
     return e.m.const(f"{ins.output}/weight", w, dtype, Quant(scale, np.zeros(scale.size, np.int64), axis))
 
 
 def _bias(e: Emitter, ins: Instr) -> int:
     s_in = np.float32(e.p.tensors[ins.inputs[0]].qparams.scale)
     scale = (s_in * ins.arrays["w_scale"].astype(np.float32)).astype(np.float32)
-    return e.m.const(f"{ins.output}/bias", ins.arrays["bias"].astype(np.int32), "int32",
+    dtype = "int64" if ins.attrs.get("acc64") else "int32"  # 16x8: int64 bias, as the interpreter adds it
+    return e.m.const(f"{ins.output}/bias", ins.arrays["bias"].astype(dtype), dtype,
                      Quant(scale, np.zeros(scale.size, np.int64), 0))
 
 

@@ -139,14 +139,14 @@ class Emitter:
         return (FLOAT_ACTS[act], None) if act in FLOAT_ACTS else ("NONE", act)
 
     def clamp(self, src: int, out: int, name: str, lo, hi, int_dtype: bool) -> None:
-        """Elementwise clamp as MAXIMUM/MINIMUM with scalar constants (exact on int8: same qparams)."""
+        """Elementwise clamp as MAXIMUM/MINIMUM with scalar constants (exact on int8/int16: same qparams)."""
         q = self.quant(name) if int_dtype else None
-        dt = "int8" if int_dtype else "float32"
+        dt = self.dtype(name) if int_dtype else "float32"
         lo_inf = lo is None or lo == float("-inf")
         hi_inf = hi is None or hi == float("inf")
         steps = [(op, v) for op, v, skip in (("MAXIMUM", lo, lo_inf), ("MINIMUM", hi, hi_inf)) if not skip]
         if not steps:
-            steps = [("MAXIMUM", np.iinfo(np.int8).min if int_dtype else -np.finfo(np.float32).max)]
+            steps = [("MAXIMUM", np.iinfo(dt).min if int_dtype else -np.finfo(np.float32).max)]
         cur = src
         for k, (op, v) in enumerate(steps):
             dst = out if k == len(steps) - 1 else self.new(f"{name}/{op.lower()}", self.m.tensors[out].shape, like=name)
@@ -164,15 +164,16 @@ class Emitter:
         return out
 
     def pad(self, src: int, out: int, name: str, like: str, pads, value) -> None:
-        """PAD when ``value`` is real zero (TFLite pads int8 with the output zero point, float with
-        0.0), else PADV2 with the value as a constant."""
+        """PAD when ``value`` is real zero (TFLite pads int8/int16 with the output zero point, float
+        with 0.0), else PADV2 with the value as a constant."""
         dt = self.dtype(like)
+        integer = dt in ("int8", "int16")
         paddings = self.m.const(f"{name}/paddings", np.array(pads, np.int32))
-        zero = int(self.p.tensors[like].qparams.zero_point) if dt == "int8" else 0.0
+        zero = int(self.p.tensors[like].qparams.zero_point) if integer else 0.0
         if value == zero:
             self.m.op("PAD", [src, paddings], [out])
             return
-        val = self.m.const(f"{name}/value", np.array([value]), "int8" if dt == "int8" else "float32", self.quant(like))
+        val = self.m.const(f"{name}/value", np.array([value]), dt if integer else "float32", self.quant(like))
         self.m.op("PADV2", [src, paddings, val], [out])
 
     def window_padding(self, ins: Instr, name_in: str, src: int, kernel, stride, dilation, pads, pad_value):

@@ -1,5 +1,9 @@
 """TFLite emitters for the integer region's edges and element-wise ops: QUANTIZE, DEQUANTIZE, ADD
-(with its fused activation) and clamps (MAXIMUM/MINIMUM or a fused RELU)."""
+(with its fused activation) and clamps (MAXIMUM/MINIMUM or a fused RELU).
+
+An int16 ADD (act16) sets ``pot_scale_int16 = false``: LiteRT then takes its general-scale 16-bit
+path (inputs shifted left by 15, the interpreter's ``wide.ADD_LEFT_SHIFT_16``) instead of the
+power-of-two-scale kernel the schema's default selects."""
 from __future__ import annotations
 
 from ...program import Instr
@@ -35,7 +39,9 @@ def _add(e: Emitter, ins: Instr) -> None:
     act, clamp = e.fused_act(ins) if integer else e.float_act(ins)
     out = e.define(ins.output, form)
     raw = out if clamp is None else e.new(f"{ins.output}/preact", e.m.tensors[out].shape, like=ins.output)
-    e.m.op("ADD", [a, b], [raw], FusedActivationFunction=ACTIVATIONS[act])
+    # int16 ADD: the general-scale kernel (left shift 15, the interpreter's), not the power-of-two one
+    wide = {"PotScaleInt16": False} if integer and e.dtype(ins.output) == "int16" else {}
+    e.m.op("ADD", [a, b], [raw], FusedActivationFunction=ACTIVATIONS[act], **wide)
     finish_act(e, ins, raw, out, clamp, integer)
 
 
