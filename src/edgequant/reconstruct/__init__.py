@@ -82,6 +82,17 @@ for _wb in (4, 8):
         description=f"GPTQ {_wb}-bit per-channel weights, int16 activations wherever an int16 kernel exists "
                     "(transformers; arXiv 2210.17323)"))
 
+# Group-wise 4-bit scales (lowbit/groups.py: a scale per 128 input columns as channel scale x 8-bit
+# integer multiplier, still one integer GEMM per layer), GPTQ with act-order on that grid; the
+# per-channel w4a16-gptq stopped at 0.98 mean cosine on all-MiniLM-L6-v2 (bench/RESULTS.md, issue 16)
+for _ab, _act in ((16, {"act16": "all"}), (8, {})):
+    register_recipe(dataclasses.replace(
+        make_recipe(4, 8, "gptq", name=f"w4a{_ab}-g128-gptq", weight_group=128, act_order=True, **_act),
+        activations=TensorSpec(8),
+        description=f"GPTQ (act-order) 4-bit weights with a scale per 128 input columns (channel scale x 8-bit "
+                    f"group multiplier, integer-only), {'int16 activations wherever an int16 kernel exists' if _ab == 16 else 'int8 activations'} "
+                    "(transformers; arXiv 2210.17323)"))
+
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",

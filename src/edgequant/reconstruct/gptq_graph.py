@@ -80,11 +80,13 @@ def gptq_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, Weight
         grid = grids[n.name]
         bits = grid.extra.get("channel_bits")
         binary = None if bits is None else np.asarray(bits) == 1
-        q = gptq_node(n, hess[n.name], grid.scale, grid.lo, grid.hi, binary, cfg.damp, act_order=cfg.act_order)
-        res.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
         w = torch.as_tensor(n.params["weight"], dtype=torch.float64)
-        s = torch.as_tensor(grid.scale, dtype=torch.float64).reshape((-1,) + (1,) * (w.ndim - 1))
-        lo, hi = (torch.as_tensor(v, dtype=torch.float64).reshape(s.shape) for v in (grid.lo, grid.hi))
+        steps = grid.steps(tuple(w.shape))  # (O,), or (O, K) with group-wise scales
+        q = gptq_node(n, hess[n.name], steps, grid.lo, grid.hi, binary, cfg.damp, act_order=cfg.act_order)
+        res.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
+        w, q = w.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1)
+        s = torch.as_tensor(steps, dtype=torch.float64).reshape(w.shape[0], -1)
+        lo, hi = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1) for v in (grid.lo, grid.hi))
         near += _hessian_error(w - torch.clamp(torch.round(w / s), lo, hi) * s, hess[n.name])
         err += _hessian_error(w - q * s, hess[n.name])
         times[n.name] = time.perf_counter() - t0

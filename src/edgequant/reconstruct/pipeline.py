@@ -63,6 +63,9 @@ def config_from_recipe(recipe: Recipe) -> ReconConfig:
     if method == "gptq" and (cfg.learn_act_scale or cfg.qdrop):
         raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale and qdrop belong to BRECQ's training loop; "
                           "GPTQ rounds in one pass with the calibrated activation grids")
+    if recipe.option("weight_group") and method != "gptq":
+        raise RecipeError(f"recipe {recipe.name!r}: weight_group (group-wise scales) works with reconstruct='gptq' "
+                          f"or nearest rounding; {method} learns the rounding on per-channel scales")
     if not 0.0 <= cfg.damp < 1.0:
         raise RecipeError(f"recipe {recipe.name!r}: damp={cfg.damp} is a fraction of the Hessian's mean diagonal in [0, 1)")
     if not 0.0 <= cfg.qdrop < 1.0:
