@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from ...errors import ExportError
-from ..files import check_options, write_file
+from ..files import check_options, refuse_group_weights, write_file
 from ...wide import wide_tensors
 from ...program import Program
 from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer  # noqa: F401  (fill the tables)
@@ -65,6 +65,7 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
+    refuse_group_weights(program, "ONNX")
     wide = wide_tensors(program)
     if wide:
         raise ExportError(f"recipe {recipe.get('name', '?')!r} cannot be exported to ONNX yet: tensor '{wide[0]}'"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ExportError
-from ..files import check_options, write_file
+from ..files import check_options, refuse_group_weights, write_file
 from ...wide import wide_tensors
 from ...program import Program
 from . import conv, elementwise, pool, shape, lut, rnn  # noqa: F401  (fill the table)
@@ -49,6 +49,7 @@ def _check_recipe(program: Program) -> None:
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")
+    refuse_group_weights(program, "TFLite")
     wide = wide_tensors(program)
     if wide:
         raise ExportError(f"recipe {name!r} cannot target TFLite yet: tensor '{wide[0]}' is a 16-bit activation "
