@@ -92,6 +92,8 @@ class ReconConfig:
     cpu_budget: float | None = None   # CPU-seconds of training per layer (adaround) / unit (brecq): fewer
     # steps where a step is costly (measured on the first PROBE steps); None: always ``iterations``
     act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
+    sequential: bool = False          # GPTQ on transformers (gptq_graph.py): each layer's Hessian after the
+    # rounding of the layers before it (one pass per stage of independent layers) instead of one pass
 
 
 @dataclass
