@@ -171,3 +171,22 @@ def test_weight_group_needs_a_method_with_group_scales():
             eq.quantize(mlp, with_options(name, weight_group=G), x)
     with pytest.raises(RecipeError, match="weight_group=-1"):
         eq.quantize(mlp, with_options("w4a8", weight_group=-1), x)
+
+
+def test_sequential_gptq_rounds_later_stages_on_the_rounded_layers_before(enc, qg):
+    """Sequential mode: Q, K, V share the first stage (same Hessians as the one-pass run, so the same
+    integers); the attention output is solved on inputs produced by the rounded Q/K/V (other integers)."""
+    from edgequant.reconstruct.gptq_graph import stages
+
+    model, calib, ev, ref = enc
+    qs = eq.quantize(model, with_options("w4a16-g128-gptq", weight_group=G, sequential=True), calib)
+    assert qs.program.meta["reconstruct"]["units"][0]["unit"] == "graph (sequential)"
+    one = {ins.node: ins.arrays["weight"] for ins in _linears(qg)}
+    seq = {ins.node: ins.arrays["weight"] for ins in _linears(qs)}
+    assert len(one) == 4 and one.keys() == seq.keys()
+    cut = stages(qs.graph, [n for n in qs.graph.nodes if n.name in one])
+    assert [len(s) for s in cut] == [3, 1], [[n.name for n in s] for s in cut]
+    first, last = list(one)[:3], list(one)[3]
+    assert all(np.array_equal(one[k], seq[k]) for k in first)
+    assert not np.array_equal(one[last], seq[last])
+    assert float(cosine(qs.run(ev), ref).min()) > 0.99
