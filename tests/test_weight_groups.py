@@ -16,19 +16,10 @@ from edgequant.errors import ExportError, RecipeError
 from edgequant.lowbit import groups
 from edgequant.reconstruct import with_options
 
-from test_hf_inputs import TinyEncoder, batch, cosine
+from test_act16_all import enc  # noqa: F401  (the encoder, calibration and evaluation batches, fp32 output)
+from test_hf_inputs import cosine
 
 G = 8  # the encoder's linears are 16 wide: two groups per row
-
-
-@pytest.fixture(scope="module")
-def enc():
-    model = TinyEncoder().eval()
-    calib = [batch(16, seed=s) for s in range(4)]
-    ev = batch(32, seed=77)
-    with torch.no_grad():
-        ref = model(**ev)
-    return model, calib, ev, ref
 
 
 @pytest.fixture(scope="module")
@@ -191,24 +182,3 @@ def test_sequential_gptq_rounds_later_stages_on_the_rounded_layers_before(enc, q
     assert not np.array_equal(one[last], seq[last])
     assert float(cosine(qs.run(ev), ref).min()) > 0.99
 
-
-def test_refitted_group_steps_lower_the_output_error_of_the_integers():
-    """For GPTQ's integers, the least-squares group steps (back on the channel x multiplier grid)
-    reproduce W X better than the steps GPTQ rounded on."""
-    from edgequant.reconstruct.gptq import gptq, refit_group_steps
-
-    g = torch.Generator().manual_seed(1)
-    k, o = 48, 20
-    x = torch.randn(400, k, generator=g, dtype=torch.float64) @ torch.randn(k, k, generator=g, dtype=torch.float64)
-    w = torch.randn(o, k, generator=g, dtype=torch.float64)
-    _, s, m = groups.quantize_groups(w.numpy(), 4, "mse", 16)  # k = 48: three groups
-    h = x.T @ x
-    hi = torch.full((1, o), 7.0)
-    q = gptq(w.unsqueeze(0), h.unsqueeze(0), torch.as_tensor(groups.column_scale(s, m, k, 16)).unsqueeze(0), -hi, hi)[0]
-    s2, m2 = refit_group_steps(w, q, h, s, m, 16)
-    assert s2.dtype == np.float32 and m2.dtype == np.uint8 and m2.shape == (o, 3) and m2.min() >= 1
-
-    def out_err(sc, mm):
-        return float(((w - q * torch.as_tensor(groups.column_scale(sc, mm, k, 16))) @ x.T).pow(2).sum())
-
-    assert out_err(s2, m2) < 0.95 * out_err(s, m), (out_err(s2, m2), out_err(s, m))

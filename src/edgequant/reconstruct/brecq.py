@@ -92,8 +92,6 @@ class ReconConfig:
     cpu_budget: float | None = None   # CPU-seconds of training per layer (adaround) / unit (brecq): fewer
     # steps where a step is costly (measured on the first PROBE steps); None: always ``iterations``
     act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
-    refit: int = 0                    # GPTQ with group-wise scales: rounds of (refit the group steps to the
-    # integers by least squares on the layer's Hessian, then GPTQ again on them); gptq.refit_group_steps
     sequential: bool = False          # GPTQ on transformers (gptq_graph.py): each layer's Hessian after the
     # rounding of the layers before it (one pass per stage of independent layers) instead of one pass
 

@@ -18,13 +18,11 @@ the sign.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import RecipeError
 from ..ir import Node
-from ..lowbit import groups
 
 DAMP = 0.01
 BLOCK = 128
@@ -164,41 +162,3 @@ def gptq_node(node: Node, hess: Hessian, scale, lo, hi, binary=None, damp: float
              label=node.describe())
     return q.reshape(w.shape)
 
-
-def refit_group_steps(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor, scale: np.ndarray, mult: np.ndarray,
-                      group: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Group steps refitted to GPTQ's integers: per row, the steps ``s_g`` minimizing the layer's
-    output error ``(w - sum_g s_g q_g)^T H (w - sum_g s_g q_g)`` (a G x G least-squares system),
-    then back on the two-level grid (channel scale x 8-bit multiplier, ``lowbit/groups.py``). A row
-    keeps its old steps where the refit does not lower its error. ``w``, ``q``: (O, K); ``h``: (K, K).
-    Why: GPTQ fixes each group's step before rounding; once the integers are chosen, the step that
-    best reproduces ``W X`` is in general another one (cheap: O(O K^2), no pass over the data)."""
-    o, k = w.shape
-    g = groups.n_groups(k, group)
-    pad = g * group - k
-    W = F.pad(w.double(), (0, pad)).reshape(o, g, group)
-    Q = F.pad(q.double(), (0, pad)).reshape(o, g, group)
-    H = F.pad(h.double(), (0, pad, 0, pad)).reshape(g, group, g, group)
-    old = torch.as_tensor(groups.column_scale(scale, mult, g * group, group)).reshape(o, g, group)[:, :, 0]
-    new = old.clone()
-    eye = torch.eye(g, dtype=torch.float64)
-    for r0 in range(0, o, chunk):
-        Qc, Wc = Q[r0:r0 + chunk], W[r0:r0 + chunk]
-        T = torch.einsum("ogi,gihj->oghj", Qc, H)  # (R, G, G, group): q_g^T H[g, h]
-        A = torch.einsum("oghj,ohj->ogh", T, Qc)
-        b = torch.einsum("oghj,ohj->og", T, Wc)
-        ridge = 1e-9 * A.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-        s = torch.linalg.solve(A + ridge[:, None, None] * eye, b)
-        ok = torch.isfinite(s) & (s > 0)
-        new[r0:r0 + chunk] = torch.where(ok, s, old[r0:r0 + chunk])
-    top = new.max(dim=1).values
-    scale2 = (top / groups.MULT_MAX).numpy()
-    mult2 = np.clip(np.rint(new.numpy() / scale2[:, None]), 1, groups.MULT_MAX)
-
-    def err(sc, m):  # per-row output error of the integers on steps sc x m
-        d = (w.double() - q.double() * torch.as_tensor(groups.column_scale(sc, m, k, group)))
-        return torch.einsum("ok,kj,oj->o", d, h.double(), d)
-
-    better = (err(scale2, mult2) < err(np.asarray(scale, np.float64), np.asarray(mult, np.float64))).numpy()
-    return (np.where(better, scale2, scale).astype(np.float32),
-            np.where(better[:, None], mult2, mult).astype(np.uint8))

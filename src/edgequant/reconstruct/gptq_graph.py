@@ -12,7 +12,6 @@ mutually independent layers (``stages``) instead of one pass in all.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -24,8 +23,7 @@ from ..graph_exec import GraphModule
 from ..ir import Graph, Node
 from ..qmath import QParams, fake_quantize
 from .brecq import ReconConfig, ReconResult, UnitReport, WeightGrid, _hessian_error
-from ..lowbit import groups
-from .gptq import Hessian, gptq_node, refit_group_steps
+from .gptq import Hessian, gptq_node
 
 
 def _flat(node: Node, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -82,13 +80,6 @@ def gptq_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, Weight
             w = torch.as_tensor(n.params["weight"], dtype=torch.float64)
             steps = grid.steps(tuple(w.shape))  # (O,), or (O, K) with group-wise scales
             q = gptq_node(n, hess[n.name], steps, grid.lo, grid.hi, binary, cfg.damp, act_order=cfg.act_order)
-            for r in range(cfg.refit if groups.ARRAY in grid.extra else 0):
-                scale, mult = refit_group_steps(w.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1), hess[n.name].h[0],
-                                                grid.scale, grid.extra[groups.ARRAY], grid.extra[groups.ATTR])
-                grid = grids[n.name] = dataclasses.replace(grid, scale=scale, extra={**grid.extra, groups.ARRAY: mult})
-                steps = grid.steps(tuple(w.shape))
-                if r < cfg.refit - 1:
-                    q = gptq_node(n, hess[n.name], steps, grid.lo, grid.hi, binary, cfg.damp, act_order=cfg.act_order)
             res.weights[n.name] = (q.numpy().astype(np.int8), grid.scale, grid.bits)
             w2, q2 = w.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1)
             s = torch.as_tensor(steps, dtype=torch.float64).reshape(w.shape[0], -1)

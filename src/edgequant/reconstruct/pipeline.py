@@ -14,8 +14,8 @@
 
 Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound, per block for
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
-``memory_mb``, ``cache_dir``, ``seed``, ``damp``, ``act_order``, ``sequential`` and ``refit`` (GPTQ; the
-last two on transformers, ``gptq_graph.py``), ``weight_group`` (group-wise scales, ``lowbit/groups.py``: GPTQ
+``memory_mb``, ``cache_dir``, ``seed``, ``damp``, ``act_order`` and ``sequential`` (GPTQ; the last on
+transformers, ``gptq_graph.py``: the unit pipeline is sequential already), ``weight_group`` (group-wise scales, ``lowbit/groups.py``: GPTQ
 rounds on the group grid; AdaRound/BRECQ refuse it), ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
 outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
 ``rounding="onnxruntime"``), ``learn_act_scale`` (BRECQ: learn the activation steps inside each
@@ -134,9 +134,6 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         wb, _ = node_bits(g, recipe, n)  # overrides and the first/last-layer rule, as lowering does
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
-    if cfg.refit and not (cfg.method == "gptq" and needs_graph_pass(g)):
-        raise RecipeError(f"recipe {recipe.name!r}: option refit is implemented for GPTQ on transformer graphs "
-                          "(gptq_graph.py) only; drop it for this model (the unit pipeline's GPTQ is already sequential)")
     if cfg.method == "gptq" and needs_graph_pass(g):  # transformers: one fake-quantized pass (gptq_graph.py)
         from .gptq_graph import gptq_graph
 
