@@ -40,7 +40,8 @@ def quantize_with_observer(w: np.ndarray, bits: int, observer: str, per_channel:
 
 
 @register_weight_method("observer")
-def observer_weights(node: Node, recipe: Recipe, bits: int):
+def observer_weights(node: Node, recipe: Recipe,
+                     bits: int) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict]:
     """The observer's clip per channel, or per group of input columns with option ``weight_group``
     (``lowbit/groups.py``: the instruction gets the group multipliers)."""
     spec = recipe.weights

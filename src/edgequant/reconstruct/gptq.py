@@ -89,8 +89,9 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
          label: str = "layer") -> torch.Tensor:
     """GPTQ integers for ``w`` (G, R, K) with Hessians ``h`` (G, K, K), per-row ``scale``/``lo``/``hi``
     (G, R) -- or a step per weight, ``scale`` (G, R, K), for group-wise scales (``lowbit/groups.py``;
-    static groups fixed before the sweep, so act-order keeps them) -- and optional 1-bit rows ``binary`` (G, R). Returns the integers (G, R, K) as float64. The
-    factorisations run in float64, the column sweep in float32 (as the reference code)."""
+    static groups fixed before the sweep, so act-order keeps them) -- and optional 1-bit rows ``binary``
+    (G, R). Returns the integers (G, R, K) as float64. The factorisations run in float64, the column
+    sweep in float32 (as the reference code)."""
     W = w.double().clone()
     H = h.double().clone()
     g, r, k = W.shape

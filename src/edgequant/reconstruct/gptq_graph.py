@@ -87,7 +87,7 @@ def gptq_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, Weight
             near += _hessian_error(w2 - torch.clamp(torch.round(w2 / s), lo, hi) * s, hess[n.name])
             err += _hessian_error(w2 - q2 * s, hess[n.name])
             if cfg.sequential:  # later passes see this layer's integers
-                gm._params[n.name]["weight"] = (q2 * s).reshape(w.shape).to(gm.dtype)
+                gm.set_param(n.name, "weight", (q2 * s).reshape(w.shape))
             times[n.name] = time.perf_counter() - t0
     res.seconds = time.perf_counter() - t_start
     label = "graph (sequential)" if cfg.sequential else "graph (one pass)"
