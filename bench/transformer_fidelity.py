@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         r = f"default (= {q.recipe.name})" if r == "default" else r
         row = {"recipe": r, "engine": "edgequant interpreter (integer program)" if q.recipe.mode == "static" else
                f"edgequant interpreter ({q.recipe.mode})", **fidelity(emb, ref), "quantize_s": tq,
-               "run_s": time.perf_counter() - t}
+               "run_s": time.perf_counter() - t, "size_bytes": int(q.size_bytes)}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if a.onnx and q.recipe.mode == "static":
@@ -325,13 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         for row in ort_rows(model, calib, ev, ref):
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| recipe | engine | mean cos | min cos | NN agree | quantize s | run s |\n|---|---|---|---|---|---|---|")
+    print(f"\n| recipe | engine | mean cos | min cos | NN agree | quantize s | run s | size bytes |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['recipe']} | failed: {r['error'][:80]} | | | | | |")
+            print(f"| {r['recipe']} | failed: {r['error'][:80]} | | | | | | |")
         else:
             print(f"| {r['recipe']} | {r['engine']} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['nn_agree_pct']:.1f}% "
-                  f"| {r['quantize_s']:.1f} | {r['run_s']:.1f} |")
+                  f"| {r['quantize_s']:.1f} | {r['run_s']:.1f} | {r.get('size_bytes', '')} |")
     abl = None
     if a.ablate:
         abl = ablate(model, calib, ev)

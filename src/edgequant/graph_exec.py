@@ -147,6 +147,11 @@ class GraphModule(torch.nn.Module):
             n.name: {k: torch.as_tensor(v, dtype=dtype) for k, v in n.params.items()} for n in graph.nodes
         }
 
+    def set_param(self, node: str, key: str, value) -> None:
+        """Replace one node's parameter for the following calls (GPTQ's sequential mode runs the
+        layers it has rounded on their integers)."""
+        self._params[node][key] = torch.as_tensor(value, dtype=self.dtype)
+
     def forward(self, x, hook: Hook | None = None) -> torch.Tensor:
         """``x``: the input tensor, or a dict of keyword inputs (integer inputs stay int64). Each
         node's output is dropped after its last use (an ImageNet-size net keeps a few maps alive,

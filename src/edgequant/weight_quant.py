@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import RecipeError
 from .ir import Node
+from .lowbit import groups
 from .observers import make_observer
 from .qmath import quantize
 from .recipes import Recipe
@@ -39,9 +40,16 @@ def quantize_with_observer(w: np.ndarray, bits: int, observer: str, per_channel:
 
 
 @register_weight_method("observer")
-def observer_weights(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def observer_weights(node: Node, recipe: Recipe,
+                     bits: int) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict]:
+    """The observer's clip per channel, or per group of input columns with option ``weight_group``
+    (``lowbit/groups.py``: the instruction gets the group multipliers)."""
     spec = recipe.weights
-    return quantize_with_observer(node.params["weight"], bits, spec.observer, spec.per_channel)
+    group = groups.group_option(recipe, bits)
+    if group is None:
+        return quantize_with_observer(node.params["weight"], bits, spec.observer, spec.per_channel)
+    q, scale, mult = groups.quantize_groups(node.params["weight"], bits, spec.observer, group)
+    return q, scale, {groups.ARRAY: mult, groups.ATTR: group}
 
 
 # Corrections applied after any method: ``fn(node, recipe, q, scale) -> scale`` (e.g. the
@@ -61,6 +69,9 @@ def quantize_weight_ex(node: Node, recipe: Recipe, bits: int) -> tuple[np.ndarra
     res = WEIGHT_METHODS[method](node, recipe, bits)
     q, scale = res[0], res[1]
     extra = dict(res[2]) if len(res) > 2 else {}
+    if groups.group_option(recipe, bits) is not None and groups.ARRAY not in extra:
+        raise RecipeError(f"recipe {recipe.name!r}: weight_group needs weight_method 'observer' (or GPTQ on it, "
+                          f"reconstruct='gptq'); {method!r} has no group scales ({node.describe()})")
     for fix in WEIGHT_CORRECTIONS:
         scale = fix(node, recipe, q, scale)
     return q, np.asarray(scale, np.float32), extra

@@ -6,6 +6,7 @@ import numpy as np
 from .. import packing
 from ..feeds import INT_DTYPE
 from ..errors import ArtifactError, EdgequantError
+from ..lowbit import groups
 from ..program import Instr, Program, TensorInfo, from_jsonable, to_jsonable
 from ..qmath import QParams, qrange
 from .files import (_ST_CODES, PROGRAM, PROGRAM_SCHEMA, PROGRAM_VERSION, TENSORS, _array_sha, _Fail, _int_list, _is_int,
@@ -248,6 +249,12 @@ def _check_instr(k: int, ins: Instr, tensors: dict[str, TensorInfo], fail: _Fail
         if key in arr:
             _need(arr[key].ndim == 1 and arr[key].shape[0] in (1, w.shape[0]), fail, f"{f}.arrays.{key}",
                   f"shape {arr[key].shape} does not match {w.shape[0]} output channels")
+    if groups.ARRAY in arr:  # group-wise scales (lowbit/groups.py): the kernel indexes columns by group
+        gs, mult = a.get(groups.ATTR), arr[groups.ARRAY]
+        _need(_is_int(gs) and gs >= 1, fail, f"{f}.attrs.{groups.ATTR}", f"{gs!r} is not a positive group size")
+        want = (w.shape[0], groups.n_groups(int(np.prod(w.shape[1:])), gs))
+        _need(mult.dtype == np.uint8 and tuple(mult.shape) == want and bool(np.all(mult >= 1)), fail,
+              f"{f}.arrays.{groups.ARRAY}", f"{mult.dtype} {tuple(mult.shape)}: expected uint8 {want} multipliers >= 1")
 
 
 def program_from_files(doc: dict, tensors: dict[str, np.ndarray], fail: _Fail, format_version: int = PROGRAM_VERSION) -> Program:

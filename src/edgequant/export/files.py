@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ExportError
+from ..lowbit import groups
+from ..program import Program
 
 
 def check_options(fmt: str, options: dict, known: Iterable[str]) -> None:
@@ -22,3 +24,17 @@ def write_file(fmt: str, path, write: Callable[[Path], None]) -> Path:
     except OSError as e:
         raise ExportError(f"cannot write {fmt} file {path}: {e}") from e
     return path
+
+
+def refuse_group_weights(program: Program, fmt: str) -> None:
+    """Group-wise weight scales (``lowbit/groups.py``) have no emitter: refuse, naming the layers."""
+    bad = [ins for ins in program.instrs if groups.ARRAY in ins.arrays]
+    if not bad:
+        return
+    name = program.meta.get("recipe", {}).get("name", "?")
+    layers = ", ".join(f"'{ins.node}'" for ins in bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    raise ExportError(
+        f"recipe {name!r} cannot be exported to {fmt}: layer(s) {layers} have group-wise weight scales "
+        f"(weight_group={bad[0].attrs.get(groups.ATTR)}: a channel scale times an integer multiplier per group of input "
+        f"columns), which the {fmt} emitter has no form for. Run it with the interpreter (q.run), or quantize "
+        "without the weight_group option (e.g. 'w4a16-gptq', 'w4a8-gptq') to export")

@@ -11,15 +11,28 @@ import torch.nn.functional as F
 
 from .. import qmath, wide
 from ..graph_exec import conv_float
+from ..lowbit import groups
 from . import RUN, SIM, gemm, native, register, wide_ort
 from .context import KernelContext, act_bounds
+
+
+def w_int(instr) -> np.ndarray:
+    """The integer weight the GEMM multiplies: the stored codes, or with group-wise scales
+    (``lowbit/groups.py``) codes times their group's multiplier (int32), made once per instruction."""
+    mult = instr.arrays.get(groups.ARRAY)
+    if mult is None:
+        return instr.arrays["weight"]
+    cache = instr.__dict__.setdefault("_cache", {})
+    if "w_int" not in cache:
+        cache["w_int"] = groups.effective_weight(instr.arrays["weight"], mult, instr.attrs[groups.ATTR])
+    return cache["w_int"]
 
 
 def _w_f32(instr) -> np.ndarray:
     """float32 copy of the integer weights, made once per instruction (exact: |w| < 2^24)."""
     cache = instr.__dict__.setdefault("_cache", {})
     if "w_f32" not in cache:
-        cache["w_f32"] = instr.arrays["weight"].astype(np.float32)
+        cache["w_f32"] = w_int(instr).astype(np.float32)
     return cache["w_f32"]
 
 
@@ -31,7 +44,7 @@ def _w_sums(instr) -> np.ndarray:
     """Per-output-channel sum of the integer weights (for the zero-point correction), cached."""
     cache = instr.__dict__.setdefault("_cache", {})
     if "w_sum" not in cache:
-        w = instr.arrays["weight"].astype(np.int64)
+        w = w_int(instr).astype(np.int64)
         cache["w_sum"] = w.reshape(w.shape[0], -1).sum(axis=1)
     return cache["w_sum"]
 
@@ -55,7 +68,7 @@ def _input_slices(instr, d: int) -> list[tuple[int, int]] | None:
     cache = instr.__dict__.setdefault("_cache", {})
     key = ("slices", d)
     if key not in cache:
-        w = np.abs(instr.arrays["weight"].astype(np.int64))
+        w = np.abs(w_int(instr).astype(np.int64))
         per_in = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # (O, C_in/groups)
         limit = (gemm.F32_EXACT - 1) // max(d, 1)
         if int(per_in.sum(axis=1).max(initial=0)) <= limit:
@@ -132,7 +145,7 @@ def _int16_accumulate(instr, x: np.ndarray) -> np.ndarray:
     if slices is None:
         cache = instr.__dict__.setdefault("_cache", {})
         if "w_f64" not in cache:
-            cache["w_f64"] = torch.from_numpy(instr.arrays["weight"].astype(np.float64))
+            cache["w_f64"] = torch.from_numpy(w_int(instr).astype(np.float64))
         with gemm.exact_float():
             return _gemm_f32(instr, torch.from_numpy(x.astype(np.float64)), cache["w_f64"]).numpy()
     xi = x.astype(np.int32)
@@ -152,7 +165,7 @@ def int_accumulate(instr, x: np.ndarray, zx: int) -> np.ndarray:
     if fast is not None:
         return fast
     a = instr.attrs
-    w = instr.arrays["weight"]
+    w = w_int(instr)
     if instr.op.startswith("linear"):
         acc = gemm.exact_matmul(x, w.T, _w_f32(instr).T)
     else:
@@ -202,7 +215,7 @@ def requantize_accumulator(instr, acc: np.ndarray, ctx: KernelContext, axis: int
 
 
 def _dequant_params(instr, s_in: float, dtype=torch.float64):
-    w = torch.as_tensor(instr.arrays["weight"], dtype=dtype)
+    w = torch.as_tensor(w_int(instr), dtype=dtype)
     ws = torch.as_tensor(instr.arrays["w_scale"], dtype=dtype)
     wd = w * ws.reshape((-1,) + (1,) * (w.ndim - 1))
     b = torch.as_tensor(instr.arrays["bias"], dtype=dtype) * (s_in * ws)
@@ -306,7 +319,7 @@ def _dyn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
     x = inputs[0]
     qp = dynamic_qparams(float(x.min()), float(x.max()))
     xq = qmath.fake_quantize(x, float(qp.scale), float(qp.zero_point), -128, 127, half_away=ctx.half_away)
-    w = torch.as_tensor(instr.arrays["weight"], dtype=x.dtype)
+    w = torch.as_tensor(w_int(instr), dtype=x.dtype)
     ws = torch.as_tensor(instr.arrays["w_scale"], dtype=x.dtype)
     wd = w * ws.reshape((-1,) + (1,) * (w.ndim - 1))
     return _float_act(_float_op(instr, xq, wd, torch.as_tensor(instr.arrays["bias_f"], dtype=x.dtype)), instr.attrs)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import qmath
 from ..ir import Node
+from ..lowbit import groups
 from ..lowbit.binary_act import gemm_op
 from ..lowbit.edges import node_bits
 from ..program import TensorInfo
@@ -26,22 +27,32 @@ def gemm_attrs(node: Node) -> dict:
     return {k: node.attrs[k] for k in keys}
 
 
+def _group_arrays(w_int: np.ndarray, w_attrs: dict) -> tuple[dict, np.ndarray]:
+    """Group-wise weights (``lowbit/groups.py``): move the multipliers from the method's attrs into
+    the instruction's arrays; (those arrays, the effective integer weight the GEMM multiplies)."""
+    mult = w_attrs.pop(groups.ARRAY, None)
+    if mult is None:
+        return {}, w_int
+    return {groups.ARRAY: np.asarray(mult, np.uint8)}, groups.effective_weight(w_int, mult, w_attrs[groups.ATTR])
+
+
 @register(STATIC, "conv", "linear")
 def _s_gemm(L: Lowering, node: Node) -> None:
     x = L.src(node)
     qx, qy = L.qp(x), L.act_qp[node.name]
     wb, _ = node_bits(L.g, L.recipe, node)  # overrides and the first/last-layer rule
     w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
+    w_arrays, w_eff = _group_arrays(w_int, w_attrs)
     s_in = np.float32(qx.scale)
     bias_scale = (s_in * w_scale).astype(np.float32)
     wide_in = is_wide(qx)  # int16 input (TFLite 16x8): int64 accumulator and bias, no int32 bound
     # saturate so that bias + sum(x * w) never leaves int32 in any runtime (qmath.bias_limit)
-    limit = float(2**47) if wide_in else qmath.bias_limit(w_int).astype(np.float64)
+    limit = float(2**47) if wide_in else qmath.bias_limit(w_eff).astype(np.float64)
     bias = np.clip(np.round(node.params["bias"].astype(np.float64) / bias_scale), -limit, limit)
     real = float(s_in) * w_scale.astype(np.float64) / float(np.float32(qy.scale))
     real_f32 = (s_in * w_scale.astype(np.float32) / np.float32(qy.scale)).astype(np.float32)
     arrays = {"weight": w_int.astype(np.int8), "bias": bias.astype(np.int64 if wide_in else np.int32), "w_scale": w_scale.astype(np.float32),
-              **requant_arrays(real, real_f32)}
+              **requant_arrays(real, real_f32), **w_arrays}
     attrs = {**gemm_attrs(node), **act_int_bounds(node.attrs.get("act"), qy), "weight_bits": wb,
              "per_channel": bool(L.recipe.weights.per_channel), **w_attrs, **({"acc64": True} if wide_in else {})}
     op = gemm_op(node.op, w_int, wb, qx)  # +-1 weights on a binary input: XNOR-popcount kernel
@@ -58,8 +69,9 @@ def _f_gemm(L: Lowering, node: Node) -> None:
     if mode == "dynamic":
         wb, _ = node_bits(L.g, L.recipe, node)
         w_int, w_scale, w_attrs = quantize_weight_ex(node, L.recipe, wb)
+        w_arrays, _ = _group_arrays(w_int, w_attrs)
         arrays = {"weight": w_int.astype(np.int8), "w_scale": w_scale.astype(np.float32),
-                  "bias_f": node.params["bias"].astype(np.float32)}
+                  "bias_f": node.params["bias"].astype(np.float32), **w_arrays}
         attrs["weight_bits"] = wb
         attrs.update(w_attrs)
         op = node.op + "_dyn"

@@ -82,6 +82,21 @@ for _wb in (4, 8):
         description=f"GPTQ {_wb}-bit per-channel weights, int16 activations wherever an int16 kernel exists "
                     "(transformers; arXiv 2210.17323)"))
 
+# Group-wise 4-bit scales (lowbit/groups.py: a scale per group of input columns as channel scale x
+# 8-bit integer multiplier, still one integer GEMM per layer), GPTQ with act-order on that grid. On
+# all-MiniLM-L6-v2 (64/64 sentences; bench/RESULTS.md, issue 16) mean cosine per channel 0.9802,
+# 128 columns 0.9842, 64 0.9872, 32 0.9893, 16 0.9911: w4a16-g16-gptq is the W4 recipe that meets
+# 0.99 (4 + 8/16 = 4.5 stored bits per weight); g128 is the common size (4.06 bits)
+for _g, _ab in ((128, 16), (16, 16), (128, 8)):
+    register_recipe(dataclasses.replace(
+        make_recipe(4, 8, "gptq", name=f"w4a{_ab}-g{_g}-gptq", weight_group=_g, act_order=True,
+                    **({"act16": "all"} if _ab == 16 else {})),
+        activations=TensorSpec(8),
+        description=f"GPTQ (act-order) 4-bit weights with a scale per {_g} input columns (channel scale x 8-bit "
+                    "group multiplier, integer-only), "
+                    + ("int16 activations wherever an int16 kernel exists" if _ab == 16 else "int8 activations")
+                    + " (transformers; arXiv 2210.17323)"))
+
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",

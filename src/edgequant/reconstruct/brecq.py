@@ -51,6 +51,7 @@ from ..calibrate import iter_batches
 from ..errors import CalibrationError, RecipeError
 from ..graph_exec import run_node
 from ..heap import trim as trim_heap
+from ..lowbit import groups
 from ..ir import Graph, Node
 from .. import qmath
 from ..qmath import QParams, quantize_multiplier, round_half_away
@@ -91,6 +92,8 @@ class ReconConfig:
     cpu_budget: float | None = None   # CPU-seconds of training per layer (adaround) / unit (brecq): fewer
     # steps where a step is costly (measured on the first PROBE steps); None: always ``iterations``
     act_order: bool = False           # GPTQ: round columns in decreasing Hessian diagonal
+    sequential: bool = False          # GPTQ on transformers (gptq_graph.py): each layer's Hessian after the
+    # rounding of the layers before it (one pass per stage of independent layers) instead of one pass
 
 
 @dataclass
@@ -127,6 +130,14 @@ class WeightGrid:
     hi: np.ndarray      # (O,)
     bits: int
     extra: dict = field(default_factory=dict)  # the base method's instruction attrs (bit allocation)
+
+    def steps(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The real step of every weight of a ``shape`` weight: ``scale`` (O,) per channel, or (O, K)
+        with group-wise scales (``lowbit/groups.py``: the channel scale times the group's multiplier)."""
+        mult = self.extra.get(groups.ARRAY)
+        if mult is None:
+            return self.scale
+        return groups.column_scale(self.scale, mult, int(np.prod(shape[1:])), self.extra[groups.ATTR])
 
 
 def _double_rounds(qp: QParams) -> bool:
@@ -457,10 +468,11 @@ class _Trainer:
                         hess.add(x)
                     bits = grid.extra.get("channel_bits")
                     binary = None if bits is None else np.asarray(bits) == 1
-                    q = gptq_node(n, hess, grid.scale, grid.lo, grid.hi, binary, self.cfg.damp, act_order=self.cfg.act_order)
-                    shape = (-1,) + (1,) * (q.ndim - 1)
-                    scale = torch.as_tensor(grid.scale, dtype=torch.float64).reshape(shape)
                     w = torch.as_tensor(n.params["weight"], dtype=torch.float64)
+                    steps = grid.steps(tuple(w.shape))
+                    q = gptq_node(n, hess, steps, grid.lo, grid.hi, binary, self.cfg.damp, act_order=self.cfg.act_order)
+                    shape = (-1,) + (1,) * (q.ndim - 1)
+                    scale = torch.as_tensor(steps, dtype=torch.float64).reshape(shape if steps.ndim == 1 else w.shape)
                     nearest = torch.clamp(torch.round(w / scale), torch.as_tensor(grid.lo, dtype=torch.float64).reshape(shape),
                                           torch.as_tensor(grid.hi, dtype=torch.float64).reshape(shape))
                     near += _hessian_error(w - nearest * scale, hess)

@@ -88,12 +88,15 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
          binary: torch.Tensor | None = None, damp: float = DAMP, block: int = BLOCK, act_order: bool = False,
          label: str = "layer") -> torch.Tensor:
     """GPTQ integers for ``w`` (G, R, K) with Hessians ``h`` (G, K, K), per-row ``scale``/``lo``/``hi``
-    (G, R) and optional 1-bit rows ``binary`` (G, R). Returns the integers (G, R, K) as float64. The
-    factorisations run in float64, the column sweep in float32 (as the reference code)."""
+    (G, R) -- or a step per weight, ``scale`` (G, R, K), for group-wise scales (``lowbit/groups.py``;
+    static groups fixed before the sweep, so act-order keeps them) -- and optional 1-bit rows ``binary``
+    (G, R). Returns the integers (G, R, K) as float64. The factorisations run in float64, the column
+    sweep in float32 (as the reference code)."""
     W = w.double().clone()
     H = h.double().clone()
     g, r, k = W.shape
-    s, lo, hi = scale.double().unsqueeze(-1), lo.double(), hi.double()
+    s, lo, hi = scale.double(), lo.double(), hi.double()
+    s = s.unsqueeze(-1).expand(g, r, k) if s.ndim == 2 else s  # (G, R, K): the step of every weight
     binary = torch.zeros((g, r), dtype=torch.bool) if binary is None else binary
     idx = torch.arange(k)
     diag = H[:, idx, idx]
@@ -104,6 +107,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
     if act_order:
         perm = torch.argsort(H[:, idx, idx], dim=1, descending=True)  # (G, K)
         W = torch.gather(W, 2, perm.unsqueeze(1).expand(g, r, k))
+        s = torch.gather(s, 2, perm.unsqueeze(1).expand(g, r, k))
         H = torch.gather(torch.gather(H, 1, perm.unsqueeze(2).expand(g, k, k)), 2, perm.unsqueeze(1).expand(g, k, k))
     mean_diag = H[:, idx, idx].mean(dim=1)
     H[:, idx, idx] += (damp * mean_diag).unsqueeze(1)
@@ -116,8 +120,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
 
     W, Hinv, s, lo, hi = W.float(), Hinv.float(), s.float(), lo.float(), hi.float()
 
-    def rnd(col: torch.Tensor) -> torch.Tensor:  # (G, R) weights -> integers on the row grids
-        q = torch.clamp(torch.round(col / s[..., 0]), lo, hi)
+    def rnd(col: torch.Tensor, step: torch.Tensor) -> torch.Tensor:  # (G, R) weights -> integers on the row grids
+        q = torch.clamp(torch.round(col / step), lo, hi)
         return torch.where(binary, torch.where(col >= 0, 1.0, -1.0), q)
 
     Q = torch.zeros_like(W)
@@ -128,9 +132,10 @@ def gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor
         H1 = Hinv[:, i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = W1[:, :, i]
-            q = rnd(col)
+            step = s[:, :, i1 + i]
+            q = rnd(col, step)
             Q[:, :, i1 + i] = q
-            err = (col - q * s[..., 0]) / H1[:, i, i].unsqueeze(1)  # (G, R)
+            err = (col - q * step) / H1[:, i, i].unsqueeze(1)  # (G, R)
             W1[:, :, i:] -= err.unsqueeze(2) * H1[:, i, i:].unsqueeze(1)
             E1[:, :, i] = err
         W[:, :, i2:] -= E1 @ Hinv[:, i1:i2, i2:]
@@ -152,6 +157,9 @@ def gptq_node(node: Node, hess: Hessian, scale, lo, hi, binary=None, damp: float
     r = o // g
     as_gr = lambda v: torch.as_tensor(v).reshape(g, r)  # noqa: E731  (O,) -> (G, R): channel o = g*R + r
     b = None if binary is None else as_gr(binary).bool()
-    q = gptq(w.reshape(g, r, -1), hess.h, as_gr(scale), as_gr(lo), as_gr(hi), b, damp, block, act_order,
+    steps = torch.as_tensor(scale)  # (O,) per channel, or (O, K) per weight (group-wise scales)
+    steps = as_gr(steps) if steps.ndim == 1 else steps.reshape(g, r, -1)
+    q = gptq(w.reshape(g, r, -1), hess.h, steps, as_gr(lo), as_gr(hi), b, damp, block, act_order,
              label=node.describe())
     return q.reshape(w.shape)
+

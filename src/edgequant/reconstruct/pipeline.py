@@ -14,7 +14,9 @@
 
 Options (all optional): ``iterations`` (the budget knob, per layer for AdaRound, per block for
 BRECQ), ``batch_size``, ``lr``, ``reg_lambda``, ``qdrop``, ``calib_samples``, ``max_layers``,
-``memory_mb``, ``cache_dir``, ``seed``, ``damp`` and ``act_order`` (GPTQ), ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
+``memory_mb``, ``cache_dir``, ``seed``, ``damp``, ``act_order`` and ``sequential`` (GPTQ; the last on
+transformers, ``gptq_graph.py``: the unit pipeline is sequential already), ``weight_group`` (group-wise scales, ``lowbit/groups.py``: GPTQ
+rounds on the group grid; AdaRound/BRECQ refuse it), ``requant`` ("gemmlowp": the sim rounds conv/linear/mean
 outputs twice as ``q.run`` does by default, bit-exact per layer; "exact": once, as
 ``rounding="onnxruntime"``), ``learn_act_scale`` (BRECQ: learn the activation steps inside each
 unit; default on for brecq, off for adaround), ``act_lr``, ``progress`` (None = when stderr is a
@@ -63,6 +65,9 @@ def config_from_recipe(recipe: Recipe) -> ReconConfig:
     if method == "gptq" and (cfg.learn_act_scale or cfg.qdrop):
         raise RecipeError(f"recipe {recipe.name!r}: learn_act_scale and qdrop belong to BRECQ's training loop; "
                           "GPTQ rounds in one pass with the calibrated activation grids")
+    if recipe.option("weight_group") and method != "gptq":
+        raise RecipeError(f"recipe {recipe.name!r}: weight_group (group-wise scales) works with reconstruct='gptq' "
+                          f"or nearest rounding; {method} learns the rounding on per-channel scales")
     if not 0.0 <= cfg.damp < 1.0:
         raise RecipeError(f"recipe {recipe.name!r}: damp={cfg.damp} is a fraction of the Hessian's mean diagonal in [0, 1)")
     if not 0.0 <= cfg.qdrop < 1.0:

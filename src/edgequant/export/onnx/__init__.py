@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from ...errors import ExportError
-from ..files import check_options, write_file
+from ..files import check_options, refuse_group_weights, write_file
 from ...program import Program
 from . import qdq, qop, float_ops, elementwise, shape, rnn, transformer, masked  # noqa: F401  (fill the tables)
 from .core import CIN_ALIGN, OPSET, STYLES, WHY_UINT8, OnnxBuilder
@@ -69,6 +69,7 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
+    refuse_group_weights(program, "ONNX")
     # the builder may add tensor infos for export-only reshapes; keep them out of the caller's program
     b = OnnxBuilder(dataclasses.replace(program, tensors=dict(program.tensors)), activation_type, int4_weights, align_channels)
     for ins in program.instrs:

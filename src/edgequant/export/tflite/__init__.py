@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ExportError
-from ..files import check_options, write_file
+from ..files import check_options, refuse_group_weights, write_file
 from ...program import Program
 from . import conv, elementwise, pool, shape, lut, rnn  # noqa: F401  (fill the table)
 from .act16 import check_16x8
@@ -51,6 +51,7 @@ def _check_recipe(program: Program) -> None:
     if mode in ("dynamic", "fp16"):
         raise ExportError(f"recipe {name!r} ({mode}) cannot target TFLite with bit-exact semantics; export a static "
                           "integer recipe (e.g. 'w8a8-pc') or 'fp32'")
+    refuse_group_weights(program, "TFLite")
     check_16x8(program)  # act16: int16 activations export as TFLite 16x8 where LiteRT computes them exactly
     for t, info in program.tensors.items():
         qp = info.qparams
