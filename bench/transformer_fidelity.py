@@ -48,6 +48,19 @@ def fidelity(emb: np.ndarray, ref: np.ndarray) -> dict:
     return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "nn_agree_pct": 100.0 * float((nn(e) == nn(r)).double().mean())}
 
 
+def bad_scales(path: Path) -> dict:
+    """QuantizeLinear nodes whose scale is not finite, and the tensors they quantize (quantize_static
+    on a model with an additive padding mask: the masked scores' range reaches finfo.min)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    bad = [n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in init
+           and not np.all(np.isfinite(init[n.input[1]]))]
+    return {"nonfinite_scales": len(bad), "nonfinite_scale_tensors": bad[:4]} if bad else {}
+
+
 def ort_rows(model, calib: list[dict], ev: list[dict], ref: np.ndarray) -> list[dict]:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -94,7 +107,7 @@ def ort_rows(model, calib: list[dict], ev: list[dict], ref: np.ndarray) -> list[
             t = time.perf_counter()
             emb = run(out)
             rows.append({"recipe": name, "engine": "onnxruntime", **fidelity(emb, ref), "quantize_s": tq,
-                         "run_s": time.perf_counter() - t})
+                         "run_s": time.perf_counter() - t, **bad_scales(out)})
         except Exception as e:  # a baseline that fails is reported, not fatal
             rows.append({"recipe": name, "error": f"{type(e).__name__}: {e}"[:300]})
     return rows
@@ -120,7 +133,12 @@ def edgequant_ort_row(q, name: str, ev: list[dict], ref: np.ndarray) -> dict:
     row = {"recipe": f"{name} (edgequant ONNX export)", "engine": "onnxruntime", **fidelity(emb, ref),
            "quantize_s": export_s, "run_s": run_s}
     oqp = q.program.output_qparams
-    if oqp is not None:
+    if oqp is None:  # float output (dynamic recipes): distance from the interpreter's onnxruntime mode
+        want = np.concatenate([np.asarray(q.run(f, rounding="onnxruntime"), np.float32) for f in feeds])
+        row["max_abs_vs_ort_mode"] = float(np.abs(emb - want).max())
+        row["cos_vs_ort_mode_min"] = float(torch.nn.functional.cosine_similarity(
+            torch.as_tensor(emb, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64), dim=1).min())
+    else:
         got = np.rint(emb / np.float32(oqp.scale)).astype(np.int64) + int(oqp.zero_point)
         t = time.perf_counter()
         want = np.concatenate([np.asarray(q.run(f, rounding="onnxruntime", return_int=True), np.int64) for f in feeds])
@@ -317,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                "run_s": time.perf_counter() - t, "size_bytes": int(q.size_bytes)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if a.onnx and q.recipe.mode == "static":
-            row = edgequant_ort_row(q, r, ev, ref)
+        if a.onnx and q.recipe.mode in ("static", "dynamic"):
+            try:
+                row = edgequant_ort_row(q, r, ev, ref)
+            except eq.EdgequantError as e:  # e.g. group-wise weights: no ONNX form yet
+                row = {"recipe": f"{r} (edgequant ONNX export)", "error": str(e)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not a.no_ort:

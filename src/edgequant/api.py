@@ -16,6 +16,7 @@ from .errors import CaptureError, InputError, RecipeError
 from .ir import Graph
 from .lower import lower
 from .lowbit.equalize import equalize_step
+from .lowbit.smooth import alpha_option, smooth_step
 from .lowbit.steps import lowbit_step
 from .passes import prepare
 from .quantized import QuantizedModel
@@ -25,6 +26,7 @@ from .recipes import Recipe, get_recipe
 # (e.g. empirical bias correction). Each is ``step(graph, recipe, act_qp, calib) -> graph`` and is
 # applied in order before lowering; a step does nothing unless the recipe asks for it.
 PTQ_STEPS: list = []
+PTQ_STEPS.append(smooth_step)  # SmoothQuant factors of dynamic recipes (option smooth); before GPTQ
 PTQ_STEPS.append(lowbit_step)  # first/last-layer widths, bias correction (recipe options)
 
 
@@ -65,6 +67,11 @@ def check_recipe(r: Recipe) -> Recipe:
         method = r.option("weight_method", "observer")
         if method not in WEIGHT_METHODS:
             raise RecipeError(f"recipe {r.name!r}: unknown weight_method {method!r}; known: {sorted(WEIGHT_METHODS)}")
+    alpha_option(r)  # smooth: a strength in (0, 1], dynamic recipes only
+    if r.option("dynamic_scale", "tensor") not in ("tensor", "token") or (
+            r.option("dynamic_scale") is not None and r.mode != "dynamic"):
+        raise RecipeError(f"recipe {r.name!r}: dynamic_scale={r.option('dynamic_scale')!r}; a dynamic recipe takes "
+                          "'tensor' (one run-time scale per batch) or 'token' (one per row of a linear's input)")
     if r.mode == "static" and r.activations.per_channel:
         raise RecipeError(f"recipe {r.name!r}: per-channel activations are not supported (integer kernels use one "
                           "activation scale per tensor); set activations per_channel=False")

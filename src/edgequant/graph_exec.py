@@ -100,8 +100,9 @@ def run_node(node: Node, args: list[torch.Tensor], params: dict[str, torch.Tenso
         return SHAPE_OPS[op](node, args, params)
     if op == "conv":
         return _act(conv_float(args[0], params["weight"], params.get("bias"), a), node)
-    if op == "linear":
-        return _act(F.linear(args[0], params["weight"], params.get("bias")), node)
+    if op == "linear":  # in_scale: SmoothQuant's per-input-channel factors (lowbit/smooth.py)
+        x = args[0] * params["in_scale"] if "in_scale" in params else args[0]
+        return _act(F.linear(x, params["weight"], params.get("bias")), node)
     if op == "batchnorm":
         return F.batch_norm(args[0], params["mean"], params["var"], params["weight"], params["bias"], False, 0.0, a["eps"])
     if op == "clamp":

@@ -101,6 +101,18 @@ class QuantizedModel:
 
     __call__ = run
 
+    def layer_errors(self, x, rounding: str = "gemmlowp") -> list[dict]:
+        """Per quantized layer, in program order: ``{layer, module, op, weight_bits, sqnr_db}``, the SQNR
+        of its output in this program (every earlier layer's error included, as a device computes it)
+        against the float model's output of that layer, on batch ``x`` (a tensor or a dict of keyword
+        inputs). Where a transformer loses fidelity, this says which layers; ``sqnr_db`` None = exact."""
+        if self.reference_graph is None:
+            raise InputError("layer_errors needs the float graph, which a loaded artifact does not carry; call it on "
+                             "the QuantizedModel that eq.quantize returned")
+        from .sweep.layers import layer_sqnr
+
+        return layer_sqnr(self.program, self.reference_graph, x, rounding)
+
     def save(self, path) -> None:
         """Write the artifact (graph JSON + packed tensors + manifest with checksums)."""
         from .artifact import save

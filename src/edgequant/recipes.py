@@ -119,6 +119,14 @@ register_recipe(Recipe("fp32", "float", description="the float model, the baseli
 register_recipe(Recipe("fp16", "fp16", description="weights stored in half precision"))
 register_recipe(Recipe("dyn8", "dynamic", weights=W8_PC, activations=A8,
                        description="int8 weights; activations quantized per batch at run time"))
+# Per-token run-time scales (kernels/conv.py) and SmoothQuant (lowbit/smooth.py) for transformers:
+# all-MiniLM-L6-v2 as loaded, mean cosine vs fp32: dyn8 (one scale per batch, as ONNX Runtime's
+# quantize_dynamic) 0.993, per token 0.999, + SmoothQuant 0.9995 (bench/RESULTS.md, issue 16)
+register_recipe(Recipe("dyn8-tok", "dynamic", weights=W8_PC, activations=A8, options=(("dynamic_scale", "token"),),
+                       description="int8 weights; activations quantized per token (row) at run time"))
+register_recipe(Recipe("dyn8-sq", "dynamic", weights=W8_PC, activations=A8,
+                       options=(("dynamic_scale", "token"), ("smooth", 0.5)),
+                       description="int8 weights; SmoothQuant (alpha 0.5) and activations quantized per token at run time"))
 register_recipe(Recipe("w8a8", "static", weights=W8_PT, activations=A8,
                        description="int8 per-tensor weights, int8 activations, integer-only"))
 # Empirical bias correction (DFQ) by default: on EfficientNet-Lite1 (real crops) it lifted top-1

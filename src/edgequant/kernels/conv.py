@@ -283,8 +283,16 @@ for _op in ("conv", "linear"):
 
 
 # -- dynamic: activations quantized per batch at run time, integer GEMM, float output ------------
+# Options (lowering copies them into the instruction): ``in_scale`` (array, SmoothQuant,
+# ``lowbit/smooth.py``): the input is multiplied per channel before it is quantized (the weights
+# carry the inverse); attr ``dynamic_scale="token"``: one scale and zero point per row (token) of a
+# linear's input instead of one per batch, so a token with an outlier does not coarsen the others.
 def dynamic_qparams(x_min: float, x_max: float) -> qmath.QParams:
     return qmath.compute_qparams(x_min, x_max, bits=8, signed=True)
+
+
+def per_token(instr) -> bool:
+    return instr.attrs.get("dynamic_scale") == "token" and instr.op.startswith("linear")
 
 
 def _float_act(y, attrs: dict):
@@ -296,8 +304,36 @@ def _float_act(y, attrs: dict):
     return np.clip(y, lo, hi)
 
 
+def _dyn_input(instr, x):
+    """The float input the dynamic quantizer sees: times the SmoothQuant factors where there are some."""
+    s = instr.arrays.get("in_scale")
+    if s is None:
+        return x
+    return x * (torch.as_tensor(s, dtype=x.dtype) if isinstance(x, torch.Tensor) else s.astype(np.float32))
+
+
+def token_qparams(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row uint8 (scale, zero point) of a float32 (rows, K) input, both (rows, 1) float32: ONNX
+    DynamicQuantizeLinear's arithmetic applied to each row (range widened to hold 0, ``(max - min) /
+    255`` in float32, zero point ``round_half_even(-min / scale)`` clipped to [0, 255]), in every
+    rounding mode, because this is exactly what the exported graph computes (``export/onnx/float_ops``)."""
+    lo = np.minimum(x.min(axis=1, keepdims=True), np.float32(0))
+    hi = np.maximum(x.max(axis=1, keepdims=True), np.float32(0))
+    s = (hi - lo) / np.float32(255)
+    s = np.where(s > 0, s, np.float32(1)).astype(np.float32)
+    zp = np.clip(np.rint(-lo / s), 0, 255).astype(np.float32)
+    return s, zp
+
+
 def _dyn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
-    x = inputs[0].astype(np.float32)
+    x = _dyn_input(instr, inputs[0].astype(np.float32))
+    if per_token(instr):  # x is (rows, K) here (``rows``): a scale and zero point per row
+        s_x, zp = token_qparams(x)
+        q = (np.clip(np.rint(x / s_x) + zp, 0, 255) - 128).astype(np.int8)  # uint8 codes, held as int8 - 128
+        zx = zp.astype(np.int64) - 128
+        acc = int_accumulate(instr, q, 0) - zx * _w_sums(instr)[None, :]
+        y = acc.astype(np.float32) * (s_x * instr.arrays["w_scale"][None, :].astype(np.float32))
+        return _float_act(y + instr.arrays["bias_f"][None, :], instr.attrs).astype(np.float32)
     if ctx.rounding == "onnxruntime":  # ONNX DynamicQuantizeLinear (uint8, float32 range math), as exported
         from .onnx_ops import dynamic_quantize_linear
 
@@ -316,9 +352,14 @@ def _dyn_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
 
 
 def _dyn_sim(instr, inputs, ctx: KernelContext) -> torch.Tensor:
-    x = inputs[0]
-    qp = dynamic_qparams(float(x.min()), float(x.max()))
-    xq = qmath.fake_quantize(x, float(qp.scale), float(qp.zero_point), -128, 127, half_away=ctx.half_away)
+    x = _dyn_input(instr, inputs[0])
+    if per_token(instr):
+        x2 = x.detach().reshape(-1, x.shape[-1]).float().numpy()
+        s, z = (torch.as_tensor(v.reshape(x.shape[:-1] + (1,)), dtype=x.dtype) for v in token_qparams(x2))
+        xq = qmath.fake_quantize(x, s, z, 0, 255)
+    else:
+        qp = dynamic_qparams(float(x.min()), float(x.max()))
+        xq = qmath.fake_quantize(x, float(qp.scale), float(qp.zero_point), -128, 127, half_away=ctx.half_away)
     w = torch.as_tensor(w_int(instr), dtype=x.dtype)
     ws = torch.as_tensor(instr.arrays["w_scale"], dtype=x.dtype)
     wd = w * ws.reshape((-1,) + (1,) * (w.ndim - 1))

@@ -72,11 +72,18 @@ def _f_gemm(L: Lowering, node: Node) -> None:
         w_arrays, _ = _group_arrays(w_int, w_attrs)
         arrays = {"weight": w_int.astype(np.int8), "w_scale": w_scale.astype(np.float32),
                   "bias_f": node.params["bias"].astype(np.float32), **w_arrays}
+        if "in_scale" in node.params:  # SmoothQuant factors (lowbit/smooth.py): applied before the run-time quantizer
+            arrays["in_scale"] = node.params["in_scale"].astype(np.float32)
         attrs["weight_bits"] = wb
         attrs.update(w_attrs)
+        if node.op == "linear" and L.recipe.option("dynamic_scale", "tensor") == "token":
+            attrs["dynamic_scale"] = "token"
         op = node.op + "_dyn"
     else:
         wdt = np.float16 if mode == "fp16" else np.float32
-        arrays = {"weight": node.params["weight"].astype(wdt), "bias": node.params["bias"].astype(wdt)}
+        w = node.params["weight"]
+        if "in_scale" in node.params:  # a smoothed graph lowered without the quantizer: fold the factors back
+            w = w * node.params["in_scale"].reshape(1, -1)
+        arrays = {"weight": w.astype(wdt), "bias": node.params["bias"].astype(wdt)}
         op = node.op + "_f"
     L.emit(op, node, [x], attrs, arrays, info=TensorInfo("float32", node.shape))

@@ -97,6 +97,15 @@ for _g, _ab in ((128, 16), (16, 16), (128, 8)):
                     + ("int16 activations wherever an int16 kernel exists" if _ab == 16 else "int8 activations")
                     + " (transformers; arXiv 2210.17323)"))
 
+# W4 weights with int8 activations quantized per token at run time (dynamic; the W4A8 of LLM
+# quantizers): GPTQ's Hessians from the float inputs. all-MiniLM-L6-v2: see bench/RESULTS.md (issue 16)
+for _g in (128, 16):
+    register_recipe(dataclasses.replace(
+        make_recipe(4, 8, "gptq", name=f"dyn4-g{_g}-gptq", weight_group=_g, act_order=True, dynamic_scale="token"),
+        mode="dynamic", activations=TensorSpec(8),
+        description=f"GPTQ (act-order) 4-bit weights with a scale per {_g} input columns, int8 activations "
+                    "quantized per token at run time (transformers; arXiv 2210.17323)"))
+
 __all__ = ["AdaRoundWeight", "BetaSchedule", "rectified_sigmoid", "Unit", "cut_points", "find_units", "ReconConfig",
            "ReconResult", "WeightGrid", "reconstruct_graph", "LEARNED", "METHODS", "config_from_recipe",
            "learned_weights", "quantize", "reconstruct_step", "weight_grid", "with_options", "make_recipe",

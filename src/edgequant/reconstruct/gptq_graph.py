@@ -110,7 +110,10 @@ def _hessians(gm: GraphModule, layers: list[Node], act_qp: dict[str, QParams], c
         if qp is not None:
             y = fake_quantize(y, float(qp.scale), float(qp.zero_point), qp.qmin, qp.qmax)
         for n in readers.get(node.name, ()):
-            hess[n.name].add(_flat(n, y.detach(), keep))
+            x = y.detach()
+            if "in_scale" in n.params:  # SmoothQuant (lowbit/smooth.py): the layer sees its input times the factors
+                x = x * torch.as_tensor(n.params["in_scale"], dtype=x.dtype)
+            hess[n.name].add(_flat(n, x, keep))
         return y
 
     with torch.no_grad():

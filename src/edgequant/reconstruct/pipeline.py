@@ -117,8 +117,11 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
     if recipe.option("reconstruct") is None:
         return graph
     cfg = config_from_recipe(recipe)
-    if recipe.mode != "static" or act_qp is None or calib is None:
-        raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs a static recipe and calibration data")
+    if recipe.mode == "dynamic" and cfg.method == "gptq" and calib is not None:
+        act_qp = {}  # run-time activation scales: GPTQ's Hessians of the float inputs
+    elif recipe.mode != "static" or act_qp is None or calib is None:
+        raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs a static recipe (or GPTQ in a dynamic one) "
+                          "and calibration data")
     if recipe.option("weight_method", "observer") != LEARNED:
         raise RecipeError(f"recipe {recipe.name!r}: reconstruction needs option weight_method={LEARNED!r} so the "
                           "program gets the learned integers")
@@ -134,7 +137,7 @@ def reconstruct_step(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] | 
         wb, _ = node_bits(g, recipe, n)  # overrides and the first/last-layer rule, as lowering does
         if wb is not None and wb >= 2:
             grids[n.name] = weight_grid(n, recipe, wb)
-    if cfg.method == "gptq" and needs_graph_pass(g):  # transformers: one fake-quantized pass (gptq_graph.py)
+    if cfg.method == "gptq" and (needs_graph_pass(g) or not act_qp):  # transformers, dynamic: one pass (gptq_graph.py)
         from .gptq_graph import gptq_graph
 
         res = gptq_graph(g, act_qp, grids, calib, cfg)

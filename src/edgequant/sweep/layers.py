@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import interpreter
-from ..feeds import input_value
+from ..feeds import batch_size, input_value, take
 from ..deadline import check_deadline
 from ..graph_exec import GraphModule, run_node
 from ..ir import Graph
@@ -84,7 +84,7 @@ def float_outputs(graph: Graph, x: torch.Tensor, names: set[str]) -> dict[str, n
         return y
 
     with torch.no_grad():
-        GraphModule(graph)(x.float(), hook)  # a dict batch: GraphModule casts each input
+        GraphModule(graph)(x if isinstance(x, dict) else x.float(), hook)  # a dict batch: GraphModule casts each input
     return keep
 
 
@@ -116,7 +116,7 @@ def graph_bytes_per_sample(graph: Graph) -> int:
     return 12 * max(elems, 1)
 
 
-def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = "gemmlowp",
+def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor | dict, rounding: str = "gemmlowp",
                memory_mb: float = SQNR_MEMORY_MB) -> list[dict]:
     """[{layer, module, op, weight_bits, sqnr_db}] for every quantized layer, in program order.
 
@@ -125,14 +125,16 @@ def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor, rounding: str = 
     """
     layers = quantized_layers(program, graph)
     names = {l.node for l in layers}
-    chunk = int(max(1, min(x.shape[0], memory_mb * 2**20 // max(graph_bytes_per_sample(graph), 1))))
+    n = batch_size(x)  # a tensor, or a dict of keyword inputs (token ids, masks)
+    chunk = int(max(1, min(n, memory_mb * 2**20 // max(graph_bytes_per_sample(graph), 1))))
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
-    for s in range(0, x.shape[0], chunk):
+    for s in range(0, n, chunk):
         check_deadline("per-layer SQNR")
-        xs = x[s:s + chunk]
+        xs = take(x, s, min(s + chunk, n))
         ref = float_outputs(graph, xs, names)
-        got = program_outputs(program, xs.numpy(), names, rounding)
+        got = program_outputs(program, {k: np.asarray(v) for k, v in xs.items()} if isinstance(xs, dict) else xs.numpy(),
+                              names, rounding)
         for n in names:
             if n in ref and n in got:
                 r = np.asarray(ref[n], np.float64)

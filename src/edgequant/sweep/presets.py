@@ -36,10 +36,11 @@ from ..recipes import RECIPES, Recipe
 
 PRESETS = ("default", "all", "int8", "lowbit", "qat")
 INT8 = ("fp32", "fp16", "dyn8", "w8a8", "w8a8-pc", "w8a16-res")
-# rows only the reference interpreter runs (the exporters refuse int16 tensors): the default preset
-# puts them after the other post-training rows, so they inherit the time the fast rows leave
+# slow rows: int16 activations run in the interpreter, or in ONNX Runtime as float32 convs / u8s8
+# MatMulIntegers of the input's bytes (export/onnx/wide.py; several times an int8 row): the default
+# preset puts them after the other post-training rows, so they inherit the time the fast rows leave
 # (each row gets an even share of what is left, ``bounds.row_limit_s``)
-INTERPRETER_ONLY = ("w8a16-res",)
+SLOW_ROWS = ("w8a16-res",)
 LOWBIT_ORDER = ("w4a8", "w4a8-keep8", "w4a4", "w4a4-keep8", "w4a4-aciq", "w2a4-aciq", "w1a8-xnor", "w1a1-xnor", "w2a8-ternary")
 DEFAULT_RECONSTRUCT = ("w4a8-adaround", "w4a4-brecq", "w2a4-brecq-qdrop")
 DEFAULT_ITERATIONS = 100  # per layer (AdaRound) / block (BRECQ) in the default preset; recipes ship 300 (AdaRound) and 1000 (BRECQ)
@@ -147,7 +148,7 @@ def resolve(recipes: list[str] | None, preset: str | None, qat_epochs: int, iter
         if preset not in PRESETS:
             raise RecipeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         if preset == "default":
-            order = tuple(n for n in INT8 if n not in INTERPRETER_ONLY) + LOWBIT_ORDER + INTERPRETER_ONLY + DEFAULT_RECONSTRUCT
+            order = tuple(n for n in INT8 if n not in SLOW_ROWS) + LOWBIT_ORDER + SLOW_ROWS + DEFAULT_RECONSTRUCT
             names = [n for n in order if n in RECIPES]
             plans = [Plan(n, iterations=(iterations or DEFAULT_ITERATIONS) if is_reconstruction(RECIPES[n]) else None)
                      for n in names]

@@ -5,7 +5,9 @@
 * ``conv_dyn``/``linear_dyn``: ONNX's own dynamic pattern -- DynamicQuantizeLinear (uint8, range of
   the batch), ConvInteger / MatMulInteger against the int8 weights, then
   ``float(acc) * (s_x * s_w[c]) + bias``. ONNX Runtime fuses the MatMul form into
-  DynamicQuantizeMatMul; the interpreter's "onnxruntime" rounding mode computes the same.
+  DynamicQuantizeMatMul; the interpreter's "onnxruntime" rounding mode computes the same. Per-token
+  scales (``dynamic_scale="token"``) and SmoothQuant factors (``in_scale``) are spelled out in
+  plain ops (``_dyn_token``, ``_dyn_input``): the interpreter computes those in every mode.
 """
 from __future__ import annotations
 
@@ -79,8 +81,51 @@ def mean_f(b: OnnxBuilder, ins: Instr) -> None:
 
 
 # -- dynamic int8 ---------------------------------------------------------------------------------
+def _dyn_input(b: OnnxBuilder, ins: Instr) -> str:
+    """The linear's input, times the SmoothQuant factors (``in_scale``) where the layer has them."""
+    if "in_scale" not in ins.arrays:
+        return ins.inputs[0]
+    s = b.const(f"{ins.output}_in_scale", np.asarray(ins.arrays["in_scale"], np.float32), share=False)
+    return b.node("Mul", [ins.inputs[0], s], name=f"{ins.output}_smooth")[0]
+
+
+def _dyn_token(b: OnnxBuilder, ins: Instr, x: str) -> None:
+    """Per-row (token) dynamic quantization of a (rows, K) input, spelled out because
+    DynamicQuantizeLinear has one scale per tensor: DynamicQuantizeLinear's arithmetic per row
+    (``kernels.conv.token_qparams``), u8s8 MatMulInteger on the codes, the per-row zero point taken
+    out exactly as ``zp * sum(w)`` in int32, then ``float(acc) * (s_row * s_w[c]) + bias``."""
+    o = ins.output
+    zero, one, u8max = (b.const(f"{o}_{n}", np.array(v, np.float32)) for n, v in (("zero", 0), ("one", 1), ("u8max", 255)))
+    axes = b.const("axes_1", np.array([1], np.int64))
+    lo = b.node("Min", [b.node("ReduceMin", [x, axes], name=f"{o}_rmin", keepdims=1)[0], zero], name=f"{o}_lo")[0]
+    hi = b.node("Max", [b.node("ReduceMax", [x, axes], name=f"{o}_rmax", keepdims=1)[0], zero], name=f"{o}_hi")[0]
+    s = b.node("Div", [b.node("Sub", [hi, lo], name=f"{o}_range")[0], u8max], name=f"{o}_s0")[0]
+    s = b.node("Where", [b.node("Greater", [s, zero], name=f"{o}_spos")[0], s, one], name=f"{o}_s")[0]
+    zp = b.node("Neg", [b.node("Div", [lo, s], name=f"{o}_los")[0]], name=f"{o}_nlos")[0]
+    zp = b.node("Clip", [b.node("Round", [zp], name=f"{o}_zpr")[0], zero, u8max], name=f"{o}_zp")[0]
+    v = b.node("Add", [b.node("Round", [b.node("Div", [x, s], name=f"{o}_xs")[0]], name=f"{o}_xr")[0], zp], name=f"{o}_xz")[0]
+    xq = b.node("Cast", [b.node("Clip", [v, zero, u8max], name=f"{o}_xc")[0]], name=f"{o}_xq", to=TensorProto.UINT8)[0]
+    w = ins.arrays["weight"]
+    acc = b.node("MatMulInteger", [xq, b.weight_int8(ins, np.ascontiguousarray(w.T))], name=o)[0]
+    wsum = np.asarray(w, np.int64).reshape(w.shape[0], -1).sum(axis=1).astype(np.int32)
+    zpi = b.node("Cast", [zp], name=f"{o}_zpi", to=TensorProto.INT32)[0]
+    corr = b.node("Mul", [zpi, b.const(f"{o}_wsum", wsum, share=False)], name=f"{o}_zpw")[0]
+    accf = b.node("Cast", [b.node("Sub", [acc, corr], name=f"{o}_acc")[0]], name=f"{o}_acc_f", to=TensorProto.FLOAT)[0]
+    scale = b.node("Mul", [s, b.const(f"{o}_w_scale", np.asarray(ins.arrays["w_scale"], np.float32), share=False)],
+                   name=f"{o}_scale")[0]
+    y = b.node("Mul", [accf, scale], name=f"{o}_rescale")[0]
+    y = b.node("Add", [y, b.const(f"{o}_b", np.asarray(ins.arrays["bias_f"], np.float32), share=False)], _out(ins),
+               name=f"{o}_bias")[0]
+    if "act" in ins.attrs:
+        _act(b, ins, y)
+
+
 def _dyn(b: OnnxBuilder, ins: Instr, is_conv: bool) -> None:
-    xq, xs, xz = b.node("DynamicQuantizeLinear", [ins.inputs[0]],
+    x = _dyn_input(b, ins)
+    if ins.attrs.get("dynamic_scale") == "token" and not is_conv:
+        _dyn_token(b, ins, x)
+        return
+    xq, xs, xz = b.node("DynamicQuantizeLinear", [x],
                         [b.fresh(f"{ins.output}_xq"), b.fresh(f"{ins.output}_xs"), b.fresh(f"{ins.output}_xz")])
     w = ins.arrays["weight"]
     ws = np.asarray(ins.arrays["w_scale"], np.float32)
