@@ -125,13 +125,13 @@ def layer_sqnr(program: Program, graph: Graph, x: torch.Tensor | dict, rounding:
     """
     layers = quantized_layers(program, graph)
     names = {l.node for l in layers}
-    n = batch_size(x)  # a tensor, or a dict of keyword inputs (token ids, masks)
-    chunk = int(max(1, min(n, memory_mb * 2**20 // max(graph_bytes_per_sample(graph), 1))))
+    total = batch_size(x)  # a tensor, or a dict of keyword inputs (token ids, masks)
+    chunk = int(max(1, min(total, memory_mb * 2**20 // max(graph_bytes_per_sample(graph), 1))))
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
-    for s in range(0, n, chunk):
+    for s in range(0, total, chunk):
         check_deadline("per-layer SQNR")
-        xs = take(x, s, min(s + chunk, n))
+        xs = take(x, s, min(s + chunk, total))
         ref = float_outputs(graph, xs, names)
         got = program_outputs(program, {k: np.asarray(v) for k, v in xs.items()} if isinstance(xs, dict) else xs.numpy(),
                               names, rounding)
