@@ -75,12 +75,17 @@ def test_smoothing_keeps_the_float_function_and_lowers_the_error():
     np.testing.assert_allclose(np.asarray(fp.run(x)), ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("recipe", ["dyn8-tok", "dyn8-sq", "dyn8"])
+GROUPED = {"dyn4-g12-tok": with_options("dyn4-g16-gptq", weight_group=12),  # 16 columns: a short last group
+           "dyn4-g8-batch": with_options("dyn4-g16-gptq", weight_group=8, dynamic_scale="tensor")}
+
+
+@pytest.mark.parametrize("recipe", ["dyn8-tok", "dyn8-sq", "dyn8", *GROUPED])
 def test_onnx_runtime_computes_the_onnxruntime_mode(recipe, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     m = mlp()
     calib, x = outlier_tokens(32, 0), outlier_tokens(16, 1)
-    q = eq.quantize(m, recipe, [calib])
+    q = eq.quantize(m, GROUPED.get(recipe, recipe), [calib])
+    assert (recipe in GROUPED) == all("w_group_mult" in i.arrays for i in q.program.instrs if i.op == "linear_dyn")
     q.export(tmp_path / "m.onnx")
     s = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]

@@ -41,6 +41,14 @@ PLUGIN = textwrap.dedent('''
         calib, ev = loaders()
         return calib, [(x, (y + 1 + torch.arange(len(y)) % 9) % 10) for x, y in ev]
 
+    def unlabeled():  # calibration as bare inputs (labels are not needed to calibrate)
+        calib, ev = loaders()
+        return [x for x, _ in calib], ev
+
+    def unlabeled_eval():
+        calib, ev = loaders()
+        return calib, [x for x, _ in ev]
+
     def fraction_top1(logits, y):
         return float((logits.argmax(1) == y).float().mean())
 ''')
@@ -341,3 +349,11 @@ def test_preset_sweep_shows_the_graphs_default_recipe():
     assert runner._with_graph_default(plans, cfg, cnn) == (plans, [])
     named = presets.resolve(["w8a8"], None, 0)
     assert runner._with_graph_default(named, runner.SweepConfig(recipes=["w8a8"]), tf) == (named, [])
+
+
+def test_calibration_batches_may_come_without_labels(plugin):
+    data = plugins.load_data(f"{plugin}:unlabeled")
+    assert len(data.calib) == 4 and all(y is None and x.shape == (64, 1, 8, 8) for x, y in data.calib)
+    assert data.eval_y.shape == (200,)  # evaluation keeps its labels
+    with pytest.raises(plugins.PluginError, match=r"evaluation batch 0 is a Tensor; every batch must be an \(x, y\) pair"):
+        plugins.load_data(f"{plugin}:unlabeled_eval")

@@ -26,9 +26,10 @@ def write_file(fmt: str, path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def refuse_group_weights(program: Program, fmt: str) -> None:
-    """Group-wise weight scales (``lowbit/groups.py``) have no emitter: refuse, naming the layers."""
-    bad = [ins for ins in program.instrs if groups.ARRAY in ins.arrays]
+def refuse_group_weights(program: Program, fmt: str, has_form: frozenset[str] = frozenset()) -> None:
+    """Group-wise weight scales (``lowbit/groups.py``) outside the ops in ``has_form`` have no
+    emitter: refuse, naming the layers."""
+    bad = [ins for ins in program.instrs if groups.ARRAY in ins.arrays and ins.op not in has_form]
     if not bad:
         return
     name = program.meta.get("recipe", {}).get("name", "?")
@@ -37,4 +38,5 @@ def refuse_group_weights(program: Program, fmt: str) -> None:
         f"recipe {name!r} cannot be exported to {fmt}: layer(s) {layers} have group-wise weight scales "
         f"(weight_group={bad[0].attrs.get(groups.ATTR)}: a channel scale times an integer multiplier per group of input "
         f"columns), which the {fmt} emitter has no form for. Run it with the interpreter (q.run), or quantize "
-        "without the weight_group option (e.g. 'w4a16-gptq', 'w4a8-gptq') to export")
+        "without the weight_group option (e.g. 'w4a16-gptq', 'w4a8-gptq') to export"
+        + (f" ({', '.join(sorted(has_form))} layers with groups do export)" if has_form else ""))

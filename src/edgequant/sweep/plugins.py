@@ -113,7 +113,7 @@ def load_model(spec: str | None) -> torch.nn.Module:
 class Data:
     """Materialized batches: every iterable from the plug-in is read exactly once."""
 
-    calib: list[tuple[torch.Tensor, torch.Tensor]]
+    calib: list[tuple[Any, torch.Tensor | None]]  # calibration batches may come without labels
     eval: list[tuple[torch.Tensor, torch.Tensor]]
     train: Any = None  # passed to QAT as given (may be re-iterated by the training loop)
 
@@ -154,16 +154,19 @@ def _batches(it: Iterable, spec: str, which: str, limit: int | None) -> list[tup
                           "batches (a DataLoader or a list of (x, y) tuples works)") from None
     out, n = [], 0
     for i, item in enumerate(iterator):
+        if which == "calibration" and isinstance(item, (torch.Tensor, np.ndarray, dict)):
+            item = (item, None)  # calibration needs no labels: bare inputs (a tensor, or a tokenizer's dict)
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise PluginError(f"--data {spec!r}: {which} batch {i} is a {type(item).__name__}; every batch must be an "
-                              "(x, y) pair: inputs (N, ...) and labels (N,)")
+                              "(x, y) pair: inputs (N, ...) and labels (N,)"
+                              + (" (calibration batches may also be inputs alone)" if which == "calibration" else ""))
         x = _as_x(item[0], spec, which, i)
-        y = _as_tensor(item[1], spec, which, i, "y")
-        if x.ndim < 2 or y.shape[0] != x.shape[0]:
+        y = None if item[1] is None and which == "calibration" else _as_tensor(item[1], spec, which, i, "y")
+        if x.ndim < 2 or (y is not None and y.shape[0] != x.shape[0]):
             raise PluginError(f"--data {spec!r}: {which} batch {i} has x {tuple(x.shape)} and y {tuple(y.shape)}; "
                               "x needs a batch dim and y one label per sample")
         if limit is not None and n + x.shape[0] > limit:
-            x, y = x[: limit - n], y[: limit - n]
+            x, y = x[: limit - n], (None if y is None else y[: limit - n])
         if x.shape[0]:
             out.append((x, y))
         n += x.shape[0]

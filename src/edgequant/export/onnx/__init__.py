@@ -69,7 +69,7 @@ def to_onnx(q, style: str = "qdq", activation_type: str = "uint8", int4_weights:
     table = STYLES[style]
     recipe = program.meta.get("recipe", {})
     _check_exportable(program, table, style, recipe.get("name", "?"))
-    refuse_group_weights(program, "ONNX")
+    refuse_group_weights(program, "ONNX", has_form=frozenset({"linear_dyn"}))  # float_ops._group_matmul
     # the builder may add tensor infos for export-only reshapes; keep them out of the caller's program
     b = OnnxBuilder(dataclasses.replace(program, tensors=dict(program.tensors)), activation_type, int4_weights, align_channels)
     for ins in program.instrs:

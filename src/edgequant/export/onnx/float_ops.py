@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from ...kernels.conv import w_int
 from ...program import Instr
 from .core import OnnxBuilder, conv_attrs, conv_weight, float_param, register
 from .qdq import avgpool_plan, float_clip
@@ -89,6 +90,34 @@ def _dyn_input(b: OnnxBuilder, ins: Instr) -> str:
     return b.node("Mul", [ins.inputs[0], s], name=f"{ins.output}_smooth")[0]
 
 
+def _weight_matmul(b: OnnxBuilder, ins: Instr, xq: str, xz: str | None) -> str:
+    """int32 ``(xq - xz) @ W_eff^T`` of a (rows, K) uint8 input: one MatMulInteger, or with
+    group-wise weights (``lowbit/groups.py``: effective weight = 4-bit code x 8-bit group multiplier,
+    too wide for int8) one batched MatMulInteger per group of columns, each group's int32 result times
+    its multipliers, summed over the groups: the same exact integers as the interpreter's."""
+    from ...lowbit import groups
+
+    w = ins.arrays["weight"]
+    mult = ins.arrays.get(groups.ARRAY)
+    zp = [xz] if xz is not None else []
+    if mult is None:
+        return b.node("MatMulInteger", [xq, b.weight_int8(ins, np.ascontiguousarray(w.T))] + zp, name=ins.output)[0]
+    o, k = w.shape
+    gs, n_g = int(ins.attrs[groups.ATTR]), mult.shape[1]
+    pad = n_g * gs - k
+    wg = np.pad(w, ((0, 0), (0, pad))).reshape(o, n_g, gs).transpose(1, 2, 0)  # (G, gs, O), zero codes in the pad
+    x = xq
+    if pad:
+        x = b.node("Pad", [x, b.const(f"{ins.output}_gpad", np.array([0, 0, 0, pad], np.int64))], name=f"{ins.output}_gpad")[0]
+    x = b.node("Reshape", [x, b.const("group_shape", np.array([0, n_g, gs], np.int64))], name=f"{ins.output}_groups")[0]
+    x = b.node("Transpose", [x], name=f"{ins.output}_gmajor", perm=[1, 0, 2])[0]  # (G, rows, gs)
+    acc = b.node("MatMulInteger", [x, b.weight_int8(ins, np.ascontiguousarray(wg))] + zp, name=ins.output)[0]
+    m = b.const(f"{ins.output}_gmult", np.ascontiguousarray(mult.T.astype(np.int32)[:, None, :]), share=False)
+    acc = b.node("Mul", [acc, m], name=f"{ins.output}_gscale")[0]
+    return b.node("ReduceSum", [acc, b.const("axes_0", np.array([0], np.int64))], name=f"{ins.output}_gsum",
+                  keepdims=0)[0]
+
+
 def _dyn_token(b: OnnxBuilder, ins: Instr, x: str) -> None:
     """Per-row (token) dynamic quantization of a (rows, K) input, spelled out because
     DynamicQuantizeLinear has one scale per tensor: DynamicQuantizeLinear's arithmetic per row
@@ -105,9 +134,8 @@ def _dyn_token(b: OnnxBuilder, ins: Instr, x: str) -> None:
     zp = b.node("Clip", [b.node("Round", [zp], name=f"{o}_zpr")[0], zero, u8max], name=f"{o}_zp")[0]
     v = b.node("Add", [b.node("Round", [b.node("Div", [x, s], name=f"{o}_xs")[0]], name=f"{o}_xr")[0], zp], name=f"{o}_xz")[0]
     xq = b.node("Cast", [b.node("Clip", [v, zero, u8max], name=f"{o}_xc")[0]], name=f"{o}_xq", to=TensorProto.UINT8)[0]
-    w = ins.arrays["weight"]
-    acc = b.node("MatMulInteger", [xq, b.weight_int8(ins, np.ascontiguousarray(w.T))], name=o)[0]
-    wsum = np.asarray(w, np.int64).reshape(w.shape[0], -1).sum(axis=1).astype(np.int32)
+    acc = _weight_matmul(b, ins, xq, None)
+    wsum = np.asarray(w_int(ins), np.int64).reshape(ins.arrays["weight"].shape[0], -1).sum(axis=1).astype(np.int32)
     zpi = b.node("Cast", [zp], name=f"{o}_zpi", to=TensorProto.INT32)[0]
     corr = b.node("Mul", [zpi, b.const(f"{o}_wsum", wsum, share=False)], name=f"{o}_zpw")[0]
     accf = b.node("Cast", [b.node("Sub", [acc, corr], name=f"{o}_acc")[0]], name=f"{o}_acc_f", to=TensorProto.FLOAT)[0]
@@ -136,7 +164,7 @@ def _dyn(b: OnnxBuilder, ins: Instr, is_conv: bool) -> None:
         bshape = (-1,) + (1,) * (w.ndim - 2)  # broadcast over (N, C_out, spatial...)
         ws, bias = ws.reshape(bshape), bias.reshape(bshape)
     else:
-        acc = b.node("MatMulInteger", [xq, b.weight_int8(ins, np.ascontiguousarray(w.T)), xz], name=ins.output)[0]
+        acc = _weight_matmul(b, ins, xq, xz)
     accf = b.node("Cast", [acc], name=f"{ins.output}_acc_f", to=TensorProto.FLOAT)[0]
     scale = b.node("Mul", [xs, b.const(f"{ins.output}_w_scale", ws, share=False)], name=f"{ins.output}_scale")[0]
     y = b.node("Mul", [accf, scale], name=f"{ins.output}_rescale")[0]
