@@ -91,10 +91,12 @@ def _dyn_input(b: OnnxBuilder, ins: Instr) -> str:
 
 
 def _weight_matmul(b: OnnxBuilder, ins: Instr, xq: str, xz: str | None) -> str:
-    """int32 ``(xq - xz) @ W_eff^T`` of a (rows, K) uint8 input: one MatMulInteger, or with
-    group-wise weights (``lowbit/groups.py``: effective weight = 4-bit code x 8-bit group multiplier,
-    too wide for int8) one batched MatMulInteger per group of columns, each group's int32 result times
-    its multipliers, summed over the groups: the same exact integers as the interpreter's."""
+    """int32 ``(xq - xz) @ W_eff^T`` of a (rows, K) uint8 input: one MatMulInteger; with group-wise
+    weights (``lowbit/groups.py``: effective weight = 4-bit code x 8-bit group multiplier, |.| <= 1785,
+    too wide for int8) two, ``128 * (x @ hi) + (x @ lo)`` with ``W_eff = 128 * hi + lo``, ``lo`` in
+    [0, 127], ``hi`` in [-14, 13]: the interpreter's exact integers. The file keeps the 4-bit codes and
+    the uint8 multipliers; ``hi``/``lo`` are computed from them by initializer-only nodes, which ONNX
+    Runtime folds once when it loads the model."""
     from ...lowbit import groups
 
     w = ins.arrays["weight"]
@@ -104,18 +106,18 @@ def _weight_matmul(b: OnnxBuilder, ins: Instr, xq: str, xz: str | None) -> str:
         return b.node("MatMulInteger", [xq, b.weight_int8(ins, np.ascontiguousarray(w.T))] + zp, name=ins.output)[0]
     o, k = w.shape
     gs, n_g = int(ins.attrs[groups.ATTR]), mult.shape[1]
-    pad = n_g * gs - k
-    wg = np.pad(w, ((0, 0), (0, pad))).reshape(o, n_g, gs).transpose(1, 2, 0)  # (G, gs, O), zero codes in the pad
-    x = xq
-    if pad:
-        x = b.node("Pad", [x, b.const(f"{ins.output}_gpad", np.array([0, 0, 0, pad], np.int64))], name=f"{ins.output}_gpad")[0]
-    x = b.node("Reshape", [x, b.const("group_shape", np.array([0, n_g, gs], np.int64))], name=f"{ins.output}_groups")[0]
-    x = b.node("Transpose", [x], name=f"{ins.output}_gmajor", perm=[1, 0, 2])[0]  # (G, rows, gs)
-    acc = b.node("MatMulInteger", [x, b.weight_int8(ins, np.ascontiguousarray(wg))] + zp, name=ins.output)[0]
-    m = b.const(f"{ins.output}_gmult", np.ascontiguousarray(mult.T.astype(np.int32)[:, None, :]), share=False)
-    acc = b.node("Mul", [acc, m], name=f"{ins.output}_gscale")[0]
-    return b.node("ReduceSum", [acc, b.const("axes_0", np.array([0], np.int64))], name=f"{ins.output}_gsum",
-                  keepdims=0)[0]
+    codes = b.node("Cast", [b.weight_int8(ins, np.ascontiguousarray(w.T))], name=f"{ins.output}_codes", to=TensorProto.INT32)[0]
+    m = np.repeat(mult.T.astype(np.uint8), gs, axis=0)[:k]  # (K, O) per column, stored as uint8
+    m = b.node("Cast", [b.const(f"{ins.output}_gmult", np.ascontiguousarray(m), share=False)], name=f"{ins.output}_gmult32",
+               to=TensorProto.INT32)[0]
+    w_eff = b.node("Mul", [codes, m], name=f"{ins.output}_weff")[0]
+    c128 = b.const("i32_128", np.array(128, np.int32))
+    lo = b.node("Mod", [w_eff, c128], name=f"{ins.output}_wlo32")[0]  # fmod=0: the divisor's sign, [0, 127]
+    hi = b.node("Div", [b.node("Sub", [w_eff, lo], name=f"{ins.output}_whi128")[0], c128], name=f"{ins.output}_whi32")[0]
+    lo8, hi8 = (b.node("Cast", [t], name=f"{ins.output}_w{n}8", to=TensorProto.INT8)[0] for n, t in (("lo", lo), ("hi", hi)))
+    acc_lo = b.node("MatMulInteger", [xq, lo8] + zp, name=f"{ins.output}_acc_lo")[0]
+    acc_hi = b.node("MatMulInteger", [xq, hi8] + zp, name=f"{ins.output}_acc_hi")[0]
+    return b.node("Add", [b.node("Mul", [acc_hi, c128], name=f"{ins.output}_acc_hi128")[0], acc_lo], name=ins.output)[0]
 
 
 def _dyn_token(b: OnnxBuilder, ins: Instr, x: str) -> None:
