@@ -132,3 +132,18 @@ def test_layer_errors_on_keyword_batches_say_where_fidelity_goes(enc, tmp_path):
     sq.save(tmp_path / "a")
     with pytest.raises(eq.EdgequantError, match="float graph"):
         eq.load(tmp_path / "a").layer_errors(ev)
+
+
+def test_grouped_onnx_file_keeps_4_bit_codes_and_one_byte_per_group(tmp_path):
+    """The exported file stores the codes (INT4) and the (G, O) multipliers, not the widened weight."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(256, 256)).eval()
+    x = torch.randn(8, 4, 256)
+    sizes = {}
+    for name, r in (("dyn8-tok", "dyn8-tok"), ("g16", with_options("dyn4-g16-gptq", act_order=False))):
+        q = eq.quantize(m, r, [x])
+        q.export(tmp_path / f"{name}.onnx", int4_weights=True)
+        sizes[name] = (tmp_path / f"{name}.onnx").stat().st_size
+    # 256 x 256: int8 64 KiB vs 4-bit codes 32 KiB + 16 groups x 256 channels of multipliers 4 KiB
+    assert sizes["g16"] < 0.7 * sizes["dyn8-tok"], sizes  # widened multipliers alone would add 64 KiB

@@ -107,9 +107,14 @@ def _weight_matmul(b: OnnxBuilder, ins: Instr, xq: str, xz: str | None) -> str:
     o, k = w.shape
     gs, n_g = int(ins.attrs[groups.ATTR]), mult.shape[1]
     codes = b.node("Cast", [b.weight_int8(ins, np.ascontiguousarray(w.T))], name=f"{ins.output}_codes", to=TensorProto.INT32)[0]
-    m = np.repeat(mult.T.astype(np.uint8), gs, axis=0)[:k]  # (K, O) per column, stored as uint8
-    m = b.node("Cast", [b.const(f"{ins.output}_gmult", np.ascontiguousarray(m), share=False)], name=f"{ins.output}_gmult32",
-               to=TensorProto.INT32)[0]
+    # the (G, O) uint8 multipliers as stored (one byte per group and channel), widened to one per column
+    m = b.const(f"{ins.output}_gmult", np.ascontiguousarray(mult.T.astype(np.uint8)[:, None, :]), share=False)
+    m = b.node("Expand", [m, b.const(f"{ins.output}_gexp", np.array([n_g, gs, o], np.int64))], name=f"{ins.output}_gexpand")[0]
+    m = b.node("Reshape", [m, b.const(f"{ins.output}_gcols", np.array([n_g * gs, o], np.int64))], name=f"{ins.output}_gcols")[0]
+    if n_g * gs != k:
+        m = b.node("Slice", [m, b.const("zero_i64", np.array([0], np.int64)), b.const(f"{ins.output}_k", np.array([k], np.int64))],
+                   name=f"{ins.output}_gslice")[0]
+    m = b.node("Cast", [m], name=f"{ins.output}_gmult32", to=TensorProto.INT32)[0]
     w_eff = b.node("Mul", [codes, m], name=f"{ins.output}_weff")[0]
     c128 = b.const("i32_128", np.array(128, np.int32))
     lo = b.node("Mod", [w_eff, c128], name=f"{ins.output}_wlo32")[0]  # fmod=0: the divisor's sign, [0, 127]
