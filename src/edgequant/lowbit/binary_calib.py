@@ -17,6 +17,7 @@ import torch
 from ..calibrate import iter_batches
 from ..errors import CalibrationError
 from ..deadline import check_deadline
+from ..feeds import batch_size, input_value
 from ..graph_exec import run_node
 from ..ir import Graph
 from ..observers import make_observer
@@ -61,7 +62,7 @@ def recalibrate_binary(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] 
     for i, n in enumerate(graph.nodes):
         for t in n.inputs:
             last_use[t] = i
-    envs = [{"__x__": x.float()} for x in iter_batches(calib) if x.numel()]
+    envs = [{"__x__": x} for x in iter_batches(calib) if batch_size(x)]  # a tensor, or a dict of keyword inputs
     spec = recipe.activations
     pos = 0  # next node to run, for every batch
     with torch.no_grad():
@@ -72,7 +73,7 @@ def recalibrate_binary(graph: Graph, recipe: Recipe, act_qp: dict[str, QParams] 
                 check_deadline("binary calibration")
                 for i in range(pos, stop + 1):
                     n = graph.nodes[i]
-                    y = env["__x__"] if n.op == "input" else run_node(n, [env[t] for t in n.inputs], params[n.name])
+                    y = input_value(env["__x__"], n) if n.op == "input" else run_node(n, [env[t] for t in n.inputs], params[n.name])
                     env[n.name] = y
                     for t in set(n.inputs):
                         if last_use.get(t) == i:
