@@ -349,6 +349,15 @@ def test_preset_sweep_shows_the_graphs_default_recipe():
     assert runner._with_graph_default(plans, cfg, cnn) == (plans, [])
     named = presets.resolve(["w8a8"], None, 0)
     assert runner._with_graph_default(named, runner.SweepConfig(recipes=["w8a8"]), tf) == (named, [])
+    # block reconstruction cannot cut a transformer: the default preset's AdaRound/BRECQ rows give way
+    # to the transformer W4A8 row, with a note; a conv net keeps them; named recipes are left as asked
+    default = presets.resolve(None, "default", 0)
+    got, note = runner._fit_reconstruction(default, runner.SweepConfig(preset="default"), tf)
+    assert not [p for p in got if "brecq" in p.recipe or "adaround" in p.recipe] and got[-1].recipe == "dyn4-g16-gptq"
+    assert note and "left out" in note[0] and "w4a4-brecq" in note[0]
+    assert runner._fit_reconstruction(default, runner.SweepConfig(preset="default"), cnn) == (default, [])
+    named = presets.resolve(["w4a4-brecq"], None, 0)
+    assert runner._fit_reconstruction(named, runner.SweepConfig(recipes=["w4a4-brecq"]), tf) == (named, [])
 
 
 def test_calibration_batches_may_come_without_labels(plugin):

@@ -329,6 +329,27 @@ def _with_graph_default(plans: list[Plan], cfg: SweepConfig, graph) -> tuple[lis
     return plans[:at] + [Plan(name)] + plans[at:], [f"row {name} added: it is quantize's default for this model ({why})"]
 
 
+TRANSFORMER_LOWBIT = "dyn4-g16-gptq"  # the W4A8 that holds on a BERT-style encoder (bench/RESULTS.md, issue 16)
+
+
+def _fit_reconstruction(plans: list[Plan], cfg: SweepConfig, graph) -> tuple[list[Plan], list[str]]:
+    """On a graph the block/layer reconstruction cannot cut (attention, LayerNorm, token inputs) a
+    preset's AdaRound/BRECQ rows would only fail: leave them out, with a note, and show the
+    transformer's W4A8 row (GPTQ, which needs only layer Hessians) instead."""
+    from ..reconstruct.pipeline import needs_graph_pass
+
+    blocks = [p for p in plans if RECIPES[p.recipe].option("reconstruct") in ("adaround", "brecq")]
+    if cfg.recipes or not blocks or not needs_graph_pass(graph):
+        return plans, []
+    kept = [p for p in plans if p not in blocks]
+    note = (f"rows {', '.join(p.label for p in blocks)} left out: AdaRound/BRECQ reconstruct conv nets block by block "
+            "and this model has attention/LayerNorm/token inputs")
+    if TRANSFORMER_LOWBIT in RECIPES and not any(p.recipe == TRANSFORMER_LOWBIT for p in kept):
+        kept.append(Plan(TRANSFORMER_LOWBIT))
+        note += f"; row {TRANSFORMER_LOWBIT} (GPTQ 4-bit weights, per-token 8-bit activations) added instead"
+    return kept, [note]
+
+
 def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = None,
                on_row: RowHook | None = None) -> SweepResult:
     t0 = time.perf_counter()
@@ -354,6 +375,8 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     calib_x = [x for x, _ in data.calib]
     graph = _capture(model, calib_x[0][:2], cfg.model)
     plans, note = _with_graph_default(plans, cfg, graph)
+    notes += note
+    plans, note = _fit_reconstruction(plans, cfg, graph)
     notes += note
     total = len(plans) + 2 + int(cfg.sensitivity) + int(cfg.mixed != "off")
     eval_x = data.eval_x
