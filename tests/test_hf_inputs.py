@@ -306,3 +306,21 @@ def test_every_recipe_runs_or_refuses_a_keyword_input_encoder(recipe, tiny):
         return
     y = np.asarray(q.run(batch(4, seed=9)))
     assert y.shape == (4, model(**batch(4, seed=9)).shape[1]) and np.all(np.isfinite(y))
+
+
+def test_onnxruntime_backend_and_sweep_engine_take_keyword_batches(tiny):
+    """``q.run(batch, backend="onnxruntime")`` and the sweep's engine choice feed each keyword input
+    by name (they took one float array only, so a transformer's sweep fell back to the interpreter)."""
+    pytest.importorskip("onnxruntime")
+    from edgequant.feeds import KeywordBatch
+    from edgequant.sweep import engines
+
+    model, calib = tiny[0], tiny[1]
+    q = eq.quantize(model, "w8a16", calib)
+    ev = batch(8, seed=5)
+    want = np.asarray(q.run(ev, rounding="onnxruntime"))
+    np.testing.assert_array_equal(np.asarray(q.run(ev, backend="onnxruntime")), want)
+    x = KeywordBatch({k: v.numpy() for k, v in ev.items()})
+    eng = engines.select(q, x, ["onnxruntime"], 1, "gemmlowp")
+    assert eng.name == "onnxruntime" or "not faster" in eng.rejected.get("onnxruntime", ""), eng.rejected
+    np.testing.assert_array_equal(np.asarray(engines.timing.fast_runner(q, "onnxruntime", 1)(x)), want)

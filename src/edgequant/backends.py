@@ -49,8 +49,24 @@ def ort_options(threads: int | None):
     return so
 
 
-def _run_onnxruntime(q, x: np.ndarray) -> np.ndarray:
+def ort_feeds(sess, x) -> dict[str, np.ndarray]:
+    """Session feeds from one array (a one-input model) or a dict of keyword inputs (token ids and
+    masks as int64, the rest float32), by the exported graph's input names."""
+    if not isinstance(x, dict):
+        return {sess.get_inputs()[0].name: np.ascontiguousarray(np.asarray(x), np.float32)}
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name not in x:
+            raise InputError(f"the exported model needs input {i.name!r}; the batch has {sorted(x)}")
+        v = np.asarray(x[i.name])
+        feeds[i.name] = np.ascontiguousarray(v, np.int64 if "int64" in i.type else np.float32)
+    return feeds
+
+
+def _run_onnxruntime(q, x) -> np.ndarray:
     sess = ort_session(q)
+    if isinstance(x, dict):  # keyword inputs, already checked against the program (QuantizedModel._input)
+        return sess.run(None, ort_feeds(sess, x))[0]
     want = q.program.input_shape
     if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
         raise InputError(f"input has shape {tuple(x.shape)}; the model was captured for (N, {', '.join(map(str, want[1:]))})")
@@ -60,8 +76,8 @@ def _run_onnxruntime(q, x: np.ndarray) -> np.ndarray:
 BACKENDS: dict[str, Callable[[object, np.ndarray], np.ndarray]] = {"onnxruntime": _run_onnxruntime}
 
 
-def run_backend(q, x: np.ndarray, backend: str) -> np.ndarray:
-    """Run quantized model ``q`` on float input ``x`` with ``backend`` -> float output."""
+def run_backend(q, x, backend: str) -> np.ndarray:
+    """Run quantized model ``q`` on float input ``x`` (or a dict of keyword inputs) with ``backend`` -> float output."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use 'interpreter' (the reference) or one of {sorted(BACKENDS)}")
-    return BACKENDS[backend](q, np.asarray(x, np.float32))
+    return BACKENDS[backend](q, x if isinstance(x, dict) else np.asarray(x, np.float32))

@@ -403,7 +403,7 @@ def _run_sweep(cfg: SweepConfig, whole: Deadline, progress: Progress | None = No
     score.fix_scale(raw)
     from ..api import float_param_bytes
 
-    fp32_bytes = float_param_bytes(graph)  # conv/linear/rnn weights, as QuantizedModel.float_size_bytes
+    fp32_bytes = float_param_bytes(graph)  # the weights (embeddings included), as QuantizedModel.float_size_bytes
     baseline = {"recipe": "fp32 (torch)", "accuracy": score(base_logits), "size_bytes": fp32_bytes,
                 "latency_ms": torch_ms, "runtime": "torch"}
     notes += _chance_note(metric_name, base_logits, baseline["accuracy"])

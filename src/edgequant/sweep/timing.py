@@ -28,11 +28,10 @@ def median_ms(fn: Callable[[], object], repeats: int, warm: bool = False) -> flo
 
 
 def _onnxruntime(q, threads: int | None = None) -> Runner:
-    from ..backends import ort_session
+    from ..backends import ort_feeds, ort_session
 
     sess = ort_session(q, threads)  # the session ``q.run(backend="onnxruntime")`` uses, same threads
-    name = sess.get_inputs()[0].name
-    return lambda x: np.asarray(sess.run(None, {name: np.ascontiguousarray(x, np.float32)})[0], np.float32)
+    return lambda x: np.asarray(sess.run(None, ort_feeds(sess, x))[0], np.float32)
 
 
 FAST: dict[str, Callable] = {"onnxruntime": _onnxruntime}
