@@ -19,8 +19,8 @@ The "onnxruntime" mode computes what ONNX Runtime runs for the exported ``DQ -> 
 ORT fuses ``DQ -> MatMul -> Q`` into QLinearMatMul (int32 accumulator, float32 multiplier,
 round half even: the shared requantization's onnxruntime branch) and ``DQ -> Softmax -> Q`` into
 its QLinearSoftmax (a float32 exp table and float32 row sums, reproduced in ``_ort_softmax``);
-it runs ``DQ -> LayerNormalization -> Q`` in float32 (``_ort_layernorm``, its formula and
-summation order). With a 16-bit input or output ORT has no integer kernel and runs the float32
+it runs ``DQ -> LayerNormalization -> Q`` as exported, in float64 at either width (``wide_ort.layernorm``: a
+float32 LayerNorm flipped single LSBs against ORT's own summation order). With a 16-bit input or output ORT has no integer kernel and runs the float32
 op between DQ and Q; so does that mode (``wide_ort``). ``SIM`` is the float64 fake-quant twin of every instruction.
 """
 from __future__ import annotations
@@ -175,28 +175,12 @@ def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     An int16 output uses Q16 (attr ``frac_bits``), an int64 beta and accumulator (``acc64``)."""
     x = inputs[0]
     qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
-    if wide_ort.applies(instr, ctx):  # 16-bit: DQ -> float64 LayerNormalization -> Q, as exported
+    if ctx.rounding == "onnxruntime":  # DQ -> float64 LayerNormalization -> float32 -> Q, as exported (8 or 16 bits)
         return wide_ort.layernorm(instr, x, ctx)
-    if ctx.rounding == "onnxruntime":
-        return _ort_layernorm(x, qx, qy, instr)
     n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]),
                                int(instr.attrs.get("frac_bits", LN_FRAC_BITS)))
     acc = n_q * instr.arrays["gamma"].astype(np.int64)  # bias (beta_q) is added by the requantization
     return requantize_accumulator(instr, acc, ctx, axis=-1)
-
-
-def _ort_layernorm(x: np.ndarray, qx, qy, instr) -> np.ndarray:
-    """ONNX Runtime's float32 LayerNormalization on the dequantized input (its CPU kernel: sums of
-    x and x*x in element order, ``sqrt(E[x^2] - mean^2 + eps)``, ``(x - mean) / std * g + b``), then
-    QuantizeLinear (round half to even)."""
-    xf = (x.astype(np.int32) - int(qx.zero_point)).astype(np.float32) * np.float32(qx.scale)
-    d = np.float32(x.shape[-1])
-    mean = np.cumsum(xf, axis=-1, dtype=np.float32)[..., -1:] / d
-    msq = np.cumsum(xf * xf, axis=-1, dtype=np.float32)[..., -1:]
-    std = np.sqrt(msq / d - mean * mean + np.float32(instr.attrs["eps"])).astype(np.float32)
-    y = (xf - mean) / std * instr.arrays["gamma_f"] + instr.arrays["beta_f"]
-    q = np.rint(y.astype(np.float32) / np.float32(qy.scale)).astype(np.int64) + int(qy.zero_point)
-    return np.clip(q, qy.qmin, qy.qmax).astype(container_dtype(qy.bits))
 
 
 @register("layernorm", SIM)

@@ -5,8 +5,9 @@ QDQ forms, chosen for what ONNX Runtime fuses:
 * ``matmul``: ``DQ(a), DQ(b) -> MatMul -> Q`` (ORT: QLinearMatMul). A folded constant ``alpha``
   (attention's 1/sqrt(d)) rides on a's DequantizeLinear scale ``float32(s_a * alpha)``.
 * ``softmax``: ``DQ -> Softmax(axis=-1) -> Q`` (ORT: QLinearSoftmax, com.microsoft).
-* ``layernorm``: ``DQ -> LayerNormalization(axis=-1, float gamma/beta) -> Q`` (opset >= 17; ORT
-  runs it in float32 -- it has no quantized LayerNorm kernel).
+* ``layernorm``: ``DQ -> Cast(float64) -> LayerNormalization(axis=-1) -> Cast(float32) -> Q`` at every
+  width (ORT has no quantized LayerNorm; in float64 the result rounds to the same float32 in ORT and
+  in the interpreter's onnxruntime mode, where float32 sums flipped single LSBs).
 * ``transpose``: Transpose on the 8-bit tensor itself (no Q/DQ; bit-exact by construction).
 * Linear on a rank > 2 input (any style): Reshape the 8-bit input to (rows, features), the 2-D
   emitter (QDQ Gemm, which ORT fuses to QGemm with the int32 bias), Reshape back (``core.rows``;
