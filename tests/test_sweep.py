@@ -193,6 +193,7 @@ def test_metric_plugin_fraction_is_read_as_percent(plugin, user, tmp_path):
                                               metric=f"{plugin}:fraction_top1", recipes=["w8a8"], repeats=1,
                                               latency_batch=8, sensitivity=False, out=str(tmp_path)))
     assert res.report["metric"]["scaled_from_fraction"] is True
+    assert res.report["metric"]["name"] == "mynet.py:fraction_top1"  # axis labels: the file's name, not its path
     assert res.report["baseline"]["accuracy"] == 100.0
     q = eq.quantize(model, "w8a8", [x for x, _ in data.calib])
     assert res.report["rows"][1]["accuracy"] == pytest.approx(_accuracy(q, data.eval))

@@ -236,4 +236,5 @@ def load_metric(spec: str | None) -> tuple[str, Metric]:
             raise PluginError(f"--metric {spec!r} returned {f}; it must return a finite number")
         return f
 
-    return spec, metric
+    file, _, func = spec.rpartition(":")
+    return f"{Path(file).name}:{func}", metric  # the name labels axes and tables: no absolute path
