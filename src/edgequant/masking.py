@@ -4,10 +4,16 @@
 One definition serves the float graph (calibration, the fp32 reference) and the fake-quant twin of
 the integer kernels (``kernels.masked``), in torch; a mask is the (N, L) integer input, nonzero =
 keep, reshaped by the node's ``mask_view`` to broadcast against the other operand.
+
+Also the token bookkeeping of the passes that collect layer-input statistics over calibration data
+(GPTQ's Hessians, SmoothQuant's channel maxima): which graph inputs are padding masks, and the kept
+tokens of a linear's input.
 """
 from __future__ import annotations
 
 import torch
+
+from .ir import Graph, Node
 
 
 def keep(mask: torch.Tensor, view, like: torch.Tensor) -> torch.Tensor:
@@ -56,3 +62,25 @@ FLOAT_OPS = {
                                                                  float("-inf")),
     "reduce": lambda node, args, params: reduce(args[0], node.attrs, _opt_mask(args)),
 }
+
+
+def padding_masks(graph: Graph) -> set[str]:
+    """Graph inputs used as padding masks (the second input of a masked softmax, maskmul or reduce)."""
+    return {n.inputs[1] for n in graph.nodes if n.op in ("softmax", "maskmul", "reduce") and len(n.inputs) > 1
+            and graph.node(n.inputs[1]).op == "input"}
+
+
+def batch_keep(x, masks: set[str]) -> torch.Tensor | None:
+    """The (N, L) keep-mask of calibration batch ``x`` when the graph has exactly one padding mask."""
+    return torch.as_tensor(x[next(iter(masks))]) != 0 if len(masks) == 1 and isinstance(x, dict) else None
+
+
+def kept_rows(node: Node, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """A linear's input (N, ..., K) as (rows, K): every token a column of the GEMM; with a padding
+    mask ``keep`` (N, L), only the kept tokens of an (N, L, K) input (padded positions never reach
+    a kept token or the pooled output: their keys get probability 0). Other ops: ``x`` unchanged."""
+    if node.op != "linear":
+        return x
+    if keep is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(keep.shape):
+        return x[keep]
+    return x.reshape(-1, x.shape[-1])

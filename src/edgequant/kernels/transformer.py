@@ -174,7 +174,7 @@ def layernorm_run(instr, inputs, ctx: KernelContext) -> np.ndarray:
     calibrated output qparams (the shared per-channel requantization along the last axis).
     An int16 output uses Q16 (attr ``frac_bits``), an int64 beta and accumulator (``acc64``)."""
     x = inputs[0]
-    qx, qy = ctx.qp(instr.inputs[0]), ctx.qp(instr.output)
+    qx = ctx.qp(instr.inputs[0])
     if ctx.rounding == "onnxruntime":  # DQ -> float64 LayerNormalization -> float32 -> Q, as exported (8 or 16 bits)
         return wide_ort.layernorm(instr, x, ctx)
     n_q = layernorm_normalised(x.astype(np.int64) - int(qx.zero_point), int(instr.attrs["eps_fixed"]),

@@ -25,6 +25,7 @@ from ..errors import CalibrationError, RecipeError
 from ..feeds import batch_size
 from ..graph_exec import GraphModule
 from ..ir import Graph, Node
+from ..masking import batch_keep, kept_rows, padding_masks
 from ..recipes import Recipe
 
 OPTION = "smooth"
@@ -59,9 +60,7 @@ def factors(w: np.ndarray, x_absmax: np.ndarray, alpha: float) -> np.ndarray:
 
 def channel_maxima(graph: Graph, layers: list[Node], calib) -> dict[str, np.ndarray]:
     """max |x_j| of each layer's input over the calibration data (kept tokens only), float graph."""
-    from ..reconstruct.gptq_graph import _flat, mask_inputs
-
-    masks = mask_inputs(graph)
+    masks = padding_masks(graph)
     readers: dict[str, list[Node]] = {}
     for n in layers:
         readers.setdefault(n.inputs[0], []).append(n)
@@ -70,7 +69,7 @@ def channel_maxima(graph: Graph, layers: list[Node], calib) -> dict[str, np.ndar
 
     def hook(node: Node, y: torch.Tensor) -> torch.Tensor:
         for n in readers.get(node.name, ()):
-            m = _flat(n, y.detach(), keep).abs().amax(dim=0).double().numpy()
+            m = kept_rows(n, y.detach(), keep).abs().amax(dim=0).double().numpy()
             out[n.name] = m if n.name not in out else np.maximum(out[n.name], m)
         return y
 
@@ -80,7 +79,7 @@ def channel_maxima(graph: Graph, layers: list[Node], calib) -> dict[str, np.ndar
         for x in iter_batches(calib):
             if seen >= CALIB_SAMPLES:
                 break
-            keep = torch.as_tensor(x[next(iter(masks))]) != 0 if len(masks) == 1 and isinstance(x, dict) else None
+            keep = batch_keep(x, masks)
             gm(x, hook)
             seen += batch_size(x)
     return out

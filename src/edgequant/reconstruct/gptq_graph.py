@@ -21,26 +21,10 @@ from ..calibrate import iter_batches
 from ..feeds import batch_size, take
 from ..graph_exec import GraphModule
 from ..ir import Graph, Node
+from ..masking import batch_keep, kept_rows, padding_masks
 from ..qmath import QParams, fake_quantize
 from .brecq import ReconConfig, ReconResult, UnitReport, WeightGrid, _hessian_error
 from .gptq import Hessian, gptq_node
-
-
-def _flat(node: Node, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """A linear's input (N, ..., K) as (rows, K): every token a column of the GEMM; with a padding
-    mask ``keep`` (N, L), only the kept tokens of an (N, L, K) input (padded positions never reach
-    a kept token or the pooled output: their keys get probability 0)."""
-    if node.op != "linear":
-        return x
-    if keep is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(keep.shape):
-        return x[keep]
-    return x.reshape(-1, x.shape[-1])
-
-
-def mask_inputs(graph: Graph) -> set[str]:
-    """Graph inputs used as padding masks (the second input of a masked softmax, maskmul or reduce)."""
-    return {n.inputs[1] for n in graph.nodes if n.op in ("softmax", "maskmul", "reduce") and len(n.inputs) > 1
-            and graph.node(n.inputs[1]).op == "input"}
 
 
 def stages(graph: Graph, layers: list[Node]) -> list[list[Node]]:
@@ -66,7 +50,7 @@ def gptq_graph(graph: Graph, act_qp: dict[str, QParams], grids: dict[str, Weight
     t_start = time.perf_counter()
     layers = [n for n in graph.nodes if n.name in grids]
     gm = GraphModule(graph)
-    masks = mask_inputs(graph)
+    masks = padding_masks(graph)
     res = ReconResult()
     times: dict[str, float] = {}
     near = err = 0.0  # summed output MSE (Hessian-weighted) of nearest rounding and of GPTQ
@@ -113,7 +97,7 @@ def _hessians(gm: GraphModule, layers: list[Node], act_qp: dict[str, QParams], c
             x = y.detach()
             if "in_scale" in n.params:  # SmoothQuant (lowbit/smooth.py): the layer sees its input times the factors
                 x = x * torch.as_tensor(n.params["in_scale"], dtype=x.dtype)
-            hess[n.name].add(_flat(n, x, keep))
+            hess[n.name].add(kept_rows(n, x, keep))
         return y
 
     with torch.no_grad():
@@ -122,7 +106,7 @@ def _hessians(gm: GraphModule, layers: list[Node], act_qp: dict[str, QParams], c
                 break
             n = batch_size(x)
             x = take(x, 0, min(n, cfg.calib_samples - seen))
-            keep = torch.as_tensor(x[next(iter(masks))]) != 0 if len(masks) == 1 and isinstance(x, dict) else None
+            keep = batch_keep(x, masks)
             gm(x, hook)
             seen += n
     return hess
